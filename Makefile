@@ -1,0 +1,42 @@
+# Two entry points (see README): `make pipeline` and `make test`. Both set everything up first.
+#
+# Offline? Point the download at a local copy of the archive:
+#   make pipeline CIFAR_ARCHIVE=../shared/data/cifar-10/cifar-10-python.tar.gz \
+#                 CIFAR_SHA256=74d36e93f7daa4ade4876a51e01bcd2ab1c202d05eb6cb36d9105e3144bc10c4
+
+PYTHON ?= python3
+VENV ?= .venv
+EXTRAS ?= cpu,dev
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export GX_ANALYTICS_ENABLED := false
+
+CIFAR_ARCHIVE ?=
+CIFAR_SHA256 ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup pipeline test clean
+
+setup: $(VENV)/.setup-stamp
+
+$(VENV)/.setup-stamp: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip > $(VENV)/pip.log 2>&1 || (cat $(VENV)/pip.log; exit 1)
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]" >> $(VENV)/pip.log 2>&1 || (tail -50 $(VENV)/pip.log; exit 1)
+	touch $@
+
+pipeline: setup
+ifneq ($(CIFAR_ARCHIVE),)
+	dvc exp run -S 'data.url=$(CIFAR_ARCHIVE)' -S 'data.sha256=$(CIFAR_SHA256)'
+else
+	dvc repro
+endif
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,129 @@
+"""Stage ``download``: fetch the CIFAR-10 archive, verify its SHA-256, and rename it into place.
+
+``data.url`` may be ``https://``, ``http://``, ``file://`` or a plain filesystem path (the way to
+point the pipeline at a local copy on a machine without internet). The bytes stream to a temporary
+file beside the destination; only when the digest matches ``data.sha256`` is it renamed into place,
+so a failed or interrupted download never leaves a file that looks whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import BinaryIO
+
+from tqdm import tqdm
+
+from tasks.atomic import atomic_path
+from tasks.cli import run_stage
+from tasks.errors import ChecksumMismatch, DownloadError
+from tasks.params import load_data_params
+
+log = logging.getLogger(__name__)
+
+ARCHIVE = Path("data/raw/cifar-10-python.tar.gz")
+CHUNK = 1 << 20
+#: HTTP statuses worth another try: the server or a proxy is having a bad moment.
+TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class _Transient(Exception):
+    """A failure that another attempt may not repeat (connection reset, 503, short body)."""
+
+
+def fetch(url: str, dest: str | Path, sha256: str, *, attempts: int = 5, backoff: float = 2.0,
+          timeout: float = 60.0) -> Path:
+    """Fetch ``url`` to ``dest`` and check its SHA-256; retry transient failures with exponential backoff.
+
+    Raises :class:`ChecksumMismatch` at once (no retry: the bytes arrived, they are just not the
+    promised ones) and :class:`DownloadError` for permanent or exhausted failures. ``dest`` is only
+    ever replaced by a verified file.
+    """
+    dest = Path(dest)
+    expected = sha256.lower()
+    for attempt in range(1, attempts + 1):
+        try:
+            with atomic_path(dest) as tmp:
+                actual = _copy_with_digest(url, tmp, timeout)
+                if actual != expected:
+                    raise ChecksumMismatch(
+                        f"{url}: SHA-256 mismatch: expected {expected}, got {actual}. "
+                        "The file was not kept. Check data.url and data.sha256 in params.yaml."
+                    )
+            log.info("downloaded %s -> %s (sha256 %s)", url, dest, actual)
+            return dest
+        except _Transient as exc:
+            if attempt == attempts:
+                raise DownloadError(f"{url}: giving up after {attempts} attempts: {exc}") from None
+            delay = backoff * 2 ** (attempt - 1)
+            log.warning("attempt %d/%d failed (%s); retrying in %.1f s", attempt, attempts, exc, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _copy_with_digest(url: str, tmp: Path, timeout: float) -> str:
+    """Stream the source into ``tmp``; return the hex SHA-256 of what was written."""
+    source = _local_path(url)
+    if source is not None:
+        if not source.is_file():
+            raise DownloadError(f"{url}: no such file ({source.resolve()})")
+        with open(source, "rb") as src:
+            return _stream(src, tmp, source.stat().st_size, url)
+    try:
+        response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 -- scheme checked below
+    except urllib.error.HTTPError as exc:
+        if exc.code in TRANSIENT_STATUS:
+            raise _Transient(f"HTTP {exc.code} {exc.reason}") from None
+        raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise _Transient(f"cannot connect: {reason}") from None
+    with response:
+        length = response.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        try:
+            digest = _stream(response, tmp, total, url)
+        except (TimeoutError, ConnectionError, OSError) as exc:
+            raise _Transient(f"connection lost mid-transfer: {exc}") from None
+        received = tmp.stat().st_size
+        if total is not None and received != total:
+            raise _Transient(f"truncated body: got {received} of {total} bytes")
+        return digest
+
+
+def _local_path(url: str) -> Path | None:
+    """The filesystem path behind a ``file://`` URL or a plain path; None for http(s)."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme in ("http", "https"):
+        return None
+    if parsed.scheme == "file":
+        return Path(urllib.request.url2pathname(parsed.path))
+    if parsed.scheme == "" or len(parsed.scheme) == 1:  # plain path (or a Windows drive letter)
+        return Path(url)
+    raise DownloadError(f"{url}: unsupported scheme '{parsed.scheme}' (use https://, http://, file:// or a path)")
+
+
+def _stream(src: BinaryIO, tmp: Path, total: int | None, label: str) -> str:
+    digest = hashlib.sha256()
+    with open(tmp, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc=Path(label).name,
+                                       file=sys.stderr, mininterval=2.0) as bar:
+        while chunk := src.read(CHUNK):
+            digest.update(chunk)
+            out.write(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest()
+
+
+def main() -> None:
+    params = load_data_params()
+    fetch(params.url, ARCHIVE, params.sha256)
+
+
+if __name__ == "__main__":
+    run_stage(main)

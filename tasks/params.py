@@ -1,0 +1,168 @@
+"""``params.yaml`` -> typed, checked config objects: the one place where configuration is parsed.
+
+Every stage reads only its own section (DVC tracks params per stage), and every bad value is
+reported as a :class:`~tasks.errors.ParamsError` naming the key, before any work starts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from tasks.errors import ParamsError
+
+PARAMS_FILE = Path("params.yaml")
+
+T = TypeVar("T")
+
+
+def load_section(name: str, path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """Read one top-level section of the params file as a plain dict."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found (run from the repository root)") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    section = doc.get(name)
+    if not isinstance(section, dict):
+        raise ParamsError(f"{path}: section '{name}' is missing or not a mapping")
+    return section
+
+
+class _Reader:
+    """Typed getters over one section that name the offending key in every error."""
+
+    def __init__(self, section: dict[str, Any], prefix: str) -> None:
+        self.section = section
+        self.prefix = prefix
+
+    def _raw(self, key: str, default: Any = ...) -> Any:
+        if key in self.section:
+            return self.section[key]
+        if default is ...:
+            raise ParamsError(f"params.yaml: '{self.prefix}.{key}' is missing")
+        return default
+
+    def fail(self, key: str, why: str) -> ParamsError:
+        return ParamsError(f"params.yaml: '{self.prefix}.{key}' {why}")
+
+    def str(self, key: str, default: Any = ..., choices: tuple[str, ...] | None = None) -> str:
+        value = self._raw(key, default)
+        if not isinstance(value, str):
+            raise self.fail(key, f"must be a string, got {value!r}")
+        if choices is not None and value not in choices:
+            raise self.fail(key, f"must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    def int(self, key: str, default: Any = ..., minimum: int | None = None, optional: bool = False) -> Any:
+        value = self._raw(key, default)
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, f"must be an integer, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise self.fail(key, f"must be >= {minimum}, got {value}")
+        return value
+
+    def float(self, key: str, default: Any = ..., low: float | None = None, high: float | None = None,
+              optional: bool = False) -> Any:
+        value = self._raw(key, default)
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.fail(key, f"must be a finite number, got {value!r}")
+        if low is not None and value < low:
+            raise self.fail(key, f"must be >= {low}, got {value}")
+        if high is not None and value > high:
+            raise self.fail(key, f"must be <= {high}, got {value}")
+        return float(value)
+
+    def bool(self, key: str, default: Any = ...) -> bool:
+        value = self._raw(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(key, f"must be true or false, got {value!r}")
+        return value
+
+    def floats(self, key: str, length: int, default: Any = ...) -> tuple[float, ...]:
+        value = self._raw(key, default)
+        if not isinstance(value, list) or len(value) != length or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        ):
+            raise self.fail(key, f"must be a list of {length} numbers, got {value!r}")
+        return tuple(float(v) for v in value)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """Section ``data``: where the archive comes from and how it is split."""
+
+    url: str
+    sha256: str
+    val_fraction: float
+    seed: int
+    limit_train: int | None
+    limit_test: int | None
+
+
+def data_params(section: dict[str, Any]) -> DataParams:
+    r = _Reader(section, "data")
+    sha = r.str("sha256").lower()
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise r.fail("sha256", f"must be 64 hexadecimal digits, got {sha!r}")
+    url = r.str("url")
+    if not url.strip():
+        raise r.fail("url", "must not be empty")
+    return DataParams(
+        url=url,
+        sha256=sha,
+        val_fraction=r.float("val_fraction", low=0.0, high=0.5),
+        seed=r.int("seed", minimum=0),
+        limit_train=r.int("limit_train", None, minimum=20, optional=True),
+        limit_test=r.int("limit_test", None, minimum=10, optional=True),
+    )
+
+
+def load_data_params(path: str | Path = PARAMS_FILE) -> DataParams:
+    return data_params(load_section("data", path))
+
+
+# --------------------------------------------------------------------------- validate
+
+
+@dataclass(frozen=True)
+class ValidateParams:
+    """Section ``validate``: the tolerances of the data expectations."""
+
+    class_balance_tolerance: float
+    channel_mean: tuple[float, float, float]
+    channel_std: tuple[float, float, float]
+    channel_stats_tolerance: float
+    max_constant_images: int
+    max_leaked_images: int
+
+
+def validate_params(section: dict[str, Any]) -> ValidateParams:
+    r = _Reader(section, "validate")
+    return ValidateParams(
+        class_balance_tolerance=r.float("class_balance_tolerance", low=0.0, high=1.0),
+        channel_mean=r.floats("channel_mean", 3),  # type: ignore[arg-type]
+        channel_std=r.floats("channel_std", 3),  # type: ignore[arg-type]
+        channel_stats_tolerance=r.float("channel_stats_tolerance", low=0.0),
+        max_constant_images=r.int("max_constant_images", minimum=0),
+        max_leaked_images=r.int("max_leaked_images", minimum=0),
+    )
+
+
+def load_validate_params(path: str | Path = PARAMS_FILE) -> ValidateParams:
+    return validate_params(load_section("validate", path))

@@ -1,0 +1,90 @@
+"""Shared fixtures: a small CIFAR-format archive, the real one where present, and a temporary DVC repo."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.cifar_archive import make_archive
+
+REPO = Path(__file__).resolve().parent.parent
+REAL_ARCHIVE = Path(os.environ.get("CIFAR10_ARCHIVE", REPO.parent / "shared/data/cifar-10/cifar-10-python.tar.gz"))
+REAL_SHA256 = "74d36e93f7daa4ade4876a51e01bcd2ab1c202d05eb6cb36d9105e3144bc10c4"
+#: What a test repo needs from this checkout to run the pipeline.
+PROJECT_FILES = ("tasks", "dvc.yaml", "params.yaml", ".dvcignore")
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(scope="session")
+def fixture_archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A 400-image CIFAR-format archive (300 train in 5 batches, 100 test) and its sha256."""
+    path = tmp_path_factory.mktemp("archive") / "cifar-10-python.tar.gz"
+    return path, make_archive(path)
+
+
+@pytest.fixture(scope="session")
+def real_archive() -> Path:
+    if not REAL_ARCHIVE.is_file():
+        if os.environ.get("CIFAR10_REQUIRE_REAL"):
+            pytest.fail(f"CIFAR10_REQUIRE_REAL is set but {REAL_ARCHIVE} is missing")
+        pytest.skip(f"real CIFAR-10 archive not found at {REAL_ARCHIVE}")
+    return REAL_ARCHIVE
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for child processes: this interpreter's bin first, so `python` in dvc.yaml is ours."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = ""
+    return env
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def dvc(*args: str, cwd: Path, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return run([sys.executable, "-m", "dvc", *args], cwd=cwd, check=check, timeout=timeout)
+
+
+def set_params(repo: Path, **sections: dict) -> None:
+    """Merge ``{section: {key: value}}`` into the repo's params.yaml."""
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for name, values in sections.items():
+        params.setdefault(name, {}).update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture
+def dvc_repo(tmp_path: Path, fixture_archive: tuple[Path, str]) -> Path:
+    """A fresh git + DVC repo holding this project's pipeline, pointed at the fixture archive."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in PROJECT_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, repo / name)
+    archive, sha = fixture_archive
+    set_params(repo, data={"url": str(archive), "sha256": sha})
+    run(["git", "init", "-q"], cwd=repo)
+    dvc("init", "-q", cwd=repo)
+    dvc("config", "core.analytics", "false", cwd=repo)
+    run(["git", "add", "-A"], cwd=repo)
+    run(["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "init"], cwd=repo)
+    return repo
