@@ -166,3 +166,137 @@ def validate_params(section: dict[str, Any]) -> ValidateParams:
 
 def load_validate_params(path: str | Path = PARAMS_FILE) -> ValidateParams:
     return validate_params(load_section("validate", path))
+
+
+# --------------------------------------------------------------------------- training
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "student", "cosine", "onecycle")
+AUGMENTATIONS = ("none", "student", "crop_flip")
+ALEXNET_VARIANTS = ("seed", "paper")
+VGG16_BLOCKS = ("block1", "block2", "block3", "block4", "block5")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Section ``train``: what both training stages share."""
+
+    require_gpu: bool
+    checkpoint_dir: str
+
+
+def train_params(section: dict[str, Any]) -> TrainParams:
+    r = _Reader(section, "train")
+    return TrainParams(require_gpu=r.bool("require_gpu", False), checkpoint_dir=r.str("checkpoint_dir", "checkpoints"))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a model is trained: the keys every model section shares."""
+
+    epochs: int
+    batch_size: int
+    optimizer: str
+    learning_rate: float
+    momentum: float
+    nesterov: bool
+    schedule: str
+    warmup_epochs: float
+    weight_decay: float
+    label_smoothing: float
+    augmentation: str
+    early_stopping_patience: int | None
+    restore_best: bool
+    mixed_precision: bool
+    jit_compile: bool | str
+    seed: int
+    require_gpu: bool | None
+
+
+def recipe(r: _Reader) -> Recipe:
+    jit = r._raw("jit_compile", "auto")
+    if jit not in (True, False, "auto"):
+        raise r.fail("jit_compile", f"must be true, false or auto; got {jit!r}")
+    require = r._raw("require_gpu", None)
+    if require is not None and not isinstance(require, bool):
+        raise r.fail("require_gpu", f"must be true, false or null; got {require!r}")
+    return Recipe(
+        epochs=r.int("epochs", minimum=0),
+        batch_size=r.int("batch_size", minimum=1),
+        optimizer=r.str("optimizer", choices=OPTIMIZERS),
+        learning_rate=r.float("learning_rate", low=0.0),
+        momentum=r.float("momentum", 0.9, low=0.0, high=1.0),
+        nesterov=r.bool("nesterov", False),
+        schedule=r.str("schedule", "constant", choices=SCHEDULES),
+        warmup_epochs=r.float("warmup_epochs", 0.0, low=0.0),
+        weight_decay=r.float("weight_decay", 0.0, low=0.0),
+        label_smoothing=r.float("label_smoothing", 0.0, low=0.0, high=0.5),
+        augmentation=r.str("augmentation", "none", choices=AUGMENTATIONS),
+        early_stopping_patience=r.int("early_stopping_patience", None, minimum=1, optional=True),
+        restore_best=r.bool("restore_best", True),
+        mixed_precision=r.bool("mixed_precision", False),
+        jit_compile=jit,
+        seed=r.int("seed", 0, minimum=0),
+        require_gpu=require,
+    )
+
+
+@dataclass(frozen=True)
+class AlexNetParams:
+    """Section ``alexnet``: architecture plus recipe."""
+
+    variant: str
+    width: float
+    batch_norm: bool
+    recipe: Recipe
+
+
+def alexnet_params(section: dict[str, Any]) -> AlexNetParams:
+    r = _Reader(section, "alexnet")
+    width = r.float("width", 1.0)
+    if not 0.0 < width <= 4.0:
+        raise r.fail("width", f"must be in (0, 4], got {width}")
+    return AlexNetParams(variant=r.str("variant", choices=ALEXNET_VARIANTS), width=width,
+                         batch_norm=r.bool("batch_norm", False), recipe=recipe(r))
+
+
+@dataclass(frozen=True)
+class VGG16Params:
+    """Section ``vgg16``: base weights, input size, head, the two fine-tuning phases, recipe."""
+
+    weights: str  # "imagenet", "none" or a path to a weights file
+    input_size: int
+    dropout: float
+    head_epochs: int
+    unfreeze_from: str
+    fine_tune_learning_rate: float
+    recipe: Recipe
+
+
+def vgg16_params(section: dict[str, Any]) -> VGG16Params:
+    r = _Reader(section, "vgg16")
+    weights = r.str("weights")
+    if weights not in ("imagenet", "none"):
+        path = Path(weights)
+        if not path.is_file():
+            raise r.fail("weights", f"is neither 'imagenet', 'none' nor an existing weights file: {weights}")
+    size = r.int("input_size", 32, minimum=32)
+    rec = recipe(r)
+    head = r.int("head_epochs", 0, minimum=0)
+    if head > rec.epochs:
+        raise r.fail("head_epochs", f"({head}) cannot exceed vgg16.epochs ({rec.epochs})")
+    return VGG16Params(weights=weights, input_size=size, dropout=r.float("dropout", 0.0, low=0.0, high=0.9),
+                       head_epochs=head, unfreeze_from=r.str("unfreeze_from", "block1", choices=VGG16_BLOCKS),
+                       fine_tune_learning_rate=r.float("fine_tune_learning_rate", low=0.0), recipe=rec)
+
+
+def load_train_params(path: str | Path = PARAMS_FILE) -> TrainParams:
+    return train_params(load_section("train", path))
+
+
+def load_alexnet_params(path: str | Path = PARAMS_FILE) -> AlexNetParams:
+    return alexnet_params(load_section("alexnet", path))
+
+
+def load_vgg16_params(path: str | Path = PARAMS_FILE) -> VGG16Params:
+    return vgg16_params(load_section("vgg16", path))

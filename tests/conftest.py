@@ -88,3 +88,15 @@ def dvc_repo(tmp_path: Path, fixture_archive: tuple[Path, str]) -> Path:
     run(["git", "add", "-A"], cwd=repo)
     run(["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "init"], cwd=repo)
     return repo
+
+
+#: Params that make both training stages take seconds on the fixture archive.
+TINY_TRAINING: dict[str, dict] = {
+    "alexnet": {"width": 0.0625, "epochs": 2, "batch_size": 32, "warmup_epochs": 1, "jit_compile": False},
+    "vgg16": {"weights": "none", "epochs": 2, "head_epochs": 1, "batch_size": 32, "jit_compile": False},
+}
+
+
+def tiny_training(repo: Path) -> None:
+    """Shrink the training stages of the repo at ``repo`` to test size."""
+    set_params(repo, **TINY_TRAINING)

@@ -1,0 +1,56 @@
+"""Which accelerators the active Keras backend sees, and a fail-fast check for ``require_gpu``."""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+from typing import Any
+
+import keras
+
+from tasks.errors import DeviceError
+
+
+def backend() -> str:
+    return keras.backend.backend()
+
+
+def visible_devices() -> list[str]:
+    """Device names as the active backend lists them, e.g. ``['CPU:0']`` or ``['cuda:0', 'cuda:1']``."""
+    name = backend()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        return [f"{d.device_type}:{d.name.rsplit(':', 1)[-1]}" for d in tf.config.list_physical_devices()]
+    if name == "jax":
+        import jax
+
+        return [f"{d.platform}:{d.id}" for d in jax.devices()]
+    if name == "torch":
+        import torch
+
+        gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        return gpus or ["cpu:0"]
+    return [f"{name}:unknown"]
+
+
+def gpus(devices: list[str]) -> list[str]:
+    return [d for d in devices if d.split(":")[0].lower() in ("gpu", "cuda", "rocm")]
+
+
+def describe() -> dict[str, Any]:
+    """What the run log and the run metadata record about where training ran."""
+    devices = visible_devices()
+    return {"host": socket.gethostname(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "keras_backend": backend(), "devices": devices, "gpus": gpus(devices)}
+
+
+def require_gpu(info: dict[str, Any], what: str) -> None:
+    """Raise :class:`DeviceError` at once when ``what`` requires a GPU and none is visible."""
+    if not info["gpus"]:
+        raise DeviceError(
+            f"{what}: a GPU is required (require_gpu: true) but the {info['keras_backend']} backend on "
+            f"{info['host']} sees only {', '.join(info['devices']) or 'no devices'}. Run on a GPU host, "
+            "or set require_gpu: false in params.yaml."
+        )

@@ -1,0 +1,62 @@
+"""Stage ``train_vgg16``: VGG16 (ImageNet weights by default) fine-tuned in two phases (section ``vgg16``).
+
+Phase ``head``: ``vgg16.head_epochs`` epochs with the convolutional base frozen at
+``vgg16.learning_rate``. Phase ``fine_tune``: the rest of ``vgg16.epochs`` with the base unfrozen
+from block ``vgg16.unfreeze_from`` onwards at ``vgg16.fine_tune_learning_rate``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import keras
+
+from tasks import runinfo, train
+from tasks.cli import run_stage
+from tasks.models import build_vgg16, set_vgg_trainable
+from tasks.params import VGG16Params, load_train_params, load_vgg16_params
+from tasks.recipe import make_optimizer, make_schedule
+
+log = logging.getLogger(__name__)
+NAME = "vgg16"
+
+
+def phases(params: VGG16Params) -> list[train.Phase]:
+    recipe = params.recipe
+    fine_epochs = recipe.epochs - params.head_epochs
+
+    def head(model: keras.Model, steps: int) -> None:
+        set_vgg_trainable(model, None)
+        schedule = make_schedule(recipe, steps, epochs=params.head_epochs)
+        train.compile_model(model, recipe, make_optimizer(recipe, schedule))
+
+    def fine_tune(model: keras.Model, steps: int) -> None:
+        set_vgg_trainable(model, params.unfreeze_from)
+        schedule = make_schedule(recipe, steps, peak=params.fine_tune_learning_rate, epochs=fine_epochs)
+        train.compile_model(model, recipe, make_optimizer(recipe, schedule))
+
+    return [p for p in (train.Phase("head", params.head_epochs, head), train.Phase("fine_tune", fine_epochs, fine_tune))
+            if p.epochs > 0]
+
+
+def run(params: VGG16Params, checkpoint_root: Path, require_gpu: bool) -> None:
+    recipe = params.recipe
+    info = train.start(NAME, recipe, require_gpu)
+    policy = train.set_precision(recipe, info)
+    train_split, val_split, facts = train.load_data()
+    checkpoints = train.Checkpoints(checkpoint_root, NAME)
+    fingerprint = runinfo.fingerprint(params, facts["sha256"], info["keras_backend"], policy)
+    model, state = train.fit(NAME, lambda: build_vgg16(params), phases(params), recipe, train_split, val_split,
+                             checkpoints, fingerprint)
+    meta = train.run_metadata(NAME, params, policy, info, facts)
+    train.finish(train.outputs_for(NAME), model, recipe, state, meta, len(train_split.y), checkpoints)
+
+
+def main() -> None:
+    shared = load_train_params()
+    run(load_vgg16_params(), Path(shared.checkpoint_dir), shared.require_gpu)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,207 @@
+"""Training stages: learning, resuming after a kill, both backends, and every refusal to start."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import yaml
+
+from tasks.archive import read_archive
+from tasks.atomic import write_json
+from tasks.models import build_alexnet, load_model
+from tasks.params import DataParams, alexnet_params, load_validate_params
+from tasks.preprocess import facts, make_splits, write_splits
+from tasks.train import one_hot
+from tasks.validate import validate
+from tests.conftest import REPO, TINY_TRAINING, subprocess_env
+
+DATA = DataParams(url="x", sha256="0" * 64, val_fraction=0.1, seed=42, limit_train=None, limit_test=None)
+
+
+@pytest.fixture(scope="module")
+def workspace(fixture_archive: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stage working directory with prepared, validated fixture data and tiny training params."""
+    work = tmp_path_factory.mktemp("train")
+    data = read_archive(fixture_archive[0])
+    splits = make_splits(data, DATA)
+    write_splits(splits, facts(splits, data, DATA), work / "data/prepared")
+    write_json(work / "reports/validation.json",
+               validate(work / "data/prepared", DATA, load_validate_params(REPO / "params.yaml")))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in TINY_TRAINING.items():
+        params[section].update(values)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return work
+
+
+def copy_of(workspace: Path, tmp_path: Path, **changes: dict) -> Path:
+    work = tmp_path / "work"
+    shutil.copytree(workspace, work)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    for section, values in changes.items():
+        params[section].update(values)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return work
+
+
+def stage(module: str, cwd: Path, backend: str = "tensorflow", **popen: object) -> subprocess.Popen[str]:
+    env = subprocess_env() | {"PYTHONPATH": str(REPO), "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.Popen([sys.executable, "-m", module], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)  # type: ignore[call-overload]
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 600) -> tuple[int, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out + err
+
+
+def test_alexnet_overfits_64_images() -> None:
+    """The model and loss can drive the training loss to near zero: it can learn."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    y = np.arange(64) % 10
+    params = alexnet_params({"variant": "seed", "width": 0.25, "epochs": 1, "batch_size": 16, "optimizer": "adam",
+                             "learning_rate": 1e-3})
+    keras.utils.set_random_seed(0)
+    model = build_alexnet(params, [127.5] * 3, [64.0] * 3)
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
+    history = model.fit(x, one_hot(y), batch_size=16, epochs=40, verbose=0)
+    assert history.history["loss"][-1] < 0.05
+    assert history.history["accuracy"][-1] == 1.0
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_tiny_training_on_each_backend(workspace: Path, tmp_path: Path, backend: str) -> None:
+    work = copy_of(workspace, tmp_path)
+    code, log = finish(stage("tasks.train_alexnet", work, backend))
+    assert code == 0, log
+    assert f"backend {backend}" in log
+    metrics = json.loads((work / "metrics/alexnet.json").read_text())
+    assert metrics["epochs_run"] == 2 and 0.0 <= metrics["val_accuracy"] <= 1.0
+    assert metrics["params"] > 0 and metrics["images_per_second"] > 0
+    meta = json.loads((work / "models/alexnet.meta.json").read_text())
+    assert meta["devices"]["keras_backend"] == backend and meta["params"]["width"] == 0.0625
+    assert "keras" in meta["packages"] and meta["data_sha256"]["train"]["x"]
+    history = (work / "plots/train/alexnet.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,phase,learning_rate,train_loss") and len(history) == 3
+    assert not (work / "checkpoints/alexnet").exists(), "a finished run leaves no checkpoint behind"
+
+
+def test_saved_model_predicts_after_reload(workspace: Path, tmp_path: Path) -> None:
+    work = copy_of(workspace, tmp_path, alexnet={"augmentation": "crop_flip"})
+    code, log = finish(stage("tasks.train_alexnet", work))
+    assert code == 0, log
+    model = load_model(work / "models/alexnet.keras")
+    assert model.predict(np.zeros((3, 32, 32, 3), np.uint8), verbose=0).shape == (3, 10)
+
+
+def test_vgg16_two_phases(workspace: Path, tmp_path: Path) -> None:
+    work = copy_of(workspace, tmp_path, vgg16={"epochs": 2, "head_epochs": 1}, data={})
+    code, log = finish(stage("tasks.train_vgg16", work))
+    assert code == 0, log
+    history = (work / "plots/train/vgg16.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[1] for row in history] == ["head", "fine_tune"]
+    assert [float(row.split(",")[2]) for row in history] == pytest.approx([1e-3, 1e-4])
+
+
+def _history(work: Path) -> list[dict[str, str]]:
+    lines = (work / "plots/train/alexnet.csv").read_text().splitlines()
+    keys = lines[0].split(",")
+    return [dict(zip(keys, line.split(","))) for line in lines[1:]]
+
+
+def test_killed_training_resumes_from_last_epoch(workspace: Path, tmp_path: Path) -> None:
+    """SIGKILL after an epoch; the rerun continues from the checkpoint and matches an uninterrupted run."""
+    settings = {"alexnet": {"width": 0.25, "epochs": 6, "augmentation": "none", "variant": "seed"}}
+    reference = copy_of(workspace, tmp_path / "ref", **settings)
+    code, log = finish(stage("tasks.train_alexnet", reference))
+    assert code == 0, log
+
+    work = copy_of(workspace, tmp_path / "killed", **settings)
+    state = work / "checkpoints/alexnet/state.json"
+    proc = stage("tasks.train_alexnet", work)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if state.is_file() and json.loads(state.read_text())["epochs_done"] >= 2:
+            break
+        assert proc.poll() is None, "training ended before it could be killed"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    done = json.loads(state.read_text())["epochs_done"]
+    assert 2 <= done < 6 and not (work / "models/alexnet.keras").exists()
+
+    code, log = finish(stage("tasks.train_alexnet", work))
+    assert code == 0, log
+    assert f"resuming from checkpoints/alexnet after epoch {done}" in log
+    assert f"epoch {done}/6" not in log, "finished epochs are not trained again"
+    meta = json.loads((work / "models/alexnet.meta.json").read_text())
+    assert meta["resumed_from_epochs"] == [done]
+    resumed, uninterrupted = _history(work), _history(reference)
+    assert [h["epoch"] for h in resumed] == [str(e) for e in range(1, 7)]
+    for a, b in zip(resumed, uninterrupted):
+        assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), rel=1e-3, abs=1e-4)
+        assert float(a["val_loss"]) == pytest.approx(float(b["val_loss"]), rel=1e-3, abs=1e-4)
+
+
+def test_checkpoint_for_other_params_is_not_reused(workspace: Path, tmp_path: Path) -> None:
+    work = copy_of(workspace, tmp_path)
+    folder = work / "checkpoints/alexnet"
+    folder.mkdir(parents=True)
+    (folder / "state.json").write_text(json.dumps({"fingerprint": "stale", "epochs_done": 1}))
+    (folder / "last.keras").write_bytes(b"not a model")
+    code, log = finish(stage("tasks.train_alexnet", work))
+    assert code == 0, log
+    assert "for other params or data; starting afresh" in log
+
+
+@pytest.mark.parametrize(("section", "changes", "message"), [
+    ("alexnet", {"optimizer": "rmsprop"}, "'alexnet.optimizer' must be one of adam, adamw, sgd; got 'rmsprop'"),
+    ("alexnet", {"epochs": -3}, "'alexnet.epochs' must be >= 0, got -3"),
+    ("alexnet", {"variant": "resnet"}, "'alexnet.variant' must be one of seed, paper"),
+    ("vgg16", {"weights": "missing/vgg16_notop.h5"},
+     "'vgg16.weights' is neither 'imagenet', 'none' nor an existing weights file: missing/vgg16_notop.h5"),
+    ("vgg16", {"head_epochs": 5, "epochs": 2}, "'vgg16.head_epochs' (5) cannot exceed vgg16.epochs (2)"),
+])
+def test_bad_params_fail_before_any_work(workspace: Path, tmp_path: Path, section: str, changes: dict,
+                                         message: str) -> None:
+    work = copy_of(workspace, tmp_path, **{section: changes})
+    started = time.monotonic()
+    code, log = finish(stage(f"tasks.train_{section}", work))
+    assert code == 2 and message in log and "Traceback" not in log
+    assert not (work / "models").exists() and not (work / "checkpoints").exists()
+    assert time.monotonic() - started < 60
+
+
+def test_refuses_data_that_failed_validation(workspace: Path, tmp_path: Path) -> None:
+    work = copy_of(workspace, tmp_path)
+    report = json.loads((work / "reports/validation.json").read_text())
+    write_json(work / "reports/validation.json", {**report, "success": False, "failed": ["no_test_leakage"]})
+    code, log = finish(stage("tasks.train_alexnet", work))
+    assert code == 2 and "failed validation (no_test_leakage); refusing to train" in log
+    (work / "reports/validation.json").unlink()
+    code, log = finish(stage("tasks.train_alexnet", work))
+    assert code == 2 and "run the validate stage first" in log
+    assert not (work / "models").exists()
+
+
+@pytest.mark.parametrize(("changes", "module"), [
+    ({"train": {"require_gpu": True}}, "tasks.train_alexnet"),
+    ({"vgg16": {"require_gpu": True}}, "tasks.train_vgg16"),
+])
+def test_require_gpu_fails_fast_without_one(workspace: Path, tmp_path: Path, changes: dict, module: str) -> None:
+    work = copy_of(workspace, tmp_path, **changes)
+    code, log = finish(stage(module, work))
+    assert code == 2
+    assert "a GPU is required (require_gpu: true) but the tensorflow backend" in log and "sees only CPU:0" in log
+    assert not (work / "checkpoints").exists() and not (work / "models").exists()

@@ -1,0 +1,25 @@
+"""End to end: the real `dvc repro` through both training stages in a temporary git repo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import dvc, tiny_training
+
+
+@pytest.mark.slow
+def test_dvc_repro_through_both_training_stages(dvc_repo: Path) -> None:
+    tiny_training(dvc_repo)
+    proc = dvc("repro", "train_alexnet", "train_vgg16", cwd=dvc_repo)
+    assert "Running stage 'train_alexnet'" in proc.stdout and "Running stage 'train_vgg16'" in proc.stdout
+    for name in ("alexnet", "vgg16"):
+        assert (dvc_repo / f"models/{name}.keras").is_file()
+        metrics = json.loads((dvc_repo / f"metrics/{name}.json").read_text())
+        assert metrics["epochs_run"] == 2
+    shown = dvc("metrics", "show", "--json", cwd=dvc_repo).stdout
+    assert "best_val_accuracy" in shown and "metrics/alexnet.json" in shown
+    again = dvc("repro", "train_alexnet", "train_vgg16", cwd=dvc_repo)
+    assert "Running stage" not in again.stdout
