@@ -300,3 +300,25 @@ def load_alexnet_params(path: str | Path = PARAMS_FILE) -> AlexNetParams:
 
 def load_vgg16_params(path: str | Path = PARAMS_FILE) -> VGG16Params:
     return vgg16_params(load_section("vgg16", path))
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """Section ``evaluate``: how the test set is scored and timed."""
+
+    batch_size: int
+    latency_repeats: int
+    worst_mistakes: int
+
+
+def evaluate_params(section: dict[str, Any]) -> EvaluateParams:
+    r = _Reader(section, "evaluate")
+    return EvaluateParams(batch_size=r.int("batch_size", minimum=1), latency_repeats=r.int("latency_repeats", minimum=1),
+                          worst_mistakes=r.int("worst_mistakes", minimum=0))
+
+
+def load_evaluate_params(path: str | Path = PARAMS_FILE) -> EvaluateParams:
+    return evaluate_params(load_section("evaluate", path))

@@ -4,65 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
-import yaml
 
-from tasks.archive import read_archive
 from tasks.atomic import write_json
 from tasks.models import build_alexnet, load_model
-from tasks.params import DataParams, alexnet_params, load_validate_params
-from tasks.preprocess import facts, make_splits, write_splits
+from tasks.params import alexnet_params
 from tasks.train import one_hot
-from tasks.validate import validate
-from tests.conftest import REPO, TINY_TRAINING, subprocess_env
-
-DATA = DataParams(url="x", sha256="0" * 64, val_fraction=0.1, seed=42, limit_train=None, limit_test=None)
-
-
-@pytest.fixture(scope="module")
-def workspace(fixture_archive: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A stage working directory with prepared, validated fixture data and tiny training params."""
-    work = tmp_path_factory.mktemp("train")
-    data = read_archive(fixture_archive[0])
-    splits = make_splits(data, DATA)
-    write_splits(splits, facts(splits, data, DATA), work / "data/prepared")
-    write_json(work / "reports/validation.json",
-               validate(work / "data/prepared", DATA, load_validate_params(REPO / "params.yaml")))
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for section, values in TINY_TRAINING.items():
-        params[section].update(values)
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return work
-
-
-def copy_of(workspace: Path, tmp_path: Path, **changes: dict) -> Path:
-    work = tmp_path / "work"
-    shutil.copytree(workspace, work)
-    params = yaml.safe_load((work / "params.yaml").read_text())
-    for section, values in changes.items():
-        params[section].update(values)
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return work
-
-
-def stage(module: str, cwd: Path, backend: str = "tensorflow", **popen: object) -> subprocess.Popen[str]:
-    env = subprocess_env() | {"PYTHONPATH": str(REPO), "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.Popen([sys.executable, "-m", module], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)  # type: ignore[call-overload]
-
-
-def finish(proc: subprocess.Popen[str], timeout: float = 600) -> tuple[int, str]:
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out + err
+from tests.conftest import copy_of, finish, stage
 
 
 def test_alexnet_overfits_64_images() -> None:

@@ -1,0 +1,137 @@
+"""Stage ``evaluate``: both trained models on the untouched test split -> metrics, plots, report.
+
+The only stage that reads ``data/prepared/test.npz``. Writes ``metrics/evaluate.json`` (per model:
+test accuracy and loss, macro and per-class precision/recall/F1, size, inference speed on this
+machine, training time), ``plots/confusion/<model>.csv`` (per-image actual/predicted for DVC's
+confusion template), and the report (:mod:`tasks.report`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from tasks import classification, devices, report, runinfo
+from tasks.atomic import write_json, write_text
+from tasks.cli import run_stage
+from tasks.errors import StageError
+from tasks.models import load_model
+from tasks.params import EvaluateParams, load_evaluate_params
+from tasks.preprocess import PREPARED, Split, load_split
+from tasks.train import outputs_for
+
+log = logging.getLogger(__name__)
+
+MODELS = ("alexnet", "vgg16")
+METRICS = Path("metrics/evaluate.json")
+CONFUSION = Path("plots/confusion")
+
+
+@dataclass
+class Evaluated:
+    """One model's results: what the metrics file, the plots and the report are made of."""
+
+    name: str
+    probs: np.ndarray
+    scores: dict[str, Any]
+    speed: dict[str, float]
+    training: dict[str, Any]
+    meta: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+def timed_predictions(model: keras.Model, x: np.ndarray, batch_size: int, repeats: int) -> tuple[np.ndarray, dict]:
+    """Predict the whole split (timed, after a warm-up) and time single-image predictions."""
+    model.predict_on_batch(x[:batch_size])  # compile and warm up before the clock starts
+    start = time.perf_counter()
+    probs = model.predict(x, batch_size=batch_size, verbose=0)
+    throughput = len(x) / (time.perf_counter() - start)
+    one = x[:1]
+    model.predict_on_batch(one)
+    latencies = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        model.predict_on_batch(one)
+        latencies.append(time.perf_counter() - t)
+    return np.asarray(probs, dtype=np.float64), {"throughput_images_per_second": round(throughput, 1),
+                                                 "latency_ms_batch1": round(1000 * float(np.median(latencies)), 3)}
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return [{k: (v if k == "phase" else float(v)) for k, v in row.items()} for row in rows]
+
+
+def evaluate_model(name: str, test: Split, class_names: list[str], params: EvaluateParams) -> Evaluated:
+    out = outputs_for(name)
+    try:
+        model = load_model(out.model)
+        training = json.loads(out.metrics.read_text())
+        meta = json.loads(out.meta.read_text())
+        history = read_history(out.history)
+    except (FileNotFoundError, ValueError) as exc:
+        raise StageError(f"{name}: cannot read the trained model or its records ({exc}); "
+                         f"run the train_{name} stage first") from None
+    probs, speed = timed_predictions(model, test.x, params.batch_size, params.latency_repeats)
+    scores = classification.summary(test.y, probs, class_names)
+    log.info("%s: test accuracy %.4f, loss %.4f, %.0f img/s, %.2f ms at batch 1", name, scores["test_accuracy"],
+             scores["test_loss"], speed["throughput_images_per_second"], speed["latency_ms_batch1"])
+    return Evaluated(name, probs, scores, speed, training, meta, history)
+
+
+def metrics_entry(result: Evaluated) -> dict[str, Any]:
+    """What ``metrics/evaluate.json`` holds for one model (the confusion matrix goes to plots instead)."""
+    s = result.scores
+    return {
+        "test_accuracy": round(s["test_accuracy"], 4),
+        "test_loss": round(s["test_loss"], 4),
+        "macro_precision": round(s["macro_precision"], 4),
+        "macro_recall": round(s["macro_recall"], 4),
+        "macro_f1": round(s["macro_f1"], 4),
+        "per_class": s["per_class"],
+        "params": result.training.get("params"),
+        "model_file_mib": round(outputs_for(result.name).model.stat().st_size / 2**20, 2),
+        **result.speed,
+        "train_seconds": result.training.get("train_seconds"),
+        "epochs_run": result.training.get("epochs_run"),
+    }
+
+
+def confusion_csv(y_true: np.ndarray, probs: np.ndarray, class_names: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["actual", "predicted"])
+    for t, p in zip(y_true, probs.argmax(axis=1)):
+        writer.writerow([class_names[t], class_names[p]])
+    return buf.getvalue()
+
+
+def main() -> None:
+    params = load_evaluate_params()
+    try:
+        test = load_split("test", PREPARED)
+        class_names = json.loads((PREPARED / "facts.json").read_text())["class_names"]
+    except (FileNotFoundError, KeyError) as exc:
+        raise StageError(f"{PREPARED}: cannot read the test split ({exc}); run the preprocess stage first") from None
+    info = devices.describe()
+    results = [evaluate_model(name, test, class_names, params) for name in MODELS]
+    for r in results:
+        write_text(CONFUSION / f"{r.name}.csv", confusion_csv(test.y, r.probs, class_names))
+    context = {"devices": info, "packages": runinfo.package_versions(), "evaluated": runinfo.now(),
+               "params": {"evaluate": runinfo.as_dict(params)}}
+    report.write(results, test, class_names, params, context)
+    write_json(METRICS, {r.name: metrics_entry(r) for r in results})
+
+
+if __name__ == "__main__":
+    run_stage(main)

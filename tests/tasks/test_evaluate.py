@@ -1,0 +1,76 @@
+"""Stage evaluate: metrics of both models on the test split, confusion plots, and the report."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import copy_of, finish, stage
+
+SECTIONS = ("## Comparison", "## Per class", "## Confusion matrices", "## Training curves",
+            "## Most confident mistakes: AlexNet", "## Most confident mistakes: VGG16", "## What produced these numbers")
+
+
+@pytest.fixture(scope="module")
+def evaluated(workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = copy_of(workspace, tmp_path_factory.mktemp("evaluate"))
+    for module in ("tasks.train_alexnet", "tasks.train_vgg16", "tasks.evaluate"):
+        code, log = finish(stage(module, work))
+        assert code == 0, log
+    return work
+
+
+def test_metrics_per_model(evaluated: Path) -> None:
+    metrics = json.loads((evaluated / "metrics/evaluate.json").read_text())
+    assert set(metrics) == {"alexnet", "vgg16"}
+    for name, m in metrics.items():
+        for key in ("test_accuracy", "test_loss", "macro_precision", "macro_recall", "macro_f1", "params",
+                    "model_file_mib", "throughput_images_per_second", "latency_ms_batch1", "train_seconds"):
+            assert m[key] is not None, (name, key)
+        assert 0.0 <= m["test_accuracy"] <= 1.0 and m["latency_ms_batch1"] > 0
+        assert set(m["per_class"]) == {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                                       "ship", "truck"}
+        training = json.loads((evaluated / f"metrics/{name}.json").read_text())
+        assert m["train_seconds"] == training["train_seconds"] and m["params"] == training["params"]
+
+
+def test_confusion_plot_data_matches_accuracy(evaluated: Path) -> None:
+    metrics = json.loads((evaluated / "metrics/evaluate.json").read_text())
+    for name in ("alexnet", "vgg16"):
+        rows = (evaluated / f"plots/confusion/{name}.csv").read_text().splitlines()
+        assert rows[0] == "actual,predicted" and len(rows) == 101  # the 100 fixture test images
+        correct = sum(a == p for a, p in (r.split(",") for r in rows[1:]))
+        assert correct / 100 == pytest.approx(metrics[name]["test_accuracy"])
+
+
+def test_report_has_every_section_and_the_numbers(evaluated: Path) -> None:
+    md = (evaluated / "reports/report.md").read_text()
+    metrics = json.loads((evaluated / "metrics/evaluate.json").read_text())
+    for section in SECTIONS:
+        assert section in md
+    assert "79.12 %" in md and "78.62 %" in md
+    for name, label in (("alexnet", "AlexNet"), ("vgg16", "VGG16")):
+        assert f"| {label} | {100 * metrics[name]['test_accuracy']:.2f} % |" in md
+    for image in re.findall(r"\]\(figures/([^)]+)\)", md):
+        assert (evaluated / "reports/figures" / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_html_report_is_self_contained(evaluated: Path) -> None:
+    page = (evaluated / "reports/report.html").read_text()
+    assert "<script" not in page
+    assert not re.search(r"""(src|href)\s*=\s*['"]?(https?:)?//""", page), "nothing may load from the network"
+    images = re.findall(r"src='data:image/png;base64,([^']+)'", page)
+    assert len(images) >= 5  # 2 confusion matrices, 2 curves, mistakes
+    assert all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)
+    assert "Comparison" in page and "79.12 %" in page
+
+
+def test_missing_model_is_a_clear_error(workspace: Path, tmp_path: Path) -> None:
+    work = copy_of(workspace, tmp_path)
+    code, log = finish(stage("tasks.evaluate", work))
+    assert code == 2 and "run the train_alexnet stage first" in log and "Traceback" not in log
+    assert not (work / "metrics/evaluate.json").exists()

@@ -1,0 +1,52 @@
+"""Reviewing changes the way users do: `dvc metrics diff`, `dvc params diff`, experiments, offline plots."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import dvc, run, set_params, tiny_training
+
+COMMIT = ["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm"]
+
+
+@pytest.mark.slow
+def test_two_commits_and_two_experiments_are_reviewable(dvc_repo: Path) -> None:
+    tiny_training(dvc_repo)
+    first = dvc("repro", cwd=dvc_repo)
+    assert "Running stage 'evaluate'" in first.stdout
+    assert (dvc_repo / "reports/report.html").is_file()
+    run(["git", "add", "-A"], cwd=dvc_repo)
+    run([*COMMIT, "baseline"], cwd=dvc_repo)
+
+    set_params(dvc_repo, alexnet={"width": 0.125})
+    second = dvc("repro", cwd=dvc_repo)
+    assert "Running stage 'train_alexnet'" in second.stdout and "Running stage 'train_vgg16'" not in second.stdout
+    run(["git", "add", "-A"], cwd=dvc_repo)
+    run([*COMMIT, "wider alexnet"], cwd=dvc_repo)
+
+    params = json.loads(dvc("params", "diff", "HEAD~1", "HEAD", "--json", cwd=dvc_repo).stdout)
+    assert params["params.yaml"]["alexnet.width"] == {"old": 0.0625, "new": 0.125, "diff": 0.0625}
+    metrics = json.loads(dvc("metrics", "diff", "HEAD~1", "HEAD", "--json", cwd=dvc_repo).stdout)
+    assert metrics["metrics/evaluate.json"]["alexnet.params"]["diff"] > 0
+    assert "vgg16.params" not in metrics["metrics/evaluate.json"], "an unchanged model shows no diff"
+
+    # Offline rendering of `dvc plots diff` between the two commits.
+    out = dvc_repo / "plots_diff"
+    run([sys.executable, "-m", "tasks.plots_diff", "HEAD~1", "HEAD", "--out", str(out)], cwd=dvc_repo)
+    pngs = sorted(out.glob("*.png"))
+    assert {p.name for p in pngs} >= {"Accuracy.png", "Loss.png", "plots_confusion_alexnet.csv.png"}
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000 for p in pngs)
+    page = (out / "index.html").read_text()
+    assert "data:image/png;base64," in page and "<script" not in page
+
+    for name, epochs in (("short", 1), ("long", 3)):
+        dvc("exp", "run", "-n", name, "-S", f"alexnet.epochs={epochs}", cwd=dvc_repo)
+    shown = json.loads(dvc("exp", "show", "--json", cwd=dvc_repo).stdout)
+    names = {exp.get("name") for rev in shown for exp in (rev.get("experiments") or []) for exp in exp["revs"]}
+    assert {"short", "long"} <= names
+    diff = json.loads(dvc("metrics", "diff", "short", "long", "--json", cwd=dvc_repo).stdout)
+    assert diff["metrics/alexnet.json"]["epochs_run"] == {"old": 1, "new": 3, "diff": 2}
