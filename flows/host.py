@@ -1,0 +1,121 @@
+"""Where a flow run runs: the host, its NVIDIA GPUs as the driver sees them, and the devices the
+Keras backend that training will use can see.
+
+Cheap on purpose: ``nvidia-smi`` takes milliseconds; the backend probe imports Keras and its
+backend (a few seconds with TensorFlow), so it runs in a subprocess and only where a GPU matters:
+when ``require_gpu`` is set or the driver reports a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+from typing import Any
+
+#: Device kinds that count as an accelerator, as the backends name them.
+GPU_KINDS = ("gpu", "cuda", "rocm", "mps", "metal", "tpu")
+
+#: Run in a child process: prints one JSON line with the Keras backend and its devices.
+_PROBE = r"""
+import json, os
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+name = keras.backend.backend()
+if name == "tensorflow":
+    import tensorflow as tf
+    devices = [f"{d.device_type}:{d.name.rsplit(':', 1)[-1]}" for d in tf.config.list_physical_devices()]
+elif name == "jax":
+    import jax
+    devices = [f"{d.platform}:{d.id}" for d in jax.devices()]
+elif name == "torch":
+    import torch
+    devices = [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps:0")
+    devices = devices or ["cpu:0"]
+else:
+    devices = []
+print(json.dumps({"backend": name, "keras": keras.__version__, "devices": devices}))
+"""
+
+
+class GPUUnavailable(RuntimeError):
+    """``require_gpu`` is set and no GPU is usable here."""
+
+
+def nvidia_gpus(timeout: float = 20) -> tuple[list[str], str]:
+    """GPUs the NVIDIA driver lists (``index: name, memory, driver``) and a note on how it went."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return [], "nvidia-smi not found"
+    try:
+        proc = subprocess.run([exe, "--query-gpu=index,name,memory.total,driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return [], f"nvidia-smi failed: {exc}"
+    if proc.returncode != 0:
+        return [], f"nvidia-smi exited with {proc.returncode}: {(proc.stderr or proc.stdout).strip()[:200]}"
+    gpus = []
+    for row in proc.stdout.strip().splitlines():
+        parts = [p.strip() for p in row.split(",")]
+        if len(parts) == 4:
+            gpus.append(f"{parts[0]}: {parts[1]}, {parts[2]}, driver {parts[3]}")
+    return gpus, f"{len(gpus)} GPU(s)"
+
+
+def backend_devices(timeout: float = 120) -> dict[str, Any]:
+    """``{"backend", "keras", "devices"}`` as the Keras backend sees them, or ``{"error": ...}``."""
+    try:
+        proc = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return {"error": f"backend probe timed out after {timeout:.0f} s"}
+    last = proc.stdout.strip().splitlines()[-1:] if proc.stdout.strip() else []
+    if proc.returncode != 0 or not last:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"backend probe exited with {proc.returncode}: {tail}"}
+    return json.loads(last[0])
+
+
+def accelerators(devices: list[str]) -> list[str]:
+    return [d for d in devices if d.split(":")[0].lower() in GPU_KINDS]
+
+
+def describe(require_gpu: bool) -> dict[str, Any]:
+    """The host report the flow logs first; raises :class:`GPUUnavailable` for ``require_gpu``
+    on a machine where neither the driver nor the backend shows a GPU."""
+    info: dict[str, Any] = {
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
+    try:
+        import psutil
+
+        info["memory_gib"] = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:  # pragma: no cover -- a project dependency
+        pass
+    info["nvidia_gpus"], info["nvidia_smi"] = nvidia_gpus()
+    if require_gpu or info["nvidia_gpus"]:
+        probe = backend_devices()
+        info["backend"] = probe
+        info["gpus"] = accelerators(probe.get("devices", []))
+    else:
+        info["backend"] = {"skipped": "no GPU reported by nvidia-smi and require_gpu is off"}
+        info["gpus"] = []
+    if require_gpu and not info["gpus"]:
+        backend = info["backend"]
+        seen = backend.get("error") or (
+            f"the {backend.get('backend')} backend sees only {', '.join(backend.get('devices', [])) or 'no devices'}")
+        raise GPUUnavailable(
+            f"require_gpu is set but {info['host']} has no usable GPU: {info['nvidia_smi']}; {seen}. "
+            "Run this deployment on a GPU worker (prefect worker start --pool gpu on a GPU host), "
+            "or pass require_gpu=false.")
+    return info

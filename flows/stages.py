@@ -1,0 +1,242 @@
+"""DVC plumbing for the Prefect flow: the stage graph, running a ``dvc`` command with its output
+streamed line by line, and telling a transient failure from a deterministic one.
+
+Nothing here imports Prefect, so it can be tested and reused on its own. DVC stays the judge of
+what reruns: every stage goes through ``dvc repro --single-item``, which skips an unchanged stage
+(or restores it from the run-cache) and keeps ``dvc.lock`` the record of what ran.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: Exit status of a stage that failed for a reason its message explains (tasks/cli.py): bad input,
+#: bad params, failed validation. Another attempt would fail the same way.
+EXIT_STAGE_ERROR = 2
+#: sysexits' EX_TEMPFAIL: a stage may exit with it to ask for another attempt.
+EXIT_TEMPFAIL = 75
+#: ``error:`` messages that exit 2 but name a condition another attempt may not meet: the
+#: download gave up after its own retries (server down, network gone), so a later attempt can win.
+TRANSIENT_ERROR_MARKERS = ("giving up after",)
+#: How many output lines a failure keeps for its message.
+TAIL_LINES = 40
+
+_STAGE_EXIT = re.compile(r"failed to run: .*, exited with (-?\d+)")
+_OUTCOMES = (
+    (re.compile(r"^Running stage '(?P<stage>[^']+)'"), "ran"),
+    (re.compile(r"^Stage '(?P<stage>[^']+)' is cached - skipping run"), "restored"),
+    (re.compile(r"^Stage '(?P<stage>[^']+)' didn't change, skipping"), "skipped"),
+)
+
+
+class PlanError(ValueError):
+    """The requested stages are not in the pipeline."""
+
+
+class StageFailure(RuntimeError):
+    """A ``dvc`` command failed; ``errors`` holds the stage's own ``error:`` lines."""
+
+    retryable = True
+
+    def __init__(self, what: str, errors: list[str], *, returncode: int | None = None, exit_code: int | None = None,
+                 tail: list[str] | None = None):
+        self.what, self.errors, self.returncode, self.exit_code = what, errors, returncode, exit_code
+        self.tail = tail or []
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        how = []
+        if self.exit_code is not None:
+            how.append(f"the stage exited with {self.exit_code}")
+        elif self.returncode is not None:
+            how.append(f"dvc exited with {self.returncode}")
+        how.append("may be transient" if self.retryable else "not retried")
+        detail = "; ".join(self.errors) or next((ln for ln in reversed(self.tail) if ln.startswith("ERROR")), "")
+        return f"{self.what} failed ({'; '.join(how)})" + (f": {detail}" if detail else "")
+
+
+class DeterministicFailure(StageFailure):
+    """Bad input, bad params or failed validation: retrying cannot help."""
+
+    retryable = False
+
+
+class TransientFailure(StageFailure):
+    """A crash, a lost connection, a held lock: another attempt may succeed."""
+
+
+@dataclass
+class CommandResult:
+    returncode: int
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+
+def classify(what: str, returncode: int, lines: Sequence[str]) -> StageFailure:
+    """The failure a non-zero ``dvc`` run stands for: deterministic only when the stage said so.
+
+    A stage reports bad input by exiting 2 with a line ``error: ...`` (tasks/cli.py); DVC then
+    prints ``failed to run: <cmd>, exited with 2``. Everything else -- a signal, a traceback, a
+    DVC lock held too long, an ``error:`` naming exhausted network retries -- may pass on its own.
+    """
+    errors = error_messages(lines)
+    codes = [int(m.group(1)) for ln in lines if (m := _STAGE_EXIT.search(ln))]
+    exit_code = codes[-1] if codes else None
+    tail = list(lines)[-TAIL_LINES:]
+    transient_message = any(marker in e for e in errors for marker in TRANSIENT_ERROR_MARKERS)
+    if exit_code == EXIT_STAGE_ERROR and errors and not transient_message:
+        return DeterministicFailure(what, errors, returncode=returncode, exit_code=exit_code, tail=tail)
+    return TransientFailure(what, errors, returncode=returncode, exit_code=exit_code, tail=tail)
+
+
+def error_messages(lines: Sequence[str], limit: int = 1500) -> list[str]:
+    """The stages' ``error: ...`` lines, each with the indented lines that continue it
+    (validate lists each failed expectation that way)."""
+    found: list[str] = []
+    in_block = False
+    for line in lines:
+        if line.startswith("error: "):
+            found.append(line)
+            in_block = True
+        elif in_block and line[:1].isspace():
+            found[-1] = f"{found[-1]} {line.strip()}"
+        else:
+            in_block = False
+    return [e if len(e) <= limit else e[:limit] + " ..." for e in found]
+
+
+def outcome(stage: str, lines: Iterable[str]) -> str:
+    """What ``dvc repro --single-item <stage>`` did: ``ran``, ``restored`` (run-cache) or ``skipped``."""
+    for line in lines:
+        for pattern, name in _OUTCOMES:
+            m = pattern.match(line)
+            if m and m.group("stage") == stage:
+                return name
+    return "skipped"
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for ``dvc``: this interpreter's bin first, so ``python`` in dvc.yaml is ours."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    env["PYTHONUNBUFFERED"] = "1"  # stage output reaches the run log as it happens
+    env.update(extra or {})
+    return env
+
+
+def run_dvc(args: Sequence[str], cwd: Path, log: Callable[[str], None] = print, *, wait_for_lock: bool = True,
+            keep: int = 2000) -> CommandResult:
+    """Run ``dvc <args>`` in ``cwd``, passing each output line to ``log`` as it arrives.
+
+    ``--wait-for-lock`` makes DVC queue behind another DVC process in the same workspace instead
+    of failing. If this process is interrupted, the child gets SIGINT (DVC then releases its locks
+    and stops the stage), and SIGKILL if it has not stopped 30 s later.
+    """
+    cmd = [sys.executable, "-m", "dvc", *(["--wait-for-lock"] if wait_for_lock else []), *args]
+    lines: deque[str] = deque(maxlen=keep)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=child_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1)
+    try:
+        assert proc.stdout is not None
+        for raw in proc.stdout:  # text mode turns tqdm's \r updates into lines of their own
+            line = raw.rstrip()
+            if line:
+                lines.append(line)
+                log(line)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return CommandResult(proc.returncode, list(lines))
+
+
+# -- the stage graph --------------------------------------------------------------------------------
+
+def stage_graph(repo: Path) -> dict[str, list[str]]:
+    """``{stage: [stages it depends on]}`` for every stage with a command, in dvc.yaml order.
+
+    Read through DVC itself (``Repo.index.graph``, the graph ``dvc dag`` draws), so foreach/matrix
+    stages, ``vars`` and stages in other dvc.yaml files come out as DVC sees them, and a stage
+    added to dvc.yaml joins the flow without touching it.
+    """
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc_repo:
+        graph = dvc_repo.index.graph
+        stages = [s for s in dvc_repo.index.stages if s.cmd]
+        names = {s: _target(s, dvc_repo.root_dir) for s in stages}
+
+        def upstream(stage: object) -> list[str]:
+            found: list[str] = []
+            for dep in graph.successors(stage):
+                if dep in names:  # a stage with a command
+                    found.append(names[dep])
+                else:  # a data source (.dvc file): look through it
+                    found.extend(upstream(dep))
+            return found
+
+        return {names[s]: sorted(set(upstream(s))) for s in stages}
+
+
+def uncached_outputs(repo: Path, stages: Sequence[str]) -> list[str]:
+    """Paths of the ``cache: false`` outputs (metrics, plots, small reports) of ``stages``: git,
+    not the DVC cache, carries them, so an experiment must include them even before their first
+    commit (``dvc exp save -I``)."""
+    from dvc.repo import Repo
+
+    wanted = set(stages)
+    with Repo(str(repo)) as dvc_repo:
+        return [os.path.relpath(out.fs_path, dvc_repo.root_dir)
+                for stage in dvc_repo.index.stages if stage.cmd and _target(stage, dvc_repo.root_dir) in wanted
+                for out in stage.outs if not out.use_cache]
+
+
+def _target(stage: object, root: str) -> str:
+    """How ``dvc repro`` run from the repository root names the stage: ``name`` for the root
+    dvc.yaml, ``path/to/dvc.yaml:name`` for another."""
+    dvcfile = os.path.relpath(stage.path, root)  # type: ignore[attr-defined]
+    name = getattr(stage, "name", None)
+    if name is None:
+        return dvcfile
+    return name if dvcfile == "dvc.yaml" else f"{dvcfile}:{name}"
+
+
+def plan(graph: dict[str, list[str]], targets: Sequence[str] | None = None) -> list[str]:
+    """The stages to run for ``targets`` (all when empty) and everything upstream of them, ordered
+    so each comes after its dependencies; ties keep dvc.yaml order."""
+    unknown = [t for t in targets or [] if t not in graph]
+    if unknown:
+        raise PlanError(f"unknown stage(s) {', '.join(map(repr, unknown))}; the pipeline has: {', '.join(graph)}")
+    wanted: set[str] = set()
+    todo = list(targets) if targets else list(graph)
+    while todo:
+        stage = todo.pop()
+        if stage not in wanted:
+            wanted.add(stage)
+            todo.extend(graph[stage])
+    order: list[str] = []
+    done: set[str] = set()
+    while len(order) < len(wanted):
+        ready = [s for s in graph if s in wanted and s not in done and all(d in done for d in graph[s])]
+        if not ready:  # DVC refuses cyclic pipelines, so this is a bug here
+            raise PlanError(f"cannot order stages {sorted(wanted - done)}")
+        order.append(ready[0])
+        done.add(ready[0])
+    return order

@@ -1,0 +1,246 @@
+"""Fixtures for the Prefect flow tests: a temporary Prefect backend, a real Prefect server with a
+process worker, a download server that misbehaves on purpose, and helpers that read back what a
+flow run recorded."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from tests.conftest import REPO, run, subprocess_env
+
+PREFECT = str(Path(sys.executable).parent / "prefect")
+
+
+# -- a temporary Prefect backend ---------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[str]:
+    """``prefect_test_harness``: a throwaway API on SQLite for the whole session; yields its URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield PREFECT_API_URL.value()
+
+
+def client():
+    from prefect.client.orchestration import get_client
+
+    return get_client(sync_client=True)
+
+
+def flush_logs() -> None:
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+
+
+def task_runs(flow_run_id: UUID) -> list[Any]:
+    """The flow run's task runs, in the order they started."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with client() as c:
+        runs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return sorted(runs, key=lambda r: (r.start_time or r.expected_start_time or r.created))
+
+
+def stage_runs(flow_run_id: UUID) -> dict[str, Any]:
+    """``{stage: task run}`` for the flow run's stage tasks."""
+    return {r.name: r for r in task_runs(flow_run_id) if r.task_key.startswith("run_stage")}
+
+
+def logs(flow_run_id: UUID) -> str:
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    flush_logs()
+    with client() as c:
+        found = c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
+        more = found
+        while len(more) == 200:
+            more = c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                               limit=200, offset=len(found))
+            found += more
+    return "\n".join(log.message for log in found)
+
+
+def artifacts(flow_run_id: UUID) -> dict[str, Any]:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with client() as c:
+        found = c.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {a.key: a for a in found}
+
+
+# -- a download server that fails when told to -------------------------------------------------------
+
+class ArchiveServer:
+    """Serves one file over HTTP on 127.0.0.1; answers 503 to its first ``fail_first`` requests."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.fail_first = 0
+        self.requests = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 -- http.server's naming
+                server.requests += 1
+                if server.requests <= server.fail_first:
+                    self.send_error(503, "try later")
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(server.payload)))
+                self.end_headers()
+                self.wfile.write(server.payload)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/cifar-10-python.tar.gz"
+
+
+@pytest.fixture
+def archive_server(fixture_archive: tuple[Path, str]) -> Iterator[ArchiveServer]:
+    srv = ArchiveServer(fixture_archive[0].read_bytes())
+    thread = threading.Thread(target=srv.httpd.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.httpd.shutdown()
+    srv.httpd.server_close()
+
+
+# -- a real Prefect server, work pool, deployments and worker -------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(proc: subprocess.Popen, first: int, grace: float) -> None:
+    """Stop a process we started, by its PID: ``first`` signal, then SIGKILL after ``grace`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(first)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+class PrefectServer:
+    def __init__(self, home: Path, port: int) -> None:
+        self.home, self.port = home, port
+        self.url = f"http://127.0.0.1:{port}/api"
+        self.log = home / "server.log"
+        self.proc: subprocess.Popen | None = None
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = subprocess_env()
+        env.update(PREFECT_HOME=str(self.home), PREFECT_API_URL=self.url, PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                   DO_NOT_TRACK="1", DVC_NO_ANALYTICS="1", PREFECT_CLI_WRAP_LINES="false", COLUMNS="200", **extra)
+        return env
+
+    def cli(self, *args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([PREFECT, "--no-prompt", *args], cwd=cwd, env=self.env(), capture_output=True,
+                              text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise AssertionError(f"prefect {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def client(self):
+        """A sync client bound to this server (not to the session's harness)."""
+        from prefect.client.orchestration import SyncPrefectClient
+
+        return SyncPrefectClient(api=self.url)
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """``prefect server start`` on 127.0.0.1 (SQLite in a temp PREFECT_HOME), stopped by PID afterwards."""
+    server = PrefectServer(tmp_path_factory.mktemp("prefect-home"), free_port())
+    with open(server.log, "w") as log:
+        server.proc = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(server.port)],
+                                       env=server.env(), stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, cwd=server.home)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{server.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"Prefect server did not come up:\n{server.log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield server
+    finally:
+        stop(server.proc, signal.SIGTERM, 20)
+
+
+def add_flow_files(repo: Path) -> None:
+    """Put this checkout's flows/ and prefect.yaml into a test repo and commit them."""
+    shutil.copytree(REPO / "flows", repo / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(REPO / "prefect.yaml", repo / "prefect.yaml")
+    run(["git", "add", "flows", "prefect.yaml"], cwd=repo)
+    run(["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "flows"], cwd=repo)
+
+
+@pytest.fixture
+def deployed(dvc_repo: Path, prefect_server: PrefectServer) -> Path:
+    """The fixture pipeline with the flows, a ``gpu`` process pool, and prefect.yaml's deployments registered."""
+    add_flow_files(dvc_repo)
+    pools = prefect_server.cli("work-pool", "ls", cwd=dvc_repo).stdout
+    if " gpu " not in pools:
+        prefect_server.cli("work-pool", "create", "gpu", "--type", "process", cwd=dvc_repo)
+    prefect_server.cli("deploy", "--all", cwd=dvc_repo)
+    return dvc_repo
+
+
+@pytest.fixture
+def worker(deployed: Path, prefect_server: PrefectServer) -> Iterator[subprocess.Popen]:
+    """``prefect worker start --pool gpu`` in the repo; stopped with SIGINT (it ignores SIGTERM's intent)."""
+    log = open(deployed.parent / "worker.log", "w")
+    proc = subprocess.Popen([PREFECT, "worker", "start", "--pool", "gpu"], cwd=deployed,
+                            env=prefect_server.env(PREFECT_WORKER_QUERY_SECONDS="1"), stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        stop(proc, signal.SIGINT, 30)
+        log.close()
+
+
+def worker_log(repo: Path) -> str:
+    path = repo.parent / "worker.log"
+    return path.read_text()[-6000:] if path.exists() else ""
+
+
+def env_with(**extra: str) -> dict[str, str]:
+    env = subprocess_env()
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def no_gpu() -> None:
+    if shutil.which("nvidia-smi") is not None or os.environ.get("CUDA_VISIBLE_DEVICES"):
+        pytest.skip("this machine may have a GPU")

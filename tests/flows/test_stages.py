@@ -1,0 +1,170 @@
+"""The flow's DVC plumbing without Prefect: stage graph and order, failure classification, outcomes,
+the artifact markdown, the host report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows import host, summary
+from flows.stages import (
+    DeterministicFailure,
+    PlanError,
+    TransientFailure,
+    classify,
+    outcome,
+    plan,
+    run_dvc,
+    stage_graph,
+)
+from tests.conftest import dvc, run
+
+#: A pipeline shaped like the project's once training lands: a diamond after validate.
+GRAPH = {
+    "download": [],
+    "preprocess": ["download"],
+    "validate": ["preprocess"],
+    "train_alexnet": ["preprocess", "validate"],
+    "train_vgg16": ["preprocess", "validate"],
+    "evaluate": ["train_alexnet", "train_vgg16"],
+}
+
+
+def test_plan_runs_everything_upstream_first_in_dvc_yaml_order() -> None:
+    assert plan(GRAPH) == list(GRAPH)
+    assert plan(GRAPH, ["validate"]) == ["download", "preprocess", "validate"]
+    assert plan(GRAPH, ["train_vgg16"]) == ["download", "preprocess", "validate", "train_vgg16"]
+    assert plan(GRAPH, ["evaluate", "download"]) == list(GRAPH)
+
+
+def test_plan_names_unknown_stages_and_the_known_ones() -> None:
+    with pytest.raises(PlanError, match="unknown stage.*'trian'.*the pipeline has: download, preprocess"):
+        plan(GRAPH, ["trian"])
+
+
+def test_stage_graph_is_read_through_dvc(tmp_path: Path) -> None:
+    """A stage added to dvc.yaml joins the graph, foreach stages included; nothing is hard-coded."""
+    run(["git", "init", "-q"], cwd=tmp_path)
+    dvc("init", "-q", cwd=tmp_path)
+    stages = {
+        "make": {"cmd": "echo a > a.txt", "outs": ["a.txt"]},
+        "fan": {"foreach": ["x", "y"], "do": {"cmd": "cp a.txt ${item}.txt", "deps": ["a.txt"], "outs": ["${item}.txt"]}},
+        "join": {"cmd": "cat x.txt y.txt > j.txt", "deps": ["x.txt", "y.txt"], "outs": ["j.txt"]},
+        "alone": {"cmd": "echo b > b.txt", "outs": ["b.txt"]},
+    }
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    graph = stage_graph(tmp_path)
+    assert graph == {"make": [], "fan@x": ["make"], "fan@y": ["make"], "join": ["fan@x", "fan@y"], "alone": []}
+    assert plan(graph, ["join"]) == ["make", "fan@x", "fan@y", "join"]
+
+
+def test_project_pipeline_graph_starts_with_the_data_stages() -> None:
+    graph = stage_graph(Path(__file__).resolve().parents[2])
+    assert plan(graph, ["validate"]) == ["download", "preprocess", "validate"]
+
+
+DVC_FAILED = "ERROR: failed to reproduce 'validate': failed to run: python -m tasks.validate, exited with {code}"
+
+
+@pytest.mark.parametrize(("lines", "kind"), [
+    (["error: validation failed: constant_images (test[3], test[4])", DVC_FAILED.format(code=2)], DeterministicFailure),
+    (["error: params.yaml: 'data.val_fraction' must be a finite number", DVC_FAILED.format(code=2)],
+     DeterministicFailure),
+    # download gave up after its own retries: the network may come back
+    (["error: http://x/a.tgz: giving up after 5 attempts: HTTP 503 try later", DVC_FAILED.format(code=2)],
+     TransientFailure),
+    (["Killed", DVC_FAILED.format(code=-9)], TransientFailure),  # OOM killer, a crash
+    (["Traceback (most recent call last):", "MemoryError", DVC_FAILED.format(code=1)], TransientFailure),
+    ([DVC_FAILED.format(code=2)], TransientFailure),  # exit 2 without the stage's own message: not ours
+    (["ERROR: Unable to acquire lock. Most likely another DVC process is running"], TransientFailure),
+    (["error: asks for another try", DVC_FAILED.format(code=75)], TransientFailure),
+])
+def test_classify(lines: list[str], kind: type) -> None:
+    failure = classify("stage 'validate'", 255, lines)
+    assert type(failure) is kind
+    assert failure.retryable is (kind is TransientFailure)
+    if failure.errors:
+        assert failure.errors[0] in str(failure)
+
+
+def test_deterministic_message_says_why_and_that_it_is_final() -> None:
+    failure = classify("stage 'validate'", 255, ["error: validation failed: constant_images", DVC_FAILED.format(code=2)])
+    assert str(failure) == ("stage 'validate' failed (the stage exited with 2; not retried): "
+                            "error: validation failed: constant_images")
+
+
+def test_outcome() -> None:
+    assert outcome("a", ["Running stage 'a':", "> echo"]) == "ran"
+    assert outcome("a", ["Stage 'a' is cached - skipping run, checking out outputs"]) == "restored"
+    assert outcome("a", ["Stage 'a' didn't change, skipping", "Data and pipelines are up to date."]) == "skipped"
+
+
+def test_run_dvc_streams_lines_as_they_come(tmp_path: Path) -> None:
+    seen: list[str] = []
+    result = run_dvc(["--version"], tmp_path, seen.append, wait_for_lock=False)
+    assert result.returncode == 0 and seen == result.lines and seen[0][0].isdigit()
+
+
+def test_metrics_table_absent_then_both_models(tmp_path: Path) -> None:
+    assert "does not exist" in summary.metrics_table(tmp_path)
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/evaluate.json").write_text(json.dumps({
+        "vgg16": {"test_accuracy": 0.7862, "test_loss": 0.71, "epochs": 10},
+        "alexnet": {"test_accuracy": 0.7912, "test_loss": 0.65, "epochs": 19},
+    }))
+    table = summary.metrics_table(tmp_path).splitlines()
+    assert table[0] == "| model | test_accuracy | test_loss | epochs |"
+    assert table[2] == "| alexnet | 79.12 % | 0.6500 | 19 |"
+    assert table[3] == "| vgg16 | 78.62 % | 0.7100 | 10 |"
+
+
+def test_metrics_table_one_model_missing(tmp_path: Path) -> None:
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/evaluate.json").write_text(json.dumps({"alexnet": {"test_accuracy": 0.5}}))
+    text = summary.metrics_table(tmp_path)
+    assert "| alexnet | 50.00 % |" in text and "No metrics for vgg16" in text
+
+
+def test_render_links_the_report_when_present(tmp_path: Path) -> None:
+    results = [{"stage": "validate", "outcome": "ran", "seconds": 4.2, "attempt": 1}]
+    text = summary.render(tmp_path, results, "", experiment="small")
+    assert "| validate | ran | 1 | 4.2 |" in text and "No metric differs" in text and "**small**" in text
+    assert "does not exist yet" in text
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports/report.html").write_text("<html></html>")
+    assert (tmp_path / "reports/report.html").as_uri() in summary.render(tmp_path, results, "")
+
+
+def test_host_report_is_cheap_without_require_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(host, "nvidia_gpus", lambda: ([], "nvidia-smi not found"))
+    monkeypatch.setattr(host, "backend_devices", lambda: pytest.fail("no backend probe without require_gpu"))
+    info = host.describe(require_gpu=False)
+    assert info["gpus"] == [] and info["cpu_count"] and "skipped" in info["backend"]
+
+
+def test_require_gpu_trusts_the_backend_not_the_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(host, "nvidia_gpus", lambda: (["0: NVIDIA H100, 81559 MiB, driver 550"], "1 GPU(s)"))
+    monkeypatch.setattr(host, "backend_devices", lambda: {"backend": "tensorflow", "devices": ["CPU:0"]})
+    with pytest.raises(host.GPUUnavailable, match="tensorflow backend sees only CPU:0"):
+        host.describe(require_gpu=True)
+    monkeypatch.setattr(host, "backend_devices", lambda: {"backend": "jax", "devices": ["cuda:0"]})
+    assert host.describe(require_gpu=True)["gpus"] == ["cuda:0"]
+
+
+def test_backend_probe_reports_errors_instead_of_raising(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(host, "_PROBE", "import sys; sys.exit('no keras here')")
+    assert "no keras here" in host.backend_devices()["error"]
+    monkeypatch.setattr(host, "_PROBE", "print('{\"backend\": \"torch\", \"devices\": [\"cpu:0\"]}')")
+    assert host.backend_devices() == {"backend": "torch", "devices": ["cpu:0"]}
+
+
+def test_error_messages_keep_their_indented_details() -> None:
+    lines = ["Running stage 'validate':", "error: data validation failed (2 expectation(s)); see reports/validation.html:",
+             "  - constant_images: expected at most 5", "  - class_balance: off by 7 %", DVC_FAILED.format(code=2),
+             "  an indented line that belongs to no error"]
+    failure = classify("stage 'validate'", 255, lines)
+    assert failure.errors == ["error: data validation failed (2 expectation(s)); see reports/validation.html: "
+                              "- constant_images: expected at most 5 - class_balance: off by 7 %"]
