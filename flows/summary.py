@@ -13,8 +13,8 @@ EVALUATE_METRICS = Path("metrics/evaluate.json")
 #: The comparison report the ``evaluate`` stage renders.
 REPORT = Path("reports/report.html")
 MODELS = ("alexnet", "vgg16")
-#: Columns that lead the table when present; other numeric metrics follow in name order.
-LEADING = ("test_accuracy", "test_loss", "test_top5_accuracy")
+#: Rows that lead the table when present; the other numeric metrics follow in name order.
+LEADING = ("test_accuracy", "test_loss", "macro_f1", "macro_precision", "macro_recall")
 
 
 def _fmt(name: str, value: Any) -> str:
@@ -23,12 +23,13 @@ def _fmt(name: str, value: Any) -> str:
     if "accuracy" in name and 0 <= value <= 1:
         return f"{100 * value:.2f} %"
     if isinstance(value, int):
-        return str(value)
-    return f"{value:.4f}"
+        return f"{value:,}"
+    return f"{value:.4g}"
 
 
 def metrics_table(repo: Path) -> str:
-    """A markdown table with one row per model from metrics/evaluate.json, or a line saying why not."""
+    """A markdown table from metrics/evaluate.json -- one row per metric, one column per model,
+    so the models compare side by side -- or a line saying why there is none."""
     path = repo / EVALUATE_METRICS
     if not path.is_file():
         return f"_No test metrics yet: `{EVALUATE_METRICS}` does not exist (the `evaluate` stage has not run)._"
@@ -43,11 +44,11 @@ def metrics_table(repo: Path) -> str:
     if not models:
         return f"_`{EVALUATE_METRICS}` holds no per-model metrics._"
     numeric = {k for m in models for k, v in data[m].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    columns = [c for c in LEADING if c in numeric] + sorted(numeric - set(LEADING))
-    rows = ["| model | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
-    for model in models:
-        cells = [_fmt(c, data[model][c]) if c in data[model] else "-" for c in columns]
-        rows.append(f"| {model} | " + " | ".join(cells) + " |")
+    metrics = [c for c in LEADING if c in numeric] + sorted(numeric - set(LEADING))
+    rows = ["| metric | " + " | ".join(models) + " |", "| --- |" + " ---: |" * len(models)]
+    for metric in metrics:
+        cells = [_fmt(metric, data[m][metric]) if metric in data[m] else "-" for m in models]
+        rows.append(f"| {metric} | " + " | ".join(cells) + " |")
     missing = [m for m in MODELS if m not in models]
     if missing:
         rows.append(f"\n_No metrics for {', '.join(missing)} in `{EVALUATE_METRICS}`._")

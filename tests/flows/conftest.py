@@ -38,10 +38,11 @@ def prefect_harness() -> Iterator[str]:
         yield PREFECT_API_URL.value()
 
 
-def client():
-    from prefect.client.orchestration import get_client
+def client(api: str | None = None):
+    """A sync Prefect client: for the server at ``api``, else for the current settings (the harness)."""
+    from prefect.client.orchestration import SyncPrefectClient, get_client
 
-    return get_client(sync_client=True)
+    return SyncPrefectClient(api=api) if api else get_client(sync_client=True)
 
 
 def flush_logs() -> None:
@@ -50,38 +51,39 @@ def flush_logs() -> None:
     APILogWorker.drain_all(timeout=10)
 
 
-def task_runs(flow_run_id: UUID) -> list[Any]:
+def task_runs(flow_run_id: UUID, api: str | None = None) -> list[Any]:
     """The flow run's task runs, in the order they started."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    with client() as c:
+    with client(api) as c:
         runs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
     return sorted(runs, key=lambda r: (r.start_time or r.expected_start_time or r.created))
 
 
-def stage_runs(flow_run_id: UUID) -> dict[str, Any]:
+def stage_runs(flow_run_id: UUID, api: str | None = None) -> dict[str, Any]:
     """``{stage: task run}`` for the flow run's stage tasks."""
-    return {r.name: r for r in task_runs(flow_run_id) if r.task_key.startswith("run_stage")}
+    return {r.name: r for r in task_runs(flow_run_id, api) if r.task_key.startswith("run_stage")}
 
 
-def logs(flow_run_id: UUID) -> str:
+def logs(flow_run_id: UUID, api: str | None = None) -> str:
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
     flush_logs()
-    with client() as c:
-        found = c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
-        more = found
-        while len(more) == 200:
-            more = c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+    found: list[Any] = []
+    with client(api) as c:
+        while True:
+            page = c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
                                limit=200, offset=len(found))
-            found += more
+            found += page
+            if len(page) < 200:
+                break
     return "\n".join(log.message for log in found)
 
 
-def artifacts(flow_run_id: UUID) -> dict[str, Any]:
+def artifacts(flow_run_id: UUID, api: str | None = None) -> dict[str, Any]:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    with client() as c:
+    with client(api) as c:
         found = c.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
     return {a.key: a for a in found}
 
@@ -166,9 +168,7 @@ class PrefectServer:
 
     def client(self):
         """A sync client bound to this server (not to the session's harness)."""
-        from prefect.client.orchestration import SyncPrefectClient
-
-        return SyncPrefectClient(api=self.url)
+        return client(self.url)
 
 
 @pytest.fixture(scope="module")

@@ -116,16 +116,17 @@ def test_metrics_table_absent_then_both_models(tmp_path: Path) -> None:
         "alexnet": {"test_accuracy": 0.7912, "test_loss": 0.65, "epochs": 19},
     }))
     table = summary.metrics_table(tmp_path).splitlines()
-    assert table[0] == "| model | test_accuracy | test_loss | epochs |"
-    assert table[2] == "| alexnet | 79.12 % | 0.6500 | 19 |"
-    assert table[3] == "| vgg16 | 78.62 % | 0.7100 | 10 |"
+    assert table[:2] == ["| metric | alexnet | vgg16 |", "| --- | ---: | ---: |"]
+    assert table[2:] == ["| test_accuracy | 79.12 % | 78.62 % |", "| test_loss | 0.65 | 0.71 |",
+                         "| epochs | 19 | 10 |"]
 
 
 def test_metrics_table_one_model_missing(tmp_path: Path) -> None:
     (tmp_path / "metrics").mkdir()
-    (tmp_path / "metrics/evaluate.json").write_text(json.dumps({"alexnet": {"test_accuracy": 0.5}}))
+    (tmp_path / "metrics/evaluate.json").write_text(json.dumps({"alexnet": {"test_accuracy": 0.5,
+                                                                             "per_class": {"cat": {"f1": 0.1}}}}))
     text = summary.metrics_table(tmp_path)
-    assert "| alexnet | 50.00 % |" in text and "No metrics for vgg16" in text
+    assert "| test_accuracy | 50.00 % |" in text and "No metrics for vgg16" in text and "per_class" not in text
 
 
 def test_render_links_the_report_when_present(tmp_path: Path) -> None:

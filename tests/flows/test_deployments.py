@@ -1,0 +1,109 @@
+"""prefect.yaml for real: `prefect server start` on 127.0.0.1, a `gpu` process work pool,
+`prefect --no-prompt deploy --all`, and a `prefect worker start --pool gpu` process running the runs."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import timezone
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.pipeline import ARTIFACT_REPORT, ARTIFACT_SUMMARY
+from tests.conftest import dvc, run, tiny_training
+from tests.flows.conftest import PrefectServer, artifacts, logs, stage_runs, worker_log
+
+pytestmark = pytest.mark.slow
+FLOW = "cifar10-pipeline"
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_deploy_registers_a_nightly_schedule_and_an_on_demand_deployment(deployed: Path,
+                                                                          prefect_server: PrefectServer) -> None:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
+    from prefect.client.schemas.filters import FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    with prefect_server.client() as c:
+        nightly = c.read_deployment_by_name(f"{FLOW}/nightly")
+        on_demand = c.read_deployment_by_name(f"{FLOW}/on-demand")
+    assert nightly.work_pool_name == on_demand.work_pool_name == "gpu"
+    assert nightly.entrypoint == on_demand.entrypoint == "flows/pipeline.py:pipeline"
+    [schedule] = nightly.schedules
+    assert schedule.active and schedule.schedule.cron == "0 2 * * *" and schedule.schedule.timezone == "UTC"
+    assert nightly.parameters == {"require_gpu": True}
+    assert on_demand.schedules == [] and on_demand.parameters == {}
+    for deployment in (nightly, on_demand):  # the pull step puts the run in this checkout
+        [step] = deployment.pull_steps
+        directory = step["prefect.deployments.steps.set_working_directory"]["directory"]
+        assert Path(directory).resolve() == deployed.resolve()
+
+    def scheduled_runs():
+        with prefect_server.client() as c:
+            return c.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[nightly.id])),
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))))
+
+    runs = wait_for(scheduled_runs, 60, "the scheduler to create the nightly runs")
+    for flow_run in runs:
+        when = flow_run.expected_start_time.astimezone(timezone.utc)
+        assert (when.hour, when.minute) == (2, 0), when
+
+
+def test_two_concurrent_runs_complete_in_turn_with_artifacts(deployed: Path, worker: object,
+                                                             prefect_server: PrefectServer) -> None:
+    """Two on-demand runs of the whole pipeline (tiny training) at once: the workspace lock makes
+    the second wait; it then finds every stage done. Both complete, with their artifacts, and
+    the workspace is consistent."""
+    tiny_training(deployed)
+    run(["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qam", "tiny"], cwd=deployed)
+    with prefect_server.client() as c:
+        deployment = c.read_deployment_by_name(f"{FLOW}/on-demand")
+        ids = [c.create_flow_run_from_deployment(deployment.id).id for _ in range(2)]
+
+    def finished():
+        with prefect_server.client() as c:
+            runs = [c.read_flow_run(i) for i in ids]
+        return runs if all(r.state and r.state.is_final() for r in runs) else None
+
+    runs = wait_for(finished, 400, "both runs to finish", interval=2)
+    for r in runs:
+        assert r.state.is_completed(), f"{r.name}: {r.state.message}\n{logs(r.id, prefect_server.url)[-4000:]}\n" \
+                                       f"worker:\n{worker_log(deployed)}"
+
+    summaries = {i: artifacts(i, prefect_server.url) for i in ids}
+    first, second = sorted(ids, key=lambda i: "| download | ran |" not in summaries[i][ARTIFACT_SUMMARY].data)
+    stages = list(yaml.safe_load((deployed / "dvc.yaml").read_text())["stages"])
+    first_md, second_md = summaries[first][ARTIFACT_SUMMARY].data, summaries[second][ARTIFACT_SUMMARY].data
+    assert all(f"| {s} | ran |" in first_md for s in stages), first_md
+    assert all(f"| {s} | skipped |" in second_md for s in stages), second_md
+
+    # The first run's stages all ended before the second run's began: the runs took turns.
+    a, b = stage_runs(first, prefect_server.url), stage_runs(second, prefect_server.url)
+    assert list(a) == list(b) == stages
+    assert max(t.end_time for t in a.values()) <= min(t.start_time for t in b.values())
+    waited = re.search(r"workspace lock '[^']+' acquired after ([\d.]+) s", logs(second, prefect_server.url))
+    assert waited and float(waited.group(1)) > 5
+
+    # Artifacts: both models' test metrics, the metrics diff, the report link.
+    assert "| metric | alexnet | vgg16 |" in first_md and "| test_accuracy |" in first_md
+    assert "## `dvc metrics diff HEAD`" in first_md and "metrics/evaluate.json" in first_md
+    report = summaries[first][ARTIFACT_REPORT]
+    assert f"({(deployed / 'reports/report.html').resolve().as_uri()})" in report.data  # a link artifact
+    assert (deployed / "reports/report.html").is_file()
+
+    lock = yaml.safe_load((deployed / "dvc.lock").read_text())
+    assert list(lock["stages"]) == stages
+    status = dvc("status", cwd=deployed).stdout.lower()
+    assert "up to date" in status, status
