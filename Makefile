@@ -18,7 +18,7 @@ CIFAR_ARCHIVE ?=
 CIFAR_SHA256 ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup pipeline test clean
+.PHONY: setup pipeline quick plots-diff bench test clean
 
 setup: $(VENV)/.setup-stamp
 
@@ -34,6 +34,23 @@ ifneq ($(CIFAR_ARCHIVE),)
 else
 	dvc repro
 endif
+
+# The quick CPU setting (configs/quick-cpu.yaml) as a named DVC experiment; add CIFAR_ARCHIVE=... offline.
+quick: setup
+	dvc exp run -n quick-cpu $$(python -m tasks.overrides configs/quick-cpu.yaml) \
+		$(if $(CIFAR_ARCHIVE),-S 'data.url=$(CIFAR_ARCHIVE)' -S 'data.sha256=$(CIFAR_SHA256)')
+
+# `dvc plots diff` rendered offline: make plots-diff REVS="HEAD~1 HEAD"
+REVS ?=
+plots-diff: setup
+	python -m tasks.plots_diff $(REVS)
+
+bench: setup
+	python bench/bench_data_stages.py
+	python bench/bench_throughput.py
+	python bench/bench_time_to_accuracy.py --budget 450 --recipes quick-cpu-7min student
+	python bench/bench_time_to_accuracy.py --budget 900 --recipes quick-cpu student
+	python bench/bench_pipeline.py
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -66,5 +66,6 @@ def curves_spec(rows: list[dict[str, Any]], metric: str, title: str) -> dict[str
         "encoding": {"x": {"field": "epoch", "type": "quantitative"},
                      "y": {"field": "value", "type": "quantitative", "title": metric, "scale": {"zero": False}},
                      "color": {"field": "model", "type": "nominal"},
-                     "strokeDash": {"field": "split", "type": "nominal"}},
+                     "strokeDash": {"field": "split", "type": "nominal",
+                                    "scale": {"domain": ["train", "val"], "range": [[5, 3], [1, 0]]}}},
     }

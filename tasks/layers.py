@@ -54,8 +54,8 @@ class RandomPadCrop(keras.layers.Layer):
     """Training-only augmentation: zero-pad by ``padding`` and crop back at a random offset per image.
 
     The identity at inference, so the model's inference path keeps the input size (the
-    ZeroPadding2D + RandomCrop pitfall). Implemented as a per-image integer shift with one gather,
-    far cheaper on a CPU than the affine warp of ``RandomTranslation``.
+    ZeroPadding2D + RandomCrop pitfall). Implemented as a per-image integer shift, far cheaper on
+    a CPU than the affine warp of ``RandomTranslation``.
     """
 
     def __init__(self, padding: int = 4, seed: int | None = None, **kwargs: Any):
@@ -72,10 +72,12 @@ class RandomPadCrop(keras.layers.Layer):
         h, w = inputs.shape[1], inputs.shape[2]
         padded = ops.pad(inputs, [[0, 0], [p, p], [p, p], [0, 0]])
         offsets = keras.random.randint((batch, 2), 0, 2 * p + 1, seed=self.seed_generator)
-        rows = ops.expand_dims(ops.arange(h), 0) + offsets[:, :1]  # (batch, h)
-        cols = ops.expand_dims(ops.arange(w), 0) + offsets[:, 1:]  # (batch, w)
-        picked = ops.take_along_axis(padded, ops.reshape(rows, (batch, h, 1, 1)), axis=1)
-        return ops.take_along_axis(picked, ops.reshape(cols, (batch, 1, w, 1)), axis=2)
+        # Each crop is a pair of 0/1 selection matrices applied by matmul: far faster on CPUs
+        # (and no slower on GPUs) than a per-image gather.
+        rows = ops.one_hot(ops.expand_dims(ops.arange(h), 0) + offsets[:, :1], h + 2 * p, dtype=inputs.dtype)
+        cols = ops.one_hot(ops.expand_dims(ops.arange(w), 0) + offsets[:, 1:], w + 2 * p, dtype=inputs.dtype)
+        picked = ops.einsum("bij,bjkc->bikc", rows, padded)
+        return ops.einsum("bjk,bikc->bijc", cols, picked)
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         return input_shape

@@ -165,8 +165,13 @@ class Checkpoints:
 
 
 def fit(name: str, build: Callable[[], keras.Model], phases: list[Phase], recipe: Recipe, train: Split,
-        val: Split, checkpoints: Checkpoints, fingerprint: str) -> tuple[keras.Model, State]:
-    """Train through ``phases``; resume from ``checkpoints`` when they match ``fingerprint``."""
+        val: Split, checkpoints: Checkpoints, fingerprint: str,
+        budget_seconds: float | None = None) -> tuple[keras.Model, State]:
+    """Train through ``phases``; resume from ``checkpoints`` when they match ``fingerprint``.
+
+    ``budget_seconds`` (benchmarks) stops after the first epoch that brings the summed training
+    time to the budget or past it.
+    """
     total = sum(p.epochs for p in phases)
     model, state = checkpoints.load(fingerprint)
     steps = steps_per_epoch(len(train.y), recipe.batch_size)
@@ -213,6 +218,9 @@ def fit(name: str, build: Callable[[], keras.Model], phases: list[Phase], recipe
         if not math.isfinite(record["train_loss"]):
             raise StageError(f"{name}: training diverged at epoch {epoch + 1} (loss {record['train_loss']}); "
                              "lower the learning rate in params.yaml")
+        if budget_seconds is not None and sum(h["seconds"] for h in state.history) >= budget_seconds:
+            log.info("time budget of %.0f s used up after epoch %d", budget_seconds, epoch + 1)
+            break
 
     if recipe.restore_best and state.best_epoch and state.best_epoch != state.epochs_done:
         log.info("restoring the weights of the best epoch (%d, val_accuracy %.4f)",

@@ -1,0 +1,113 @@
+"""Training throughput: the project's training step vs a plain Keras script of the student's recipe.
+
+Same model (AlexNet ``seed`` stack), same batch size, same machine, same run:
+
+* ``student script``: ``tf.keras`` ``ImageDataGenerator`` (rotation 20, shifts 0.2, flip) on the
+  CPU feeding ``model.fit`` -- how the notebook trained;
+* ``project``: the pipeline's model with its augmentation as layers inside the model, fed numpy
+  arrays, compiled by :mod:`tasks.train` -- once with the student's augmentation, once with
+  crop+flip, and for the project's CPU recipe (``configs/quick-cpu.yaml``).
+
+Achieved FLOP/s (conv and dense multiply-adds x 2 x 3 for forward + backward) is reported as a
+fraction of this machine's own float32 matmul rate, measured in the same run.
+
+    python bench/bench_throughput.py [--width 1.0] [--batch 64] [--images 2048]
+
+Writes bench/results/throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+from common import REPO, machine, matmul_flops, one_hot, recipe_params, table, train_flops_per_image
+
+import keras
+from tasks.models import build_alexnet
+from tasks.recipe import make_optimizer, make_schedule
+from tasks.devices import describe
+from tasks.train import compile_model, set_precision
+
+MEAN, STD = [125.3, 123.0, 113.9], [63.0, 62.1, 66.7]
+
+
+def timed_fit(model: keras.Model, feed: object, images: int, batch: int, **kw: object) -> float:
+    """Images per second of ``model.fit`` over ``images`` images, after a two-batch warm-up."""
+    steps = max(1, images // batch)
+    model.fit(feed, epochs=1, steps_per_epoch=2, verbose=0, **kw)
+    start = time.perf_counter()
+    model.fit(feed, epochs=1, steps_per_epoch=steps, verbose=0, **kw)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def student_script(x: np.ndarray, y: np.ndarray, width: float, batch: int, images: int) -> tuple[float, float]:
+    """The notebook's loop: ImageDataGenerator on the CPU, x/255 inputs, Adam 1e-4."""
+    import tensorflow as tf
+
+    params = recipe_params("student", width=width, augmentation="none")
+    keras.mixed_precision.set_global_policy("float32")
+    model = build_alexnet(params, [0.0] * 3, [255.0] * 3)  # Normalization(0, 255) == the notebook's x / 255
+    model.compile(keras.optimizers.Adam(1e-4), "categorical_crossentropy", metrics=["accuracy"])
+    gen = tf.keras.preprocessing.image.ImageDataGenerator(rotation_range=20, width_shift_range=0.2,
+                                                          height_shift_range=0.2, horizontal_flip=True)
+    flow = gen.flow(x.astype("float32"), y, batch_size=batch, seed=0)
+    return timed_fit(model, flow, images, batch), train_flops_per_image(model)
+
+
+def project_step(x: np.ndarray, y: np.ndarray, config: str, images: int, **changes: object) -> tuple[float, float, int]:
+    params = recipe_params(config, **changes)
+    set_precision(params.recipe, describe())
+    model = build_alexnet(params, MEAN, STD)
+    steps = max(1, len(x) // params.recipe.batch_size)
+    compile_model(model, params.recipe, make_optimizer(params.recipe, make_schedule(params.recipe, steps)))
+    batch = params.recipe.batch_size
+
+    def feed():  # an endless stream of the same arrays, in the order the training loop uses
+        while True:
+            for i in range(0, len(x) - batch + 1, batch):
+                yield x[i:i + batch], y[i:i + batch]
+
+    return timed_fit(model, feed(), images, batch), train_flops_per_image(model), batch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--width", type=float, default=1.0)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--images", type=int, default=2048, help="images timed per row")
+    args = ap.parse_args()
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (max(args.images, 4096), 32, 32, 3), dtype=np.uint8)
+    y = one_hot(rng.integers(0, 10, len(x)))
+    peak = matmul_flops()
+    rows = []
+
+    def add(name: str, rate: float, flops: float, batch: int) -> None:
+        achieved = rate * flops
+        rows.append({"step": name, "batch": batch, "img/s": round(rate, 1), "GFLOP/img": round(flops / 1e9, 3),
+                     "GFLOP/s": round(achieved / 1e9, 1), "of matmul peak": f"{achieved / peak:.1%}"})
+        print(rows[-1], flush=True)
+
+    rate, flops = student_script(x, y, args.width, args.batch, args.images)
+    add(f"student script (ImageDataGenerator), seed x{args.width}", rate, flops, args.batch)
+    same = {"width": args.width, "batch_size": args.batch, "batch_norm": False, "variant": "seed"}
+    for aug in ("student", "crop_flip"):
+        rate, flops, batch = project_step(x, y, "student", args.images, augmentation=aug, **same)
+        add(f"project step, seed x{args.width}, {aug} aug in model", rate, flops, batch)
+    rate, flops, batch = project_step(x, y, "quick-cpu", args.images)
+    add("project step, CPU recipe (configs/quick-cpu.yaml)", rate, flops, batch)
+
+    print(f"\nmachine float32 matmul: {peak / 1e9:.1f} GFLOP/s\n")
+    print(table(rows, ["step", "batch", "img/s", "GFLOP/img", "GFLOP/s", "of matmul peak"]))
+    out = REPO / "bench/results/throughput.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine(), "matmul_gflops": round(peak / 1e9, 1), "rows": rows}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

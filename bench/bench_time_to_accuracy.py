@@ -1,0 +1,75 @@
+"""Time-to-accuracy on the real CIFAR-10: the project's CPU recipe vs the student's, same wall budget.
+
+Both run through the project's own training loop (:func:`tasks.train.fit`), on the same split
+the pipeline makes, on this machine, one after the other; each stops after the epoch that uses
+up the training-time budget. The table gives validation accuracy against cumulative training
+time and the final test accuracy of each.
+
+    python bench/bench_time_to_accuracy.py --budget 900 --recipes quick-cpu student
+    python bench/bench_time_to_accuracy.py --budget 450 --recipes quick-cpu-7min student
+
+A recipe is a file in configs/ (an overlay on params.yaml's ``alexnet`` section).
+Writes bench/results/time_to_accuracy_<budget>s.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+from common import REPO, machine, one_hot, real_splits, recipe_params, table
+
+from tasks import devices, runinfo, train
+from tasks.models import build_alexnet
+from tasks.train_alexnet import phases
+
+
+def run_recipe(name: str, budget: float, splits: dict, facts: dict) -> dict:
+    params = recipe_params(name)
+    train.set_precision(params.recipe, devices.describe())
+    with tempfile.TemporaryDirectory() as tmp:
+        model, state = train.fit(
+            name, lambda: build_alexnet(params, facts["train_channel_mean"], facts["train_channel_std"]),
+            phases(params), params.recipe, splits["train"], splits["val"], train.Checkpoints(Path(tmp), name),
+            fingerprint=name, budget_seconds=budget)
+    test = splits["test"]
+    scores = model.evaluate(test.x, one_hot(test.y), batch_size=512, verbose=0, return_dict=True)
+    elapsed = 0.0
+    curve = []
+    for h in state.history:
+        elapsed += h["seconds"]
+        curve.append({"epoch": h["epoch"], "train_seconds": round(elapsed, 1), "val_accuracy": round(h["val_accuracy"], 4)})
+    return {"recipe": name, "params": runinfo.as_dict(params), "curve": curve,
+            "train_seconds": round(elapsed, 1), "epochs": len(state.history),
+            "best_val_accuracy": round(state.best_val_accuracy, 4), "test_accuracy": round(float(scores["accuracy"]), 4)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budget", type=float, default=900.0, help="training seconds per recipe")
+    ap.add_argument("--recipes", nargs="+", default=["quick-cpu", "student"])
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    splits, facts = real_splits()
+    results = []
+    for name in args.recipes:
+        start = time.perf_counter()
+        results.append(run_recipe(name, args.budget, splits, facts))
+        results[-1]["wall_seconds_incl_eval"] = round(time.perf_counter() - start, 1)
+    rows = [{"recipe": r["recipe"], "epochs": r["epochs"], "train s": r["train_seconds"],
+             "best val acc": r["best_val_accuracy"], "test acc": r["test_accuracy"]} for r in results]
+    print(table(rows, ["recipe", "epochs", "train s", "best val acc", "test acc"]))
+    for r in results:
+        print(f"\n{r['recipe']}: " + ", ".join(f"{c['train_seconds']:.0f}s {c['val_accuracy']:.3f}" for c in r["curve"]))
+    out = REPO / f"bench/results/time_to_accuracy_{int(args.budget)}s.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine(), "budget_seconds": args.budget, "results": results}, indent=2))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

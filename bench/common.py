@@ -1,0 +1,102 @@
+"""Helpers the benchmarks share: real data from the archive, recipes from configs/, machine facts."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tasks.archive import read_archive  # noqa: E402
+from tasks.overrides import load_overlay, merged  # noqa: E402
+from tasks.params import DataParams, alexnet_params, AlexNetParams  # noqa: E402
+from tasks.preprocess import Split, facts, make_splits  # noqa: E402
+
+DEFAULT_ARCHIVE = Path(os.environ.get("CIFAR10_ARCHIVE", REPO.parent / "shared/data/cifar-10/cifar-10-python.tar.gz"))
+
+
+def real_splits(archive: Path = DEFAULT_ARCHIVE, seed: int = 42) -> tuple[dict[str, Split], dict[str, Any]]:
+    """The project's own preprocessing of the real archive (same split as `dvc repro`)."""
+    params = DataParams(url=str(archive), sha256="0" * 64, val_fraction=0.1, seed=seed, limit_train=None,
+                        limit_test=None)
+    data = read_archive(archive)
+    splits = make_splits(data, params)
+    return splits, facts(splits, data, params)
+
+
+def recipe_params(config: str | None, **changes: Any) -> AlexNetParams:
+    """The ``alexnet`` section of params.yaml with the overlay ``configs/<config>.yaml`` and ``changes``."""
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    overlay = load_overlay(REPO / "configs" / f"{config}.yaml") if config else {}
+    section = merged(base, overlay)["alexnet"] | changes
+    return alexnet_params(section)
+
+
+def machine() -> dict[str, Any]:
+    import keras
+
+    info: dict[str, Any] = {"cpus": os.cpu_count(), "python": platform.python_version(),
+                            "platform": platform.platform(), "keras": keras.__version__,
+                            "backend": keras.backend.backend(), "when": time.strftime("%Y-%m-%d %H:%M")}
+    try:
+        info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                                 if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return info
+
+
+def matmul_flops(n: int = 2048, repeats: int = 10) -> float:
+    """The machine's own float32 matrix-multiply rate (FLOP/s), best of ``repeats``, through Keras' backend."""
+    import keras
+
+    a = keras.random.normal((n, n), seed=0)
+    b = keras.random.normal((n, n), seed=1)
+    keras.ops.convert_to_numpy(keras.ops.matmul(a, b))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        keras.ops.convert_to_numpy(keras.ops.matmul(a, b))
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def train_flops_per_image(model: Any) -> float:
+    """Forward multiply-adds of every Conv2D and Dense layer, x2 for FLOPs, x3 for forward + backward."""
+    import keras
+
+    total = 0
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, cout = layer.output.shape
+            kh, kw = layer.kernel_size
+            total += h * w * cout * kh * kw * layer.input.shape[-1]
+        elif isinstance(layer, keras.layers.Dense):
+            total += layer.input.shape[-1] * layer.units
+    return 2.0 * 3.0 * total
+
+
+def _all_layers(model: Any) -> list[Any]:
+    out = []
+    for layer in model.layers:
+        out += _all_layers(layer) if hasattr(layer, "layers") else [layer]
+    return out
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    line = "  ".join(c.ljust(widths[c]) for c in columns)
+    body = ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join([line, "  ".join("-" * widths[c] for c in columns), *body])
+
+
+def one_hot(y: np.ndarray) -> np.ndarray:
+    return np.eye(10, dtype="float32")[y.astype(np.int64)]
