@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -141,8 +142,10 @@ def run_dvc(args: Sequence[str], cwd: Path, log: Callable[[str], None] = print, 
     """Run ``dvc <args>`` in ``cwd``, passing each output line to ``log`` as it arrives.
 
     ``--wait-for-lock`` makes DVC queue behind another DVC process in the same workspace instead
-    of failing. If this process is interrupted, the child gets SIGINT (DVC then releases its locks
-    and stops the stage), and SIGKILL if it has not stopped 30 s later.
+    of failing. If this process is interrupted (a Prefect cancellation, Ctrl-C), ``dvc`` and the
+    stage it runs get SIGINT, as Ctrl-C in a terminal would (DVC stops the stage and releases its
+    locks), and SIGKILL if they have not stopped 30 s later. They stay in this process group, so
+    a signal to the whole group (a worker tearing the run down) reaches them too.
     """
     cmd = [sys.executable, "-m", "dvc", *(["--wait-for-lock"] if wait_for_lock else []), *args]
     lines: deque[str] = deque(maxlen=keep)
@@ -158,13 +161,41 @@ def run_dvc(args: Sequence[str], cwd: Path, log: Callable[[str], None] = print, 
         proc.wait()
     finally:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop_tree(proc)
     return CommandResult(proc.returncode, list(lines))
+
+
+def _stop_tree(proc: subprocess.Popen, grace: float = 30) -> None:
+    """SIGINT to ``proc`` and all its descendants -- DVC ignores SIGINT while its stage runs, the
+    stage does not -- re-scanning the tree so a child spawned meanwhile gets it too; SIGKILL to
+    whatever is left after ``grace`` seconds."""
+    import psutil
+
+    def tree() -> list[psutil.Process]:
+        try:
+            root = psutil.Process(proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    signalled: dict[int, psutil.Process] = {}
+    deadline = time.monotonic() + grace
+    while proc.poll() is None and time.monotonic() < deadline:
+        for p in tree():
+            if p.pid not in signalled:
+                signalled[p.pid] = p
+                try:
+                    p.send_signal(signal.SIGINT)
+                except psutil.NoSuchProcess:
+                    pass
+        time.sleep(0.1)
+    for p in [*tree(), *signalled.values()]:
+        try:
+            if p.is_running():
+                p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
 
 
 # -- the stage graph --------------------------------------------------------------------------------

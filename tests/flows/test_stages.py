@@ -4,8 +4,11 @@ the artifact markdown, the host report."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -169,3 +172,28 @@ def test_error_messages_keep_their_indented_details() -> None:
     failure = classify("stage 'validate'", 255, lines)
     assert failure.errors == ["error: data validation failed (2 expectation(s)); see reports/validation.html: "
                               "- constant_images: expected at most 5 - class_balance: off by 7 %"]
+
+
+def test_interrupting_run_dvc_stops_the_stage_too(tmp_path: Path) -> None:
+    """Ctrl-C semantics: DVC ignores SIGINT while its stage runs, so the stage must get it as well."""
+    run(["git", "init", "-q"], cwd=tmp_path)
+    dvc("init", "-q", cwd=tmp_path)
+    nap = f"sleep 60.{time.time_ns() % 10**6}"  # a command line no other process has
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"slow": {
+        "cmd": f"echo started && {nap} && echo done > out.txt", "outs": ["out.txt"]}}}))
+    started = threading.Event()
+
+    class Interrupted(Exception):
+        pass
+
+    def log(line: str) -> None:
+        if line == "started":
+            started.set()
+            raise Interrupted  # as a Prefect cancellation would interrupt the task mid-stream
+
+    t0 = time.monotonic()
+    with pytest.raises(Interrupted):
+        run_dvc(["repro", "slow"], tmp_path, log)
+    assert started.is_set() and time.monotonic() - t0 < 30
+    assert not (tmp_path / "out.txt").exists()
+    assert not [p for p in psutil.process_iter(["cmdline"]) if nap in " ".join(p.info["cmdline"] or [])]
