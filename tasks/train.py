@@ -290,6 +290,19 @@ def run_metadata(name: str, params: Any, policy: str, info: dict[str, Any], fact
             "packages": runinfo.package_versions(), "data_sha256": facts.get("sha256"), "started": runinfo.now()}
 
 
+def run(name: str, params: Any, recipe: Recipe, build: Callable[[dict[str, Any]], keras.Model],
+        phases: list[Phase], checkpoint_root: Path, require_gpu: bool) -> None:
+    """A whole training stage: gates, data, resumable fit, outputs. ``build`` gets the data facts."""
+    info = start(name, recipe, require_gpu)
+    policy = set_precision(recipe, info)
+    train_split, val_split, facts = load_data()
+    checkpoints = Checkpoints(checkpoint_root, name)
+    fingerprint = runinfo.fingerprint(params, facts["sha256"], info["keras_backend"], policy)
+    model, state = fit(name, lambda: build(facts), phases, recipe, train_split, val_split, checkpoints, fingerprint)
+    finish(outputs_for(name), model, recipe, state, run_metadata(name, params, policy, info, facts),
+           len(train_split.y), checkpoints)
+
+
 def start(name: str, recipe: Recipe, require_gpu: bool) -> dict[str, Any]:
     """The checks every training stage makes before touching data: validation gate, devices."""
     require_validated()

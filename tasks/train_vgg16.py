@@ -7,18 +7,16 @@ from block ``vgg16.unfreeze_from`` onwards at ``vgg16.fine_tune_learning_rate``.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import keras
 
-from tasks import runinfo, train
+from tasks import train
 from tasks.cli import run_stage
 from tasks.models import build_vgg16, set_vgg_trainable
 from tasks.params import VGG16Params, load_train_params, load_vgg16_params
 from tasks.recipe import make_optimizer, make_schedule
 
-log = logging.getLogger(__name__)
 NAME = "vgg16"
 
 
@@ -41,16 +39,8 @@ def phases(params: VGG16Params) -> list[train.Phase]:
 
 
 def run(params: VGG16Params, checkpoint_root: Path, require_gpu: bool) -> None:
-    recipe = params.recipe
-    info = train.start(NAME, recipe, require_gpu)
-    policy = train.set_precision(recipe, info)
-    train_split, val_split, facts = train.load_data()
-    checkpoints = train.Checkpoints(checkpoint_root, NAME)
-    fingerprint = runinfo.fingerprint(params, facts["sha256"], info["keras_backend"], policy)
-    model, state = train.fit(NAME, lambda: build_vgg16(params), phases(params), recipe, train_split, val_split,
-                             checkpoints, fingerprint)
-    meta = train.run_metadata(NAME, params, policy, info, facts)
-    train.finish(train.outputs_for(NAME), model, recipe, state, meta, len(train_split.y), checkpoints)
+    train.run(NAME, params, params.recipe, lambda facts: build_vgg16(params), phases(params), checkpoint_root,
+              require_gpu)
 
 
 def main() -> None:
