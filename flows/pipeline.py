@@ -61,6 +61,18 @@ def _no_retry_for_deterministic(task: Any, task_run: Any, state: Any) -> bool:
     return not isinstance(exc, DeterministicFailure)
 
 
+def _run_logger() -> Any:
+    """The run logger inside a flow or task; the module logger elsewhere."""
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        import logging
+
+        return logging.getLogger(__name__)
+
+
 def _logger_line(logger: Any):
     def log(line: str) -> None:
         (logger.error if line.startswith(("error: ", "ERROR")) else logger.info)(line)
@@ -188,15 +200,61 @@ def workspace_lock_name(repo: Path) -> str:
 
 @contextmanager
 def workspace_lock(repo: Path, enabled: bool) -> Iterator[None]:
-    """Hold the workspace's global concurrency slot (limit 1, created on first use) for the run.
+    """Make runs of one workspace take turns, from planning to publishing.
 
-    The slot is a lease the run renews while alive; if the worker dies, it lapses after
-    ``LEASE_SECONDS`` and the next run proceeds. DVC's own lock (``--wait-for-lock``) guards the
-    workspace against anyone running ``dvc`` by hand meanwhile.
+    Two locks, held together: an exclusive ``flock`` on ``.dvc/tmp/prefect-flow.lock``, which the
+    OS releases the moment the holder dies, so a killed run never blocks the next one; and, when
+    a Prefect server is configured, the workspace's global concurrency limit (limit 1, created on
+    first use), which shows in the UI and in ``prefect gcl ls`` who holds the workspace and who
+    waits. That slot is a lease the run renews while alive; a dead run's lease lapses after
+    ``LEASE_SECONDS`` (the server's repossessor revokes it). The ephemeral API that
+    ``python -m flows.pipeline`` starts without a server revokes nothing, so there the file lock
+    serialises alone. DVC's own lock (``--wait-for-lock``) still guards each ``dvc`` command
+    against anyone running ``dvc`` by hand.
     """
     if not enabled:
         yield
         return
+    from prefect.settings import PREFECT_API_URL
+
+    with _global_limit(repo) if PREFECT_API_URL.value() else _nothing(), _file_lock(repo):
+        yield
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+@contextmanager
+def _file_lock(repo: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # Windows: the global concurrency limit and DVC's lock remain
+        yield
+        return
+    logger = _run_logger()
+    path = repo / ".dvc" / "tmp" / "prefect-flow.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            logger.info("waiting for %s, held by %s", path, handle.read().strip() or "another run")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, flow run {current_flow_run.get_name() or '-'}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _global_limit(repo: Path) -> Iterator[None]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.client.schemas.objects import ConcurrencyLeaseHolder

@@ -4,6 +4,8 @@ the artifact markdown, the host report."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -197,3 +199,28 @@ def test_interrupting_run_dvc_stops_the_stage_too(tmp_path: Path) -> None:
     assert started.is_set() and time.monotonic() - t0 < 30
     assert not (tmp_path / "out.txt").exists()
     assert not [p for p in psutil.process_iter(["cmdline"]) if nap in " ".join(p.info["cmdline"] or [])]
+
+
+def test_workspace_file_lock_waits_for_a_live_holder_and_not_for_a_dead_one(tmp_path: Path) -> None:
+    from flows.pipeline import _file_lock
+
+    (tmp_path / ".dvc/tmp").mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time\n"
+         f"h = open({str(tmp_path / '.dvc/tmp/prefect-flow.lock')!r}, 'a+')\n"
+         "fcntl.flock(h, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    entered = threading.Event()
+
+    def take() -> None:
+        with _file_lock(tmp_path):
+            entered.set()
+
+    waiter = threading.Thread(target=take)
+    waiter.start()
+    assert not entered.wait(1.0), "a live holder keeps the workspace"
+    holder.kill()  # SIGKILL: no cleanup runs in the holder
+    holder.wait()
+    assert entered.wait(10), "the OS released a dead holder's lock"
+    waiter.join()
