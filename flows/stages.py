@@ -165,10 +165,18 @@ def run_dvc(args: Sequence[str], cwd: Path, log: Callable[[str], None] = print, 
     return CommandResult(proc.returncode, list(lines))
 
 
-def _stop_tree(proc: subprocess.Popen, grace: float = 30) -> None:
-    """SIGINT to ``proc`` and all its descendants -- DVC ignores SIGINT while its stage runs, the
-    stage does not -- re-scanning the tree so a child spawned meanwhile gets it too; SIGKILL to
-    whatever is left after ``grace`` seconds."""
+#: How an interrupted ``dvc`` and its stage are stopped: each signal, then how long to wait for it.
+STOP_SIGNALS = ((signal.SIGINT, 10.0), (signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0))
+
+
+def _stop_tree(proc: subprocess.Popen) -> str:
+    """Stop ``proc`` and all its descendants; return the signal that did it.
+
+    SIGINT first, as Ctrl-C in a terminal would (DVC ignores it while its stage runs, the stage
+    does not, and DVC then releases its locks), re-scanning the tree so a child spawned meanwhile
+    gets it too; SIGTERM if that was not enough (a process that ignores SIGINT), then SIGKILL.
+    Whatever outlived ``proc`` is killed at the end.
+    """
     import psutil
 
     def tree() -> list[psutil.Process]:
@@ -178,24 +186,32 @@ def _stop_tree(proc: subprocess.Popen, grace: float = 30) -> None:
         except psutil.NoSuchProcess:
             return []
 
-    signalled: dict[int, psutil.Process] = {}
-    deadline = time.monotonic() + grace
-    while proc.poll() is None and time.monotonic() < deadline:
-        for p in tree():
-            if p.pid not in signalled:
-                signalled[p.pid] = p
-                try:
-                    p.send_signal(signal.SIGINT)
-                except psutil.NoSuchProcess:
-                    pass
-        time.sleep(0.1)
-    for p in [*tree(), *signalled.values()]:
+    seen: dict[int, psutil.Process] = {}
+    stopped_by = "none"
+    for sig, wait in STOP_SIGNALS:
+        if proc.poll() is not None:
+            break
+        stopped_by = signal.Signals(sig).name
+        sent: set[int] = set()
+        deadline = time.monotonic() + wait
+        while proc.poll() is None and time.monotonic() < deadline:
+            for p in tree():
+                seen.setdefault(p.pid, p)
+                if p.pid not in sent:
+                    sent.add(p.pid)
+                    try:
+                        p.send_signal(sig)
+                    except psutil.NoSuchProcess:
+                        pass
+            time.sleep(0.05)
+    proc.wait()
+    for p in seen.values():  # a stage process DVC left behind
         try:
             if p.is_running():
                 p.kill()
         except psutil.NoSuchProcess:
             pass
-    proc.wait()
+    return stopped_by
 
 
 # -- the stage graph --------------------------------------------------------------------------------

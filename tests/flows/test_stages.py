@@ -176,29 +176,36 @@ def test_error_messages_keep_their_indented_details() -> None:
                               "- constant_images: expected at most 5 - class_balance: off by 7 %"]
 
 
-def test_interrupting_run_dvc_stops_the_stage_too(tmp_path: Path) -> None:
+def test_interrupting_run_dvc_stops_the_stage_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C semantics: DVC ignores SIGINT while its stage runs, so the stage must get it as well."""
+    import signal
+
+    from flows import stages
+
     run(["git", "init", "-q"], cwd=tmp_path)
     dvc("init", "-q", cwd=tmp_path)
     nap = f"sleep 60.{time.time_ns() % 10**6}"  # a command line no other process has
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"slow": {
         "cmd": f"echo started && {nap} && echo done > out.txt", "outs": ["out.txt"]}}}))
-    started = threading.Event()
+    stopped_by: list[str] = []
+    real_stop = stages._stop_tree
+    monkeypatch.setattr(stages, "_stop_tree", lambda proc: stopped_by.append(real_stop(proc)) or stopped_by[-1])
 
     class Interrupted(Exception):
         pass
 
     def log(line: str) -> None:
         if line == "started":
-            started.set()
             raise Interrupted  # as a Prefect cancellation would interrupt the task mid-stream
 
     t0 = time.monotonic()
     with pytest.raises(Interrupted):
         run_dvc(["repro", "slow"], tmp_path, log)
-    assert started.is_set() and time.monotonic() - t0 < 30
+    took = time.monotonic() - t0
+    assert took < 25, f"{took:.1f} s; stopped by {stopped_by}; SIGINT here: {signal.getsignal(signal.SIGINT)}"
     assert not (tmp_path / "out.txt").exists()
     assert not [p for p in psutil.process_iter(["cmdline"]) if nap in " ".join(p.info["cmdline"] or [])]
+    print(f"stopped by {stopped_by} in {took:.1f} s")
 
 
 def test_workspace_file_lock_waits_for_a_live_holder_and_not_for_a_dead_one(tmp_path: Path) -> None:
