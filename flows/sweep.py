@@ -44,6 +44,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed
 
 from flows import sweep_spec, sweep_table, sweep_workspace
+from flows.pipeline import report_host
 from flows.stages import DeterministicFailure, StageFailure, classify, run_dvc
 from flows.sweep_table import DONE, DONE_EARLIER, FAILED, FAILED_EARLIER, Outcome
 
@@ -202,8 +203,6 @@ def sweep_point(
     """
     logger = get_run_logger()
     started = time.monotonic()
-    from flows.pipeline import report_host
-
     host = report_host(False)
     ws = _workspace_root(workspace_root) / workspace
     shared = cache_dir or (sweep_workspace.cache_dir_of(Path.cwd()) if host_cache else None)

@@ -119,7 +119,7 @@ def exp_show(repo: Path) -> dict[str, dict]:
     for exp in baseline.get("experiments") or []:
         [rev] = exp["revs"]
         found[rev["name"]] = {"params": rev["data"]["params"]["params.yaml"]["data"],
-                              "metrics": {f: d["data"] for f, d in rev["data"]["metrics"].items()}}
+                              "metrics": {f: d.get("data") for f, d in rev["data"]["metrics"].items()}}
     return found
 
 
@@ -219,3 +219,30 @@ def test_tiny_sweep_over_two_workers_then_rerun_starts_nothing(sweep_repo: Path,
     assert sorted(exp_show(repo)) == sorted(GOOD)
     print(f"\ntiny sweep (4 experiments + 2 failing + shared stages) over 2 workers: {first_wall:.0f} s; "
           f"rerun with everything done: {second_wall:.0f} s")
+
+
+def test_local_sweep_runs_here_refuses_bad_keys_and_skips_on_rerun(dvc_repo: Path, prefect_harness: str) -> None:
+    """``executor="local"`` (``python -m flows.sweep --local``): the experiments run one after
+    another in this process, still each in its own workspace; an override key DVC would refuse
+    fails its experiment before anything runs."""
+    from flows.sweep import run_sweep
+
+    (dvc_repo / "sweeps").mkdir()
+    (dvc_repo / "sweeps/small.yaml").write_text(
+        "name: small\nstages: [validate]\npoints:\n"
+        "  - {name: subset, params: {data.limit_train: 200}}\n"
+        "  - {name: typo, params: {data.no_such_key: 1}}\n")
+    commit(dvc_repo, "small sweep")
+    state = run_sweep(sweep="sweeps/small.yaml", repo_dir=str(dvc_repo), executor="local", return_state=True)
+    assert state.is_failed() and "2 experiments, 1 ran now, 0 finished before, 1 failed" in state.message, state.message
+    assert "small-typo (bad override" in state.message and "no_such_key" in state.message
+    shown = exp_show(dvc_repo)
+    assert list(shown) == ["small-subset"] and shown["small-subset"]["params"]["data"]["limit_train"] == 200
+    assert shown["small-subset"]["metrics"]["reports/validation.json"]["sizes"]["train"] == 180
+    assert not (dvc_repo / "data").exists()  # it ran in its workspace, not here
+    rows = {r["experiment"]: r for r in read_csv(dvc_repo / "reports/sweeps/small.csv")}
+    assert rows["small-subset"]["status"] == "done" and rows["small-typo"]["status"] == "failed"
+
+    again = run_sweep(sweep="sweeps/small.yaml", repo_dir=str(dvc_repo), executor="local", return_state=True)
+    assert "2 experiments, 0 ran now, 1 finished before, 1 failed" in again.message, again.message
+    assert list(exp_show(dvc_repo)) == ["small-subset"]
