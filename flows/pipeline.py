@@ -38,10 +38,10 @@ from flows import host as host_info
 from flows.stages import (
     DeterministicFailure,
     PlanError,
-    StageFailure,
     classify,
     outcome,
     plan,
+    push_uncached_outputs,
     run_dvc,
     stage_graph,
     uncached_outputs,
@@ -138,6 +138,15 @@ def dvc_command(command: str, args: list[str], repo: str) -> str:
 
 #: pull and push talk to remote storage: worth retrying
 sync_command = dvc_command.with_options(retries=2, retry_delay_seconds=[10, 30])
+
+
+@task(name="push-uncached", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=[10, 30])
+def push_uncached(repo: str, stages: list[str]) -> int:
+    """The stages' ``cache: false`` outputs (metrics, plots) to the remote, so the run-cache
+    entries ``dvc push --run-cache`` sent can be restored on another host."""
+    pushed = push_uncached_outputs(Path(repo), stages)
+    get_run_logger().info("pushed %d uncached output object(s) for the run-cache", pushed)
+    return pushed
 
 
 @task(name="set-params", cache_policy=NO_CACHE, persist_result=False)
@@ -354,8 +363,9 @@ def pipeline(
             if share_cache and results:
                 try:
                     sync_command("push", ["--run-cache"], str(repo))
-                except StageFailure as exc:  # results stay local; the run's own outcome stands
-                    logger.warning("dvc push failed: %s", exc)
+                    push_uncached(str(repo), [r["stage"] for r in results])
+                except Exception as exc:  # results stay local; the run's own outcome stands
+                    logger.warning("sharing through the DVC remote failed: %s", exc)
     return {"repo": str(repo), "stages": results, "experiment": experiment, "host": host["host"]}
 
 

@@ -137,6 +137,13 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+#: ``python -m dvc``, but with Ctrl-C restored first: a worker started in the background (``&``,
+#: nohup, some service managers) passes SIGINT on as ignored, and DVC and its stage would then
+#: shrug off the SIGINT that stops them cleanly.
+_DVC_MAIN = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+             "from dvc.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
 def run_dvc(args: Sequence[str], cwd: Path, log: Callable[[str], None] = print, *, wait_for_lock: bool = True,
             keep: int = 2000) -> CommandResult:
     """Run ``dvc <args>`` in ``cwd``, passing each output line to ``log`` as it arrives.
@@ -147,7 +154,7 @@ def run_dvc(args: Sequence[str], cwd: Path, log: Callable[[str], None] = print, 
     locks), and SIGKILL if they have not stopped 30 s later. They stay in this process group, so
     a signal to the whole group (a worker tearing the run down) reaches them too.
     """
-    cmd = [sys.executable, "-m", "dvc", *(["--wait-for-lock"] if wait_for_lock else []), *args]
+    cmd = [sys.executable, "-c", _DVC_MAIN, *(["--wait-for-lock"] if wait_for_lock else []), *args]
     lines: deque[str] = deque(maxlen=keep)
     proc = subprocess.Popen(cmd, cwd=cwd, env=child_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1)
@@ -253,6 +260,39 @@ def uncached_outputs(repo: Path, stages: Sequence[str]) -> list[str]:
         return [os.path.relpath(out.fs_path, dvc_repo.root_dir)
                 for stage in dvc_repo.index.stages if stage.cmd and _target(stage, dvc_repo.root_dir) in wanted
                 for out in stage.outs if not out.use_cache]
+
+
+def push_uncached_outputs(repo: Path, stages: Sequence[str]) -> int:
+    """Push the ``cache: false`` outputs of ``stages`` to the default remote; return how many objects went.
+
+    DVC's run-cache records them (and keeps a copy in the local cache) so a stage with metrics in
+    git can still be restored, but ``dvc push --run-cache`` sends only the cached outputs: another
+    host would find the run-cache entry, miss the metrics file, and run the stage again. This
+    pushes those objects the way ``repro --pull`` later looks for them.
+    """
+    from dvc.repo import Repo
+
+    wanted = set(stages)
+    objs: set = set()
+    with Repo(str(repo)) as dvc_repo:
+        for stage in dvc_repo.index.stages:
+            if not stage.cmd or _target(stage, dvc_repo.root_dir) not in wanted:
+                continue
+            for out in stage.outs:
+                if out.use_cache or not out.hash_info:
+                    continue
+                out.use_cache = True  # as the run-cache's copy of the stage sees it
+                try:
+                    for hashes in out.get_used_objs().values():
+                        objs.update(hashes)
+                finally:
+                    out.use_cache = False
+        if not objs:
+            return 0
+        result = dvc_repo.cloud.push(objs)
+    if result.failed:
+        raise TransientFailure("push of uncached outputs", [f"{len(result.failed)} object(s) failed to upload"])
+    return len(result.transferred)
 
 
 def _target(stage: object, root: str) -> str:

@@ -24,6 +24,10 @@ import pytest
 from tests.conftest import REPO, run, subprocess_env
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
+#: Start a command with SIGINT at its default even when pytest itself runs in the background
+#: (``cmd &`` ignores SIGINT, and children inherit that): the worker stops on SIGINT.
+WITH_SIGINT = [sys.executable, "-c",
+               "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"]
 
 
 # -- a temporary Prefect backend ---------------------------------------------------------------------
@@ -176,7 +180,8 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
     """``prefect server start`` on 127.0.0.1 (SQLite in a temp PREFECT_HOME), stopped by PID afterwards."""
     server = PrefectServer(tmp_path_factory.mktemp("prefect-home"), free_port())
     with open(server.log, "w") as log:
-        server.proc = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(server.port)],
+        server.proc = subprocess.Popen([*WITH_SIGINT, PREFECT, "server", "start", "--host", "127.0.0.1",
+                                        "--port", str(server.port)],
                                        env=server.env(), stdout=log, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, cwd=server.home)
     try:
@@ -219,7 +224,7 @@ def deployed(dvc_repo: Path, prefect_server: PrefectServer) -> Path:
 def worker(deployed: Path, prefect_server: PrefectServer) -> Iterator[subprocess.Popen]:
     """``prefect worker start --pool gpu`` in the repo; stopped with SIGINT (it ignores SIGTERM's intent)."""
     log = open(deployed.parent / "worker.log", "w")
-    proc = subprocess.Popen([PREFECT, "worker", "start", "--pool", "gpu"], cwd=deployed,
+    proc = subprocess.Popen([*WITH_SIGINT, PREFECT, "worker", "start", "--pool", "gpu"], cwd=deployed,
                             env=prefect_server.env(PREFECT_WORKER_QUERY_SECONDS="1"), stdout=log,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:

@@ -168,16 +168,17 @@ def test_share_cache_through_a_local_remote(dvc_repo: Path, tmp_path: Path) -> N
     for repo in (dvc_repo, other):
         dvc("remote", "add", "--local", "-d", "shared", str(remote), cwd=repo)
 
-    state, _, _ = run_flow(dvc_repo, stages=["preprocess"], share_cache=True)
+    state, _, _ = run_flow(dvc_repo, stages=["validate"], share_cache=True)
     assert state.is_completed(), state.message
-    assert outcomes(state) == {"download": "ran", "preprocess": "ran"}
+    assert outcomes(state) == dict.fromkeys(DATA_STAGES, "ran")
     assert (remote / "runs").is_dir() and (remote / "files").is_dir()
 
-    state, run_id, _ = run_flow(other, stages=["preprocess"], share_cache=True)
+    state, run_id, _ = run_flow(other, stages=["validate"], share_cache=True)
     assert state.is_completed(), state.message
-    assert outcomes(state) == {"download": "restored", "preprocess": "restored"}
+    assert outcomes(state) == dict.fromkeys(DATA_STAGES, "restored")
     assert sorted(p.name for p in (other / "data/prepared").iterdir()) == [
         "facts.json", "test.npz", "train.npz", "val.npz"]
+    assert (other / "reports/validation.json").read_text() == (dvc_repo / "reports/validation.json").read_text()
     assert "is cached - skipping run" in logs(run_id)
 
 

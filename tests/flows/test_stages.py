@@ -205,7 +205,7 @@ def test_interrupting_run_dvc_stops_the_stage_too(tmp_path: Path, monkeypatch: p
     assert took < 25, f"{took:.1f} s; stopped by {stopped_by}; SIGINT here: {signal.getsignal(signal.SIGINT)}"
     assert not (tmp_path / "out.txt").exists()
     assert not [p for p in psutil.process_iter(["cmdline"]) if nap in " ".join(p.info["cmdline"] or [])]
-    print(f"stopped by {stopped_by} in {took:.1f} s")
+    print(f"stopped by {stopped_by} in {took:.1f} s; SIGINT here: {signal.getsignal(signal.SIGINT)}")
 
 
 def test_workspace_file_lock_waits_for_a_live_holder_and_not_for_a_dead_one(tmp_path: Path) -> None:
