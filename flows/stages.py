@@ -22,8 +22,6 @@ from pathlib import Path
 #: Exit status of a stage that failed for a reason its message explains (tasks/cli.py): bad input,
 #: bad params, failed validation. Another attempt would fail the same way.
 EXIT_STAGE_ERROR = 2
-#: sysexits' EX_TEMPFAIL: a stage may exit with it to ask for another attempt.
-EXIT_TEMPFAIL = 75
 #: ``error:`` messages that exit 2 but name a condition another attempt may not meet: the
 #: download gave up after its own retries (server down, network gone), so a later attempt can win.
 TRANSIENT_ERROR_MARKERS = ("giving up after",)
@@ -88,8 +86,9 @@ def classify(what: str, returncode: int, lines: Sequence[str]) -> StageFailure:
     """The failure a non-zero ``dvc`` run stands for: deterministic only when the stage said so.
 
     A stage reports bad input by exiting 2 with a line ``error: ...`` (tasks/cli.py); DVC then
-    prints ``failed to run: <cmd>, exited with 2``. Everything else -- a signal, a traceback, a
-    DVC lock held too long, an ``error:`` naming exhausted network retries -- may pass on its own.
+    prints ``failed to run: <cmd>, exited with 2``. Everything else -- a signal, a traceback, any
+    other exit status (75, sysexits' EX_TEMPFAIL, is the one to use for "try again"), a DVC lock
+    held too long, an ``error:`` naming exhausted network retries -- may pass on its own.
     """
     errors = error_messages(lines)
     codes = [int(m.group(1)) for ln in lines if (m := _STAGE_EXIT.search(ln))]
@@ -151,8 +150,8 @@ def run_dvc(args: Sequence[str], cwd: Path, log: Callable[[str], None] = print, 
     ``--wait-for-lock`` makes DVC queue behind another DVC process in the same workspace instead
     of failing. If this process is interrupted (a Prefect cancellation, Ctrl-C), ``dvc`` and the
     stage it runs get SIGINT, as Ctrl-C in a terminal would (DVC stops the stage and releases its
-    locks), and SIGKILL if they have not stopped 30 s later. They stay in this process group, so
-    a signal to the whole group (a worker tearing the run down) reaches them too.
+    locks), then SIGTERM and SIGKILL if they linger (``STOP_SIGNALS``). They stay in this process
+    group, so a signal to the whole group (a worker tearing the run down) reaches them too.
     """
     cmd = [sys.executable, "-c", _DVC_MAIN, *(["--wait-for-lock"] if wait_for_lock else []), *args]
     lines: deque[str] = deque(maxlen=keep)
