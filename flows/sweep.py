@@ -21,7 +21,7 @@ Run a sweep from the repository root::
     python -m flows.sweep sweeps/learning-rate.yaml --local        # one experiment after another, here
     python -m flows.sweep sweeps/alexnet-variants.yaml             # on the gpu pool's workers
 
-or through the ``cifar10-sweep/on-demand`` deployment (prefect.yaml; README, "Sweeps").
+or through the ``cifar10-sweep/sweep`` deployment (prefect.yaml; README, "Sweeps").
 """
 
 from __future__ import annotations
