@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import resource
 from pathlib import Path
 
 import numpy as np
@@ -72,5 +71,4 @@ def test_real_archive_preprocess(real_archive: Path, tmp_path: Path) -> None:
     assert info["class_counts"]["val"] == [500] * 10 and info["class_counts"]["test"] == [1000] * 10
     assert info["train_channel_mean"] == pytest.approx([125.3, 123.0, 113.9], abs=0.5)
     assert info["train_channel_std"] == pytest.approx([63.0, 62.1, 66.7], abs=0.5)
-    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    assert peak_gib < 1.5 + 0.6, f"peak RSS {peak_gib:.2f} GiB (includes the test runner's own imports)"
+    # Peak memory is measured per process by bench/bench_data_stages.py, not asserted here.
