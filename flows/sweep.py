@@ -72,6 +72,14 @@ class PointFailure(RuntimeError):
         super().__init__(f"{detail} {DETERMINISTIC if deterministic else TRANSIENT}")
 
 
+class SweepFailed(RuntimeError):
+    """Some experiments of a sweep failed (the others finished); ``summary`` holds the table."""
+
+    def __init__(self, message: str, summary: dict[str, Any]):
+        super().__init__(message)
+        self.summary = summary
+
+
 def _log_line(logger: Any):
     def log(line: str) -> None:
         (logger.error if line.startswith(("error: ", "ERROR")) else logger.info)(line)
@@ -406,7 +414,7 @@ def publish_sweep(repo: str, sweep: sweep_spec.Sweep, baseline: str, outcomes: d
                               files=[str(p.relative_to(root)) for p in files.values()])
     files["md"].write_text(md)
     files["csv"].write_text(sweep_table.rows_csv(rows, keys, columns))
-    files["groups"].write_text(sweep_table.groups_csv(groups, keys, columns))
+    files["groups"].write_text(sweep_table.groups_csv(groups, columns))
     record = {"sweep": sweep.name, "source": sweep.source, "baseline": baseline, "experiments": {
         e.name: {"status": outcomes[e.name].status, "message": outcomes[e.name].message,
                  "deterministic": outcomes[e.name].deterministic, "wall_seconds": outcomes[e.name].wall_seconds,
@@ -550,8 +558,8 @@ def run_sweep(
     message = (f"sweep {spec.name}: {len(experiments)} experiments, {ran} ran now, "
                f"{sum(r['status'] == DONE_EARLIER for r in summary['rows'])} finished before, {len(failed)} failed")
     if failed:
-        return Failed(message=message + ": " + "; ".join(f"{r['experiment']} ({r['message'][:300]})" for r in failed),
-                      data=summary)
+        message += ": " + "; ".join(f"{r['experiment']} ({r['message'][:300]})" for r in failed)
+        return Failed(message=message, data=SweepFailed(message, summary))
     return Completed(message=message, data=summary)
 
 
@@ -571,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
                       dvc_remote=args.dvc_remote, retry_failed=args.retry_failed,
                       keep_workspaces=args.keep_workspaces, return_state=True)
     summary = state.result(raise_on_failure=False)
+    summary = summary.summary if isinstance(summary, SweepFailed) else summary
     if isinstance(summary, dict) and "markdown" in summary:
         print(summary["markdown"])
     print(state.message or state.name, file=sys.stderr)

@@ -154,7 +154,7 @@ def build_rows(sweep: Sweep, experiments: Sequence[Experiment], outcomes: Mappin
             entry = evaluate.get(model) if isinstance(evaluate, Mapping) else None
             metrics[column] = _number(entry.get(metric)) if isinstance(entry, Mapping) and \
                 outcome.status in SUCCESS else None
-        rows.append(Row(e.name, e.point, e.seed, outcome.status, {k: e.params.get(k) for k in keys}, metrics,
+        rows.append(Row(e.name, e.point, e.seed, outcome.status, {k: e.params[k] for k in keys if k in e.params}, metrics,
                         outcome.wall_seconds, outcome.message))
     return rows, keys, columns
 
@@ -169,7 +169,8 @@ def build_groups(sweep: Sweep, experiments: Sequence[Experiment], rows: Sequence
         members = [r for r in rows if r.point == point.name]
         done = [r for r in members if r.status in SUCCESS]
         first = next(e for e in experiments if e.point == point.name)
-        group = Group(point.name, {k: first.params.get(k) for k in point_keys}, len(members), len(done))
+        group = Group(point.name, {k: first.params[k] for k in point_keys if k in first.params}, len(members),
+                      len(done))
         for column in columns:
             values = [r.metrics[column] for r in done if r.metrics.get(column) is not None]
             group.mean[column] = statistics.fmean(values) if values else None
@@ -197,6 +198,11 @@ def _label(column: str) -> str:
     return f"{model} {LABELS.get(metric, metric)}"
 
 
+def _param(params: dict[str, Any], key: str) -> str:
+    """A param's value as the table shows it; ``-`` where the experiment leaves it alone."""
+    return value_text(params[key]) if key in params else "-"
+
+
 def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -216,7 +222,7 @@ def markdown(sweep: Sweep, rows: Sequence[Row], groups: Sequence[Group], keys: S
               + " | ".join(f"{_label(c)} mean | std" for c in columns) + " | wall s mean |",
               "| --- |" + " --- |" * len(point_keys) + " ---: |" + " ---: | ---: |" * len(columns) + " ---: |"]
     for g in groups:
-        cells = [g.point, *(value_text(g.params[k]) for k in point_keys), f"{g.n_done}/{g.n}"]
+        cells = [g.point, *(_param(g.params, k) for k in point_keys), f"{g.n_done}/{g.n}"]
         for c in columns:
             cells += [_fmt(c, g.mean[c]), _fmt(c, g.std[c])]
         cells.append(_fmt("wall", g.wall_mean))
@@ -227,7 +233,7 @@ def markdown(sweep: Sweep, rows: Sequence[Row], groups: Sequence[Group], keys: S
               + " | ".join(_label(c) for c in columns) + " | wall s |",
               "| --- | --- |" + " --- |" * len(keys) + " ---: |" * len(columns) + " ---: |"]
     for r in rows:
-        cells = [r.experiment, r.status, *(value_text(r.params[k]) for k in keys),
+        cells = [r.experiment, r.status, *(_param(r.params, k) for k in keys),
                  *(_fmt(c, r.metrics[c]) for c in columns), _fmt("wall", r.wall_seconds)]
         lines.append("| " + " | ".join(_cell(x) for x in cells) + " |")
     failed = [r for r in rows if r.status not in SUCCESS]
@@ -252,18 +258,18 @@ def rows_csv(rows: Sequence[Row], keys: Sequence[str], columns: Sequence[str]) -
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["experiment", "point", "seed", "status", *keys, *columns, "wall_seconds", "message"])
     for r in rows:
-        writer.writerow([r.experiment, r.point, _csv_value(r.seed), r.status, *(_csv_value(r.params[k]) for k in keys),
+        writer.writerow([r.experiment, r.point, _csv_value(r.seed), r.status, *(_csv_value(r.params.get(k)) for k in keys),
                          *(_csv_value(r.metrics[c]) for c in columns), _csv_value(r.wall_seconds), r.message])
     return buf.getvalue()
 
 
-def groups_csv(groups: Sequence[Group], keys: Sequence[str], columns: Sequence[str]) -> str:
+def groups_csv(groups: Sequence[Group], columns: Sequence[str]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    point_keys = list(groups[0].params) if groups else []
+    point_keys = list(dict.fromkeys(k for g in groups for k in g.params))
     writer.writerow(["point", *point_keys, "n", "n_done", *(f"{c}_{s}" for c in columns for s in ("mean", "std")),
                      "wall_seconds_mean"])
     for g in groups:
-        writer.writerow([g.point, *(_csv_value(g.params[k]) for k in point_keys), g.n, g.n_done,
+        writer.writerow([g.point, *(_csv_value(g.params.get(k)) for k in point_keys), g.n, g.n_done,
                          *(_csv_value(v) for c in columns for v in (g.mean[c], g.std[c])), _csv_value(g.wall_mean)])
     return buf.getvalue()

@@ -16,14 +16,15 @@ import re
 import signal
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import dvc, run, tiny_training
-from tests.flows.conftest import PREFECT, PrefectServer, artifacts, logs, stop
+from tests.conftest import REPO, dvc, run, tiny_training
+from tests.flows.conftest import PREFECT, PrefectServer, artifacts, env_with, logs, stop
 
 pytestmark = pytest.mark.slow
 
@@ -77,9 +78,13 @@ def workers(sweep_repo: Path, prefect_server: PrefectServer) -> Iterator[list[st
     procs["coordinator"] = start_worker(prefect_server, sweep_repo, "coordinator", "--work-queue", "sweeps")
     try:
         yield list(procs)
-    finally:
+    finally:  # SIGINT to all at once, then wait for each (one grace period, not three)
         for proc in procs.values():
-            stop(proc, signal.SIGINT, 30)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 30
+        for proc in procs.values():
+            stop(proc, signal.SIGINT, max(deadline - time.monotonic(), 0.1))
 
 
 def run_sweep_deployment(server: PrefectServer, repo: Path, timeout: float = 600, **parameters):
@@ -225,7 +230,7 @@ def test_local_sweep_runs_here_refuses_bad_keys_and_skips_on_rerun(dvc_repo: Pat
     """``executor="local"`` (``python -m flows.sweep --local``): the experiments run one after
     another in this process, still each in its own workspace; an override key DVC would refuse
     fails its experiment before anything runs."""
-    from flows.sweep import run_sweep
+    from flows.sweep import SweepFailed, run_sweep
 
     (dvc_repo / "sweeps").mkdir()
     (dvc_repo / "sweeps/small.yaml").write_text(
@@ -236,6 +241,8 @@ def test_local_sweep_runs_here_refuses_bad_keys_and_skips_on_rerun(dvc_repo: Pat
     state = run_sweep(sweep="sweeps/small.yaml", repo_dir=str(dvc_repo), executor="local", return_state=True)
     assert state.is_failed() and "2 experiments, 1 ran now, 0 finished before, 1 failed" in state.message, state.message
     assert "small-typo (bad override" in state.message and "no_such_key" in state.message
+    failure = state.result(raise_on_failure=False)
+    assert isinstance(failure, SweepFailed) and [r["status"] for r in failure.summary["rows"]] == ["done", "failed"]
     shown = exp_show(dvc_repo)
     assert list(shown) == ["small-subset"] and shown["small-subset"]["params"]["data"]["limit_train"] == 200
     assert shown["small-subset"]["metrics"]["reports/validation.json"]["sizes"]["train"] == 180
@@ -243,6 +250,10 @@ def test_local_sweep_runs_here_refuses_bad_keys_and_skips_on_rerun(dvc_repo: Pat
     rows = {r["experiment"]: r for r in read_csv(dvc_repo / "reports/sweeps/small.csv")}
     assert rows["small-subset"]["status"] == "done" and rows["small-typo"]["status"] == "failed"
 
-    again = run_sweep(sweep="sweeps/small.yaml", repo_dir=str(dvc_repo), executor="local", return_state=True)
-    assert "2 experiments, 0 ran now, 1 finished before, 1 failed" in again.message, again.message
+    cli = subprocess.run([sys.executable, "-m", "flows.sweep", "sweeps/small.yaml", "--local", "--repo-dir",
+                          str(dvc_repo)], cwd=REPO, env=env_with(PREFECT_API_URL=prefect_harness),
+                         capture_output=True, text=True, timeout=300)
+    out, err = cli.stdout, cli.stderr
+    assert cli.returncode == 1 and "2 experiments, 0 ran now, 1 finished before, 1 failed" in err, err[-3000:]
+    assert "| small-subset | done earlier | 200 | - |" in out and "| small-typo | failed earlier | - | 1 |" in out
     assert list(exp_show(dvc_repo)) == ["small-subset"]

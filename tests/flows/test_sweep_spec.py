@@ -147,7 +147,7 @@ compare: [alexnet]
     assert "error: boom \\| pipe" in md  # a pipe in a message does not break the table
     table = list(csv.DictReader(io.StringIO(sweep_table.rows_csv(rows, keys, columns))))
     assert table[0]["alexnet.test_accuracy"] == "0.5" and table[4]["status"] == FAILED
-    grouped = list(csv.DictReader(io.StringIO(sweep_table.groups_csv(groups, keys, columns))))
+    grouped = list(csv.DictReader(io.StringIO(sweep_table.groups_csv(groups, columns))))
     assert float(grouped[0]["alexnet.test_accuracy_mean"]) == pytest.approx(0.6)
     assert grouped[1]["alexnet.test_accuracy_std"] == ""
 
