@@ -31,18 +31,11 @@ REPO = Path(__file__).resolve().parent.parent
 def build_template(root: Path) -> Path:
     sys.path.insert(0, str(REPO))
     from tests.cifar_archive import make_archive
-    from tests.conftest import PROJECT_FILES, TINY_TRAINING, set_params
+    from tests.conftest import TINY_TRAINING, copy_project, set_params
 
     archive = root / "cifar-10-python.tar.gz"
     sha = make_archive(archive)
-    repo = root / "template"
-    repo.mkdir()
-    for name in PROJECT_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, repo / name)
+    repo = copy_project(root / "template")
     set_params(repo, data={"url": str(archive), "sha256": sha}, **TINY_TRAINING)
     env = child_env()
     for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"], ["git", "add", "-A"],

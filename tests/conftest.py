@@ -75,17 +75,22 @@ def set_params(repo: Path, **sections: dict) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.fixture
-def dvc_repo(tmp_path: Path, fixture_archive: tuple[Path, str]) -> Path:
-    """A fresh git + DVC repo holding this project's pipeline, pointed at the fixture archive."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
+def copy_project(repo: Path) -> Path:
+    """A new folder ``repo`` holding what this checkout's pipeline needs to run (code, dvc.yaml, params)."""
+    repo.mkdir(parents=True)
     for name in PROJECT_FILES:
         src = REPO / name
         if src.is_dir():
             shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(src, repo / name)
+    return repo
+
+
+@pytest.fixture
+def dvc_repo(tmp_path: Path, fixture_archive: tuple[Path, str]) -> Path:
+    """A fresh git + DVC repo holding this project's pipeline, pointed at the fixture archive."""
+    repo = copy_project(tmp_path / "repo")
     archive, sha = fixture_archive
     set_params(repo, data={"url": str(archive), "sha256": sha})
     run(["git", "init", "-q"], cwd=repo)
