@@ -10,6 +10,7 @@ from typing import Any
 import keras
 
 from tasks.errors import DeviceError
+from tasks.precision import Gpu
 
 
 def backend() -> str:
@@ -37,6 +38,42 @@ def visible_devices() -> list[str]:
 
 def gpus(devices: list[str]) -> list[str]:
     return [d for d in devices if d.split(":")[0].lower() in ("gpu", "cuda", "rocm")]
+
+
+def gpu_details() -> list[Gpu]:
+    """Name and compute capability of each GPU the active backend sees (for the precision decision)."""
+    name = backend()
+    try:
+        if name == "tensorflow":
+            import tensorflow as tf
+
+            found = []
+            for gpu in tf.config.list_physical_devices("GPU"):
+                details = tf.config.experimental.get_device_details(gpu)
+                found.append(Gpu(details.get("device_name", gpu.name), details.get("compute_capability")))
+            return found
+        if name == "jax":
+            import jax
+
+            return [Gpu(d.device_kind, _capability(getattr(d, "compute_capability", None)))
+                    for d in jax.devices() if d.platform == "gpu"]
+        if name == "torch":
+            import torch
+
+            return [Gpu(torch.cuda.get_device_name(i), tuple(torch.cuda.get_device_capability(i)))
+                    for i in range(torch.cuda.device_count())]
+    except (RuntimeError, ValueError, AttributeError):
+        pass  # a backend that cannot describe its GPU: the decision then assumes none is special
+    return []
+
+
+def _capability(text: str | None) -> tuple[int, int] | None:
+    """JAX spells it ``"9.0"``."""
+    try:
+        major, minor = str(text).split(".")[:2]
+        return int(major), int(minor)
+    except ValueError:
+        return None
 
 
 def describe() -> dict[str, Any]:

@@ -207,13 +207,16 @@ class Recipe:
     augmentation: str
     early_stopping_patience: int | None
     restore_best: bool
-    mixed_precision: bool
+    mixed_precision: bool | str  # true | false | "auto" (see tasks.precision)
     jit_compile: bool | str
     seed: int
     require_gpu: bool | None
 
 
 def recipe(r: _Reader) -> Recipe:
+    mixed = r._raw("mixed_precision", "auto")
+    if mixed not in (True, False, "auto"):
+        raise r.fail("mixed_precision", f"must be true, false or auto; got {mixed!r}")
     jit = r._raw("jit_compile", "auto")
     if jit not in (True, False, "auto"):
         raise r.fail("jit_compile", f"must be true, false or auto; got {jit!r}")
@@ -234,7 +237,7 @@ def recipe(r: _Reader) -> Recipe:
         augmentation=r.str("augmentation", "none", choices=AUGMENTATIONS),
         early_stopping_patience=r.int("early_stopping_patience", None, minimum=1, optional=True),
         restore_best=r.bool("restore_best", True),
-        mixed_precision=r.bool("mixed_precision", False),
+        mixed_precision=mixed,
         jit_compile=jit,
         seed=r.int("seed", 0, minimum=0),
         require_gpu=require,

@@ -26,7 +26,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from tasks import devices, runinfo
+from tasks import devices, precision, runinfo
 from tasks.atomic import atomic_path, write_json, write_text
 from tasks.errors import StageError
 from tasks.models import load_model
@@ -106,13 +106,13 @@ def compile_model(model: keras.Model, recipe: Recipe, optimizer: keras.optimizer
     model.compile(optimizer=optimizer, loss=make_loss(recipe), metrics=["accuracy"], jit_compile=recipe.jit_compile)
 
 
-def set_precision(recipe: Recipe, info: dict[str, Any]) -> str:
-    """Mixed precision where asked: float16 on GPUs, bfloat16 on CPUs (which lack fast float16)."""
-    policy = "float32"
-    if recipe.mixed_precision:
-        policy = "mixed_float16" if info["gpus"] else "mixed_bfloat16"
-    keras.mixed_precision.set_global_policy(policy)
-    return policy
+def set_precision(recipe: Recipe, info: dict[str, Any]) -> precision.Decision:
+    """Set the global dtype policy ``mixed_precision`` asks for on this hardware (tasks.precision)."""
+    choice = precision.decide(recipe.mixed_precision, devices.gpu_details() if info["gpus"] else [],
+                              precision.cpu_flags())
+    keras.mixed_precision.set_global_policy(choice.policy)
+    log.info("precision %s (%s)", choice.policy, choice.reason)
+    return choice
 
 
 def one_hot(labels: np.ndarray) -> np.ndarray:
@@ -285,8 +285,10 @@ def finish(out: Outputs, model: keras.Model, recipe: Recipe, state: State, meta:
     checkpoints.clear()
 
 
-def run_metadata(name: str, params: Any, policy: str, info: dict[str, Any], facts: dict[str, Any]) -> dict[str, Any]:
-    return {"model": name, "params": runinfo.as_dict(params), "precision_policy": policy, "devices": info,
+def run_metadata(name: str, params: Any, choice: precision.Decision, info: dict[str, Any],
+                 facts: dict[str, Any]) -> dict[str, Any]:
+    return {"model": name, "params": runinfo.as_dict(params), "precision_policy": choice.policy,
+            "precision_reason": choice.reason, "devices": info,
             "packages": runinfo.package_versions(), "data_sha256": facts.get("sha256"), "started": runinfo.now()}
 
 
@@ -294,12 +296,12 @@ def run(name: str, params: Any, recipe: Recipe, build: Callable[[dict[str, Any]]
         phases: list[Phase], checkpoint_root: Path, require_gpu: bool) -> None:
     """A whole training stage: gates, data, resumable fit, outputs. ``build`` gets the data facts."""
     info = start(name, recipe, require_gpu)
-    policy = set_precision(recipe, info)
+    choice = set_precision(recipe, info)
     train_split, val_split, facts = load_data()
     checkpoints = Checkpoints(checkpoint_root, name)
-    fingerprint = runinfo.fingerprint(params, facts["sha256"], info["keras_backend"], policy)
+    fingerprint = runinfo.fingerprint(params, facts["sha256"], info["keras_backend"], choice.policy)
     model, state = fit(name, lambda: build(facts), phases, recipe, train_split, val_split, checkpoints, fingerprint)
-    finish(outputs_for(name), model, recipe, state, run_metadata(name, params, policy, info, facts),
+    finish(outputs_for(name), model, recipe, state, run_metadata(name, params, choice, info, facts),
            len(train_split.y), checkpoints)
 
 
