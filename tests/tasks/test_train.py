@@ -15,6 +15,7 @@ import pytest
 from tasks.atomic import write_json
 from tasks.models import build_alexnet, load_model
 from tasks.params import alexnet_params
+from tasks.precision import cpu_flags, decide
 from tasks.train import one_hot
 from tests.conftest import copy_of, finish, stage
 
@@ -46,6 +47,10 @@ def test_tiny_training_on_each_backend(workspace: Path, tmp_path: Path, backend:
     meta = json.loads((work / "models/alexnet.meta.json").read_text())
     assert meta["devices"]["keras_backend"] == backend and meta["params"]["width"] == 0.0625
     assert "keras" in meta["packages"] and meta["data_sha256"]["train"]["x"]
+    # mixed_precision: auto decides from this machine's CPU flags (no GPU here) and says why.
+    expected = decide("auto", [], cpu_flags())
+    assert (meta["precision_policy"], meta["precision_reason"]) == (expected.policy, expected.reason)
+    assert f"precision {expected.policy} ({expected.reason})" in log
     history = (work / "plots/train/alexnet.csv").read_text().splitlines()
     assert history[0].startswith("epoch,phase,learning_rate,train_loss") and len(history) == 3
     assert not (work / "checkpoints/alexnet").exists(), "a finished run leaves no checkpoint behind"
@@ -126,6 +131,7 @@ def test_checkpoint_for_other_params_is_not_reused(workspace: Path, tmp_path: Pa
     ("vgg16", {"weights": "missing/vgg16_notop.h5"},
      "'vgg16.weights' is neither 'imagenet', 'none' nor an existing weights file: missing/vgg16_notop.h5"),
     ("vgg16", {"head_epochs": 5, "epochs": 2}, "'vgg16.head_epochs' (5) cannot exceed vgg16.epochs (2)"),
+    ("alexnet", {"mixed_precision": "yes"}, "'alexnet.mixed_precision' must be true, false or auto; got 'yes'"),
 ])
 def test_bad_params_fail_before_any_work(workspace: Path, tmp_path: Path, section: str, changes: dict,
                                          message: str) -> None:
