@@ -29,6 +29,7 @@ $(VENV)/.setup-stamp: pyproject.toml
 	touch $@
 
 pipeline: setup
+	@TF_CPP_MIN_LOG_LEVEL=2 python -m tasks.devices
 ifneq ($(CIFAR_ARCHIVE),)
 	dvc exp run -S 'data.url=$(CIFAR_ARCHIVE)' -S 'data.sha256=$(CIFAR_SHA256)'
 else

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
+import sys
 from typing import Any
 
 import keras
@@ -91,3 +92,20 @@ def require_gpu(info: dict[str, Any], what: str) -> None:
             f"{info['host']} sees only {', '.join(info['devices']) or 'no devices'}. Run on a GPU host, "
             "or set require_gpu: false in params.yaml."
         )
+
+
+CPU_ONLY_NOTE = ("note: no GPU is usable here ({devices}). params.yaml's defaults -- full-size AlexNet for 30 epochs and "
+                 "VGG16 -- are sized for a GPU and take many hours on a CPU; `make quick` runs the quick CPU setting "
+                 "(configs/quick-cpu.yaml) instead. Going on with what was asked.")
+
+
+def main() -> None:
+    """``python -m tasks.devices``: what training would run on here, and a note when that is only a CPU."""
+    info = describe()
+    print(f"training devices: keras backend {info['keras_backend']}: {', '.join(info['devices'])}")
+    if not info["gpus"]:
+        print(CPU_ONLY_NOTE.format(devices=", ".join(info["devices"])), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -27,6 +27,7 @@ from tasks.errors import StageError
 from tasks.models import load_model
 from tasks.params import EvaluateParams, load_evaluate_params
 from tasks.preprocess import PREPARED, Split, load_split
+from tasks.progress import EpochProgress
 from tasks.train import outputs_for
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ class Evaluated:
     history: list[dict[str, Any]]
 
 
-def timed_predictions(model: keras.Model, x: np.ndarray, batch_size: int, repeats: int) -> tuple[np.ndarray, dict]:
+def timed_predictions(model: keras.Model, x: np.ndarray, batch_size: int, repeats: int,
+                      label: str = "predict") -> tuple[np.ndarray, dict]:
     """Predict the whole split (timed, after a warm-up) and time single-image predictions."""
     # Compile and warm up before the clock starts, for the last, shorter batch too: under XLA
     # (JAX) each batch shape compiles once, which would otherwise land inside the timed predict.
@@ -57,7 +59,8 @@ def timed_predictions(model: keras.Model, x: np.ndarray, batch_size: int, repeat
     if len(x) % batch_size:
         model.predict_on_batch(x[:len(x) % batch_size])
     start = time.perf_counter()
-    probs = model.predict(x, batch_size=batch_size, verbose=0)
+    progress = EpochProgress(label, -(-len(x) // batch_size), batch_size, log)
+    probs = model.predict(x, batch_size=batch_size, verbose=0, callbacks=[progress])
     throughput = len(x) / (time.perf_counter() - start)
     one = x[:1]
     model.predict_on_batch(one)
@@ -86,7 +89,8 @@ def evaluate_model(name: str, test: Split, class_names: list[str], params: Evalu
     except (FileNotFoundError, ValueError) as exc:
         raise StageError(f"{name}: cannot read the trained model or its records ({exc}); "
                          f"run the train_{name} stage first") from None
-    probs, speed = timed_predictions(model, test.x, params.batch_size, params.latency_repeats)
+    probs, speed = timed_predictions(model, test.x, params.batch_size, params.latency_repeats,
+                                     f"{name} test predictions")
     scores = classification.summary(test.y, probs, class_names)
     log.info("%s: test accuracy %.4f, loss %.4f, %.0f img/s, %.2f ms at batch 1", name, scores["test_accuracy"],
              scores["test_loss"], speed["throughput_images_per_second"], speed["latency_ms_batch1"])

@@ -31,6 +31,7 @@ from tasks.atomic import atomic_path, write_json, write_text
 from tasks.errors import StageError
 from tasks.models import load_model
 from tasks.params import Recipe
+from tasks.progress import EpochProgress, stage_estimate
 from tasks.preprocess import PREPARED, NUM_CLASSES, Split, load_split
 from tasks.recipe import make_loss
 from tasks.validate import REPORT_JSON
@@ -180,6 +181,12 @@ def fit(name: str, build: Callable[[], keras.Model], phases: list[Phase], recipe
         model = build()
     y_train, y_val = one_hot(train.y), one_hot(val.y)
     patience = recipe.early_stopping_patience
+    first = state.epochs_done
+
+    def estimate(seconds_per_step: float) -> None:
+        log.info(stage_estimate(name, seconds_per_step, steps, total - first))
+
+    estimate_once: Callable[[float], None] | None = estimate
 
     for epoch in range(state.epochs_done, total):
         if state.stopped_early:
@@ -197,8 +204,11 @@ def fit(name: str, build: Callable[[], keras.Model], phases: list[Phase], recipe
         order = np.random.default_rng([recipe.seed, epoch]).permutation(len(train.y))
         lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
         start = time.perf_counter()
+        progress = EpochProgress(f"{name} epoch {epoch + 1}/{total}", steps, recipe.batch_size, log,
+                                 on_first_report=estimate_once)
         fitted = model.fit(train.x[order], y_train[order], batch_size=recipe.batch_size, epochs=epoch + 1,
-                           initial_epoch=epoch, shuffle=False, verbose=0)
+                           initial_epoch=epoch, shuffle=False, verbose=0, callbacks=[progress])
+        estimate_once = progress.on_first_report  # None once the stage's estimate has been logged
         seconds = time.perf_counter() - start
         scores = model.evaluate(val.x, y_val, batch_size=max(recipe.batch_size, 256), verbose=0, return_dict=True)
         record = {"epoch": epoch + 1, "phase": phase.name, "learning_rate": lr,
