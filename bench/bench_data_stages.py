@@ -15,15 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_ARCHIVE = REPO.parent / "shared/data/cifar-10/cifar-10-python.tar.gz"
+from common import DEFAULT_ARCHIVE, REPO, describe_machine, machine  # noqa: E402
+
 REAL_SHA256 = "74d36e93f7daa4ade4876a51e01bcd2ab1c202d05eb6cb36d9105e3144bc10c4"
 
 BASELINE = """
@@ -57,6 +56,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
 
+    host = machine()
+    print(describe_machine(host), flush=True)
     rows: list[dict[str, object]] = []
     for i in range(args.repeat):
         with tempfile.TemporaryDirectory() as tmp:
@@ -83,8 +84,7 @@ def main() -> None:
         print(f"{r['run']:>3}  {r['step']:<48} {r['wall_s']:>7} {r['peak_rss_mib']:>13}")
     out = REPO / "bench/results/data_stages.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                           "platform": platform.platform()}, "rows": rows}, indent=2))
+    out.write_text(json.dumps({"machine": host, "rows": rows}, indent=2))
     print(f"wrote {out}")
 
 

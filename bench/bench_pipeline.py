@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import yaml
-from common import DEFAULT_ARCHIVE, REPO, machine, table
+from common import DEFAULT_ARCHIVE, REPO, describe_machine, machine, table
 
 REAL_SHA256 = "74d36e93f7daa4ade4876a51e01bcd2ab1c202d05eb6cb36d9105e3144bc10c4"
 
@@ -59,6 +59,8 @@ def main() -> None:
     ap.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
     ap.add_argument("--stages", nargs="+", default=["download", "preprocess", "validate"])
     args = ap.parse_args()
+    host = machine()
+    print(describe_machine(host), flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         repo = scratch_repo(Path(tmp), args.archive)
@@ -76,7 +78,7 @@ def main() -> None:
     print(table(rows, ["what", "seconds"]))
     out = REPO / "bench/results/pipeline.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+    out.write_text(json.dumps({"machine": host, "rows": rows}, indent=2))
     print(f"wrote {out}")
 
 

@@ -9,7 +9,9 @@ Same model (AlexNet ``seed`` stack), same batch size, same machine, same run:
   crop+flip, and for the project's CPU recipe (``configs/quick-cpu.yaml``).
 
 Achieved FLOP/s (conv and dense multiply-adds x 2 x 3 for forward + backward) is reported as a
-fraction of this machine's own float32 matmul rate, measured in the same run.
+fraction of this machine's own matmul rate in the row's precision (float32, or bfloat16 where
+``mixed_precision: auto`` chose it), measured in the same run; the output starts with the processor
+(model, flags, cores) those rates belong to.
 
     python bench/bench_throughput.py [--width 1.0] [--batch 64] [--images 2048]
 
@@ -23,7 +25,7 @@ import json
 import time
 
 import numpy as np
-from common import REPO, machine, matmul_flops, one_hot, recipe_params, table, train_flops_per_image
+from common import REPO, describe_machine, machine, one_hot, recipe_params, table, train_flops_per_image
 
 import keras
 from tasks.models import build_alexnet
@@ -57,9 +59,10 @@ def student_script(x: np.ndarray, y: np.ndarray, width: float, batch: int, image
     return timed_fit(model, flow, images, batch), train_flops_per_image(model)
 
 
-def project_step(x: np.ndarray, y: np.ndarray, config: str, images: int, **changes: object) -> tuple[float, float, int]:
+def project_step(x: np.ndarray, y: np.ndarray, config: str, images: int,
+                 **changes: object) -> tuple[float, float, int, str]:
     params = recipe_params(config, **changes)
-    set_precision(params.recipe, describe())
+    policy = set_precision(params.recipe, describe()).policy
     model = build_alexnet(params, MEAN, STD)
     steps = max(1, len(x) // params.recipe.batch_size)
     compile_model(model, params.recipe, make_optimizer(params.recipe, make_schedule(params.recipe, steps)))
@@ -70,7 +73,7 @@ def project_step(x: np.ndarray, y: np.ndarray, config: str, images: int, **chang
             for i in range(0, len(x) - batch + 1, batch):
                 yield x[i:i + batch], y[i:i + batch]
 
-    return timed_fit(model, feed(), images, batch), train_flops_per_image(model), batch
+    return timed_fit(model, feed(), images, batch), train_flops_per_image(model), batch, policy
 
 
 def main() -> None:
@@ -83,29 +86,36 @@ def main() -> None:
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (max(args.images, 4096), 32, 32, 3), dtype=np.uint8)
     y = one_hot(rng.integers(0, 10, len(x)))
-    peak = matmul_flops()
+    host = machine()
+    print(describe_machine(host), flush=True)
+    rates = host["matmul_gflops"]
     rows = []
 
-    def add(name: str, rate: float, flops: float, batch: int) -> None:
+    def add(name: str, rate: float, flops: float, batch: int, policy: str) -> None:
+        precision = "bfloat16" if "bfloat16" in policy else "float32"
+        peak = rates.get(precision, rates["float32"]) * 1e9
         achieved = rate * flops
-        rows.append({"step": name, "batch": batch, "img/s": round(rate, 1), "GFLOP/img": round(flops / 1e9, 3),
-                     "GFLOP/s": round(achieved / 1e9, 1), "of matmul peak": f"{achieved / peak:.1%}"})
+        rows.append({"step": name, "batch": batch, "precision": precision, "img/s": round(rate, 1),
+                     "GFLOP/img": round(flops / 1e9, 3), "GFLOP/s": round(achieved / 1e9, 1),
+                     "of matmul rate": f"{achieved / peak:.1%}"})
         print(rows[-1], flush=True)
 
     rate, flops = student_script(x, y, args.width, args.batch, args.images)
-    add(f"student script (ImageDataGenerator), seed x{args.width}", rate, flops, args.batch)
+    add(f"student script (ImageDataGenerator), seed x{args.width}", rate, flops, args.batch, "float32")
     same = {"width": args.width, "batch_size": args.batch, "batch_norm": False, "variant": "seed"}
     for aug in ("student", "crop_flip"):
-        rate, flops, batch = project_step(x, y, "student", args.images, augmentation=aug, **same)
-        add(f"project step, seed x{args.width}, {aug} aug in model", rate, flops, batch)
-    rate, flops, batch = project_step(x, y, "quick-cpu", args.images)
-    add("project step, CPU recipe (configs/quick-cpu.yaml)", rate, flops, batch)
+        rate, flops, batch, policy = project_step(x, y, "student", args.images, augmentation=aug, **same)
+        add(f"project step, seed x{args.width}, {aug} aug in model", rate, flops, batch, policy)
+    for forced in ("auto", False):
+        rate, flops, batch, policy = project_step(x, y, "quick-cpu", args.images, mixed_precision=forced)
+        add(f"project step, CPU recipe (configs/quick-cpu.yaml), mixed_precision {str(forced).lower()}",
+            rate, flops, batch, policy)
 
-    print(f"\nmachine float32 matmul: {peak / 1e9:.1f} GFLOP/s\n")
-    print(table(rows, ["step", "batch", "img/s", "GFLOP/img", "GFLOP/s", "of matmul peak"]))
+    print()
+    print(table(rows, ["step", "batch", "precision", "img/s", "GFLOP/img", "GFLOP/s", "of matmul rate"]))
     out = REPO / "bench/results/throughput.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine(), "matmul_gflops": round(peak / 1e9, 1), "rows": rows}, indent=2))
+    out.write_text(json.dumps({"machine": host, "rows": rows}, indent=2))
     print(f"wrote {out}")
 
 

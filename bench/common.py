@@ -40,22 +40,45 @@ def recipe_params(config: str | None, **changes: Any) -> AlexNetParams:
     return alexnet_params(section)
 
 
-def machine() -> dict[str, Any]:
+#: CPU flags that decide how fast training can be here (and whether bfloat16 pays: tasks.precision).
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "bf16")
+
+
+def machine(rates: bool = True) -> dict[str, Any]:
+    """What every benchmark records beside its figures: the processor (model, relevant flags, cores),
+    the software, and -- with ``rates`` -- this machine's matmul rates measured in the same run
+    (float32, and bfloat16 where the CPU has native bf16), which throughputs are stated against."""
     import keras
 
+    from tasks.precision import CPU_BF16_FLAGS, cpu_flags
+
+    flags = cpu_flags()
     info: dict[str, Any] = {"cpus": os.cpu_count(), "python": platform.python_version(),
                             "platform": platform.platform(), "keras": keras.__version__,
-                            "backend": keras.backend.backend(), "when": time.strftime("%Y-%m-%d %H:%M")}
+                            "backend": keras.backend.backend(), "when": time.strftime("%Y-%m-%d %H:%M"),
+                            "cpu_flags": [f for f in CPU_FLAGS if f in flags]}
     try:
         info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                                  if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    if rates:
+        info["matmul_gflops"] = {"float32": round(matmul_flops() / 1e9, 1)}
+        if flags.intersection(CPU_BF16_FLAGS):
+            info["matmul_gflops"]["bfloat16"] = round(matmul_flops(dtype="bfloat16") / 1e9, 1)
     return info
 
 
-def matmul_flops(n: int = 4096, repeats: int = 5) -> float:
-    """The machine's own float32 matrix-multiply rate (FLOP/s), best of ``repeats``, compiled the way
+def describe_machine(info: dict[str, Any]) -> str:
+    """One line for the top of a benchmark's output."""
+    rates = ", ".join(f"{k} matmul {v} GFLOP/s" for k, v in info.get("matmul_gflops", {}).items())
+    return (f"machine: {info.get('cpu_model', 'unknown CPU')}, {info['cpus']} cores, flags "
+            f"{' '.join(info['cpu_flags']) or 'none of ' + ' '.join(CPU_FLAGS)}; {rates or 'rates not measured'}; "
+            f"keras {info['keras']} on {info['backend']}")
+
+
+def matmul_flops(n: int = 4096, repeats: int = 5, dtype: str = "float32") -> float:
+    """The machine's own matrix-multiply rate (FLOP/s) in ``dtype``, best of ``repeats``, compiled the way
     the backend compiles a training step (``tf.function`` / ``jax.jit``): eager calls measure overhead."""
     import keras
     import numpy as np
@@ -65,16 +88,16 @@ def matmul_flops(n: int = 4096, repeats: int = 5) -> float:
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        ta, tb = tf.constant(a), tf.constant(b)
-        step = tf.function(lambda: tf.reduce_sum(tf.matmul(ta, tb)))
+        ta, tb = tf.cast(tf.constant(a), dtype), tf.cast(tf.constant(b), dtype)
+        step = tf.function(lambda: tf.reduce_sum(tf.cast(tf.matmul(ta, tb), "float32")))
     elif keras.backend.backend() == "jax":
         import jax
 
-        ja, jb = jax.device_put(a), jax.device_put(b)
-        step = jax.jit(lambda: (ja @ jb).sum())
+        ja, jb = jax.numpy.asarray(a, dtype=dtype), jax.numpy.asarray(b, dtype=dtype)
+        step = jax.jit(lambda: (ja @ jb).astype("float32").sum())
     else:
-        ka, kb = keras.ops.convert_to_tensor(a), keras.ops.convert_to_tensor(b)
-        step = lambda: keras.ops.sum(keras.ops.matmul(ka, kb))  # noqa: E731
+        ka, kb = (keras.ops.cast(keras.ops.convert_to_tensor(m), dtype) for m in (a, b))
+        step = lambda: keras.ops.sum(keras.ops.cast(keras.ops.matmul(ka, kb), "float32"))  # noqa: E731
     keras.ops.convert_to_numpy(step())
     best = float("inf")
     for _ in range(repeats):
