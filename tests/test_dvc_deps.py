@@ -1,0 +1,67 @@
+"""Every project file a stage's command imports is one of that stage's deps in dvc.yaml.
+
+Otherwise a change to that file leaves ``dvc status`` clean and the stage's results stale. Each
+stage's entry module is imported in a fresh interpreter and the project files it loaded are
+compared with the stage's deps (a folder dep covers the files under it), so an import added
+later cannot escape either.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, subprocess_env
+
+STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+#: The project's own files (a virtual environment inside the checkout is not the project).
+TRACKED = set(subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split())
+PROBE = """
+import importlib, json, sys
+from pathlib import Path
+importlib.import_module(sys.argv[1])
+root = Path.cwd().resolve()
+files = set()
+for module in list(sys.modules.values()):
+    path = getattr(module, "__file__", None)
+    if path and Path(path).resolve().is_relative_to(root):
+        files.add(Path(path).resolve().relative_to(root).as_posix())
+print(json.dumps(sorted(files)))
+"""
+
+
+def loaded_project_files(module: str) -> list[str]:
+    done = subprocess.run([sys.executable, "-c", PROBE, module], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=subprocess_env() | {"PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr
+    return [f for f in json.loads(done.stdout.strip().splitlines()[-1]) if f in TRACKED]
+
+
+def uncovered(files: list[str], deps: list[str]) -> list[str]:
+    """The files that no dep names, either itself or as a folder above it (package ``__init__``s aside)."""
+    def covered(path: str) -> bool:
+        return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
+
+    return [f for f in files if not f.endswith("__init__.py") and not covered(f)]
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_stage_deps_cover_every_project_file_it_imports(stage: str) -> None:
+    match = re.fullmatch(r"python -m ([\w.]+)", STAGES[stage]["cmd"])
+    assert match, f"{stage}: expected 'python -m tasks.<module>', got {STAGES[stage]['cmd']!r}"
+    files = loaded_project_files(match.group(1))
+    assert f"{match.group(1).replace('.', '/')}.py" in files
+    missing = uncovered(files, STAGES[stage].get("deps", []))
+    assert not missing, f"dvc.yaml stage {stage} imports {missing} but does not list them as deps"
+
+
+def test_the_check_notices_a_missing_dep() -> None:
+    assert uncovered(["tasks/train.py", "tasks/models.py", "tasks/__init__.py"], ["tasks/train.py"]) == [
+        "tasks/models.py"]
+    assert uncovered(["tasks/model/train.py"], ["tasks/model"]) == []
