@@ -8,8 +8,9 @@ from collections.abc import Callable
 
 from tasks.errors import StageError
 
-#: Exit status of a stage that failed for a reason its message explains (bad input, bad params).
-EXIT_STAGE_ERROR = 2
+#: Exit status of a stage that failed for a reason its message explains (bad input, bad params);
+#: a :class:`~tasks.errors.TransientStageError` exits with its own (75) so the flow retries it.
+EXIT_STAGE_ERROR = StageError.exit_status
 
 
 def run_stage(main: Callable[[], None]) -> None:
@@ -22,4 +23,4 @@ def run_stage(main: Callable[[], None]) -> None:
         main()
     except StageError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_STAGE_ERROR)
+        sys.exit(exc.exit_status)

@@ -8,6 +8,16 @@ Stage entry points catch :class:`StageError` and print its message instead of a 
 class StageError(Exception):
     """An expected failure of a stage, with a message for a person."""
 
+    #: The stage's exit status: 2, "fix the input and rerun" (tasks/cli.py).
+    exit_status = 2
+
+
+class TransientStageError(StageError):
+    """A failure another attempt may not meet (the network, a server): exits 75, sysexits' EX_TEMPFAIL,
+    which the Prefect flow retries."""
+
+    exit_status = 75
+
 
 class ParamsError(StageError):
     """``params.yaml`` holds a missing, mistyped or out-of-range value."""
@@ -31,3 +41,7 @@ class ValidationFailed(StageError):
 
 class DeviceError(StageError):
     """A GPU was required but none is visible."""
+
+
+class WeightsUnavailable(TransientStageError):
+    """Pretrained weights could not be fetched (no network, server down)."""

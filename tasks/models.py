@@ -15,10 +15,14 @@ import keras
 from keras import layers
 
 from tasks import layers as custom_layers
+from tasks.errors import WeightsUnavailable
 from tasks.params import AlexNetParams, VGG16Params
 
 INPUT_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
+#: Where keras.applications.VGG16 fetches its ImageNet weights without the classifier (and caches them in ~/.keras).
+IMAGENET_NOTOP_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
+                      "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
 #: Block names of keras.applications.VGG16, in order.
 VGG_BLOCKS = ("block1", "block2", "block3", "block4", "block5")
 
@@ -102,8 +106,17 @@ def vgg16_base(weights: str, input_size: int) -> keras.Model:
     resolved = {"imagenet": "imagenet", "none": None}.get(weights, weights)
     if resolved not in ("imagenet", None) and not Path(resolved).is_file():
         raise FileNotFoundError(resolved)
-    return keras.applications.VGG16(include_top=False, weights=resolved,
-                                    input_shape=(input_size, input_size, 3))
+    try:
+        return keras.applications.VGG16(include_top=False, weights=resolved,
+                                        input_shape=(input_size, input_size, 3))
+    except Exception as exc:  # Keras reports a failed download as a bare Exception("URL fetch failure ...")
+        if resolved != "imagenet" or "URL fetch failure" not in str(exc):
+            raise
+        cause = str(exc).split(" -- ", 1)[-1].strip()
+        raise WeightsUnavailable(
+            f"vgg16.weights: imagenet: cannot download the ImageNet weights from {IMAGENET_NOTOP_URL} ({cause}). "
+            "Either set vgg16.weights to a local copy of that file (a *_notop.h5 weights file) or to 'none' to "
+            "train VGG16 from random weights (configs/vgg16-scratch.yaml)") from None
 
 
 def build_vgg16(params: VGG16Params) -> keras.Model:

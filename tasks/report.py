@@ -85,11 +85,28 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f} %"
 
 
+def model_label(result: Evaluated) -> str:
+    """The model's name as the report shows it; VGG16's says how its base started (vgg16.weights)."""
+    if result.name != "vgg16":
+        return LABELS[result.name]
+    weights = str(result.meta.get("params", {}).get("weights", "imagenet"))
+    if weights == "imagenet":
+        return "VGG16 (ImageNet weights)"
+    if weights == "none":
+        return "VGG16 (random init)"
+    return f"VGG16 (weights from {Path(weights).name})"
+
+
+def title(results: list[Evaluated]) -> str:
+    return "CIFAR-10: " + " vs ".join(
+        "AlexNet from scratch" if r.name == "alexnet" else model_label(r) for r in results)
+
+
 def comparison(results: list[Evaluated]) -> Block:
     rows = []
     for r in results:
         s, sp, t = r.scores, r.speed, r.training
-        rows.append([LABELS[r.name], _pct(s["test_accuracy"]), f"{s['test_loss']:.4f}", f"{s['macro_f1']:.4f}",
+        rows.append([model_label(r), _pct(s["test_accuracy"]), f"{s['test_loss']:.4f}", f"{s['macro_f1']:.4f}",
                      _pct(STUDENT[r.name]), f"{100 * (s['test_accuracy'] - STUDENT[r.name]):+.2f} pt",
                      f"{t.get('params', 0):,}", t.get("epochs_run"), f"{t.get('train_seconds', 0):.0f} s",
                      f"{sp['throughput_images_per_second']:.0f}", f"{sp['latency_ms_batch1']:.2f} ms"])
@@ -131,7 +148,7 @@ def build(results: list[Evaluated], test: Split, class_names: list[str], params:
     """The markdown, the HTML and the figure files of the report."""
     files: dict[str, bytes] = {}
     rows = [dict(h, model=LABELS[r.name]) for r in results for h in r.history]
-    blocks = [heading("CIFAR-10: AlexNet from scratch vs ImageNet VGG16", 1),
+    blocks = [heading(title(results), 1),
               paragraph(f"Test split: {len(test.y)} images, never seen by training or model selection. The "
                         "student's figures come from a notebook that early-stopped on the test set."),
               heading("Comparison"), comparison(results),

@@ -53,7 +53,9 @@ def test_report_has_every_section_and_the_numbers(evaluated: Path) -> None:
     for section in SECTIONS:
         assert section in md
     assert "79.12 %" in md and "78.62 %" in md
-    for name, label in (("alexnet", "AlexNet"), ("vgg16", "VGG16")):
+    # The fixture's VGG16 starts from random weights: the report must not call it ImageNet VGG16.
+    assert md.startswith("# CIFAR-10: AlexNet from scratch vs VGG16 (random init)") and "ImageNet" not in md
+    for name, label in (("alexnet", "AlexNet"), ("vgg16", "VGG16 (random init)")):
         assert f"| {label} | {100 * metrics[name]['test_accuracy']:.2f} % |" in md
     for image in re.findall(r"\]\(figures/([^)]+)\)", md):
         assert (evaluated / "reports/figures" / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +20,7 @@ from tasks.models import build_alexnet, load_model
 from tasks.params import alexnet_params
 from tasks.precision import cpu_flags, decide
 from tasks.train import one_hot
-from tests.conftest import copy_of, finish, stage
+from tests.conftest import REPO, copy_of, finish, stage, subprocess_env
 
 
 def test_alexnet_overfits_64_images() -> None:
@@ -165,3 +168,24 @@ def test_require_gpu_fails_fast_without_one(workspace: Path, tmp_path: Path, cha
     assert code == 2
     assert "a GPU is required (require_gpu: true) but the tensorflow backend" in log and "sees only CPU:0" in log
     assert not (work / "checkpoints").exists() and not (work / "models").exists()
+
+
+def test_vgg16_imagenet_weights_unreachable_is_one_retryable_line(workspace: Path, tmp_path: Path) -> None:
+    # Nothing serves the weights: every HTTPS request goes to a closed port on 127.0.0.1, and the
+    # Keras cache is empty.
+    work = copy_of(workspace, tmp_path, vgg16={"weights": "imagenet"})
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    env = subprocess_env() | {"PYTHONPATH": str(REPO), "KERAS_HOME": str(tmp_path / "keras"),
+                              "https_proxy": f"http://127.0.0.1:{port}", "HTTPS_PROXY": f"http://127.0.0.1:{port}",
+                              "no_proxy": "", "NO_PROXY": ""}
+    done = subprocess.run([sys.executable, "-m", "tasks.train_vgg16"], cwd=work, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 75, done.stderr  # EX_TEMPFAIL: the flow retries it, the network may come back
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr
+    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in errors[0]
+    assert "'none'" in errors[0] and "local copy" in errors[0]
+    assert not (work / "models").exists()
