@@ -17,7 +17,7 @@ import json
 
 import numpy as np
 from bench_throughput import project_step
-from common import REPO, describe_machine, machine, one_hot, table
+from common import REPO, describe_machine, machine, one_hot, table, throughput_row
 
 VARIANTS: list[tuple[str, dict[str, object]]] = [
     ("quick-cpu as shipped", {}),
@@ -43,11 +43,7 @@ def main() -> None:
     rows = []
     for name, changes in VARIANTS:
         rate, flops, batch, policy = project_step(x, y, "quick-cpu", args.images, **changes)
-        precision = "bfloat16" if "bfloat16" in policy else "float32"
-        achieved = rate * flops
-        rows.append({"variant": name, "batch": batch, "precision": precision, "img/s": round(rate, 1),
-                     "GFLOP/s": round(achieved / 1e9, 1),
-                     "of matmul rate": f"{achieved / (rates.get(precision, rates['float32']) * 1e9):.1%}"})
+        rows.append({"variant": name, **throughput_row(rate, flops, batch, policy, rates)})
         print(rows[-1], flush=True)
     print()
     print(table(rows, ["variant", "batch", "precision", "img/s", "GFLOP/s", "of matmul rate"]))

@@ -25,7 +25,8 @@ import json
 import time
 
 import numpy as np
-from common import REPO, describe_machine, machine, one_hot, recipe_params, table, train_flops_per_image
+from common import (REPO, describe_machine, machine, one_hot, recipe_params, table, throughput_row,
+                    train_flops_per_image)
 
 import keras
 from tasks.models import build_alexnet
@@ -92,12 +93,7 @@ def main() -> None:
     rows = []
 
     def add(name: str, rate: float, flops: float, batch: int, policy: str) -> None:
-        precision = "bfloat16" if "bfloat16" in policy else "float32"
-        peak = rates.get(precision, rates["float32"]) * 1e9
-        achieved = rate * flops
-        rows.append({"step": name, "batch": batch, "precision": precision, "img/s": round(rate, 1),
-                     "GFLOP/img": round(flops / 1e9, 3), "GFLOP/s": round(achieved / 1e9, 1),
-                     "of matmul rate": f"{achieved / peak:.1%}"})
+        rows.append({"step": name, **throughput_row(rate, flops, batch, policy, rates)})
         print(rows[-1], flush=True)
 
     rate, flops = student_script(x, y, args.width, args.batch, args.images)

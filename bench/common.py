@@ -69,6 +69,16 @@ def machine(rates: bool = True) -> dict[str, Any]:
     return info
 
 
+def throughput_row(images_per_second: float, flops_per_image: float, batch: int, policy: str,
+                   rates: dict[str, float]) -> dict[str, Any]:
+    """Images/s and achieved FLOP/s of a training step, against the matmul rate of its precision."""
+    precision = "bfloat16" if "bfloat16" in policy else "float32"
+    achieved = images_per_second * flops_per_image
+    return {"batch": batch, "precision": precision, "img/s": round(images_per_second, 1),
+            "GFLOP/img": round(flops_per_image / 1e9, 3), "GFLOP/s": round(achieved / 1e9, 1),
+            "of matmul rate": f"{achieved / (rates.get(precision, rates['float32']) * 1e9):.1%}"}
+
+
 def describe_machine(info: dict[str, Any]) -> str:
     """One line for the top of a benchmark's output."""
     rates = ", ".join(f"{k} matmul {v} GFLOP/s" for k, v in info.get("matmul_gflops", {}).items())
