@@ -18,7 +18,7 @@ CIFAR_ARCHIVE ?=
 CIFAR_SHA256 ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup pipeline quick plots-diff bench test clean
+.PHONY: setup pipeline quick plots-diff exp-show bench test clean
 
 setup: $(VENV)/.setup-stamp
 
@@ -45,6 +45,11 @@ quick: setup
 REVS ?=
 plots-diff: setup
 	python -m tasks.plots_diff $(REVS)
+
+# `dvc exp show` narrowed to the headline columns a reviewer compares (all of them: dvc exp show --csv).
+EXP_COLUMNS ?= ^Experiment$$|^success$$|^(alexnet|vgg16)\.(test_accuracy|macro_f1|train_seconds|seed|epochs)$$
+exp-show: setup
+	dvc exp show --drop '.*' --keep '$(EXP_COLUMNS)'
 
 bench: setup
 	python bench/bench_data_stages.py

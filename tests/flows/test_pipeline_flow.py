@@ -57,7 +57,7 @@ def test_stages_run_in_order_with_logs_and_artifacts_then_skip(dvc_repo: Path) -
     summary = artifacts(run_id)[ARTIFACT_SUMMARY].data
     assert "| download | ran |" in summary and "| validate | ran |" in summary
     assert "metrics/evaluate.json` does not exist" in summary
-    assert "reports/validation.json" in summary  # dvc metrics diff HEAD: HEAD had no metrics yet
+    assert "metrics/validation.json" in summary  # dvc metrics diff HEAD: HEAD had no metrics yet
     assert json.loads((dvc_repo / "reports/validation.json").read_text())["success"] is True
 
     state, run_id, second = run_flow(dvc_repo, stages=["validate"])

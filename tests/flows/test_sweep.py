@@ -245,7 +245,7 @@ def test_local_sweep_runs_here_refuses_bad_keys_and_skips_on_rerun(dvc_repo: Pat
     assert isinstance(failure, SweepFailed) and [r["status"] for r in failure.summary["rows"]] == ["done", "failed"]
     shown = exp_show(dvc_repo)
     assert list(shown) == ["small-subset"] and shown["small-subset"]["params"]["data"]["limit_train"] == 200
-    assert shown["small-subset"]["metrics"]["reports/validation.json"]["sizes"]["train"] == 180
+    assert shown["small-subset"]["metrics"]["metrics/validation.json"]["sizes"]["train"] == 180
     assert not (dvc_repo / "data").exists()  # it ran in its workspace, not here
     rows = {r["experiment"]: r for r in read_csv(dvc_repo / "reports/sweeps/small.csv")}
     assert rows["small-subset"]["status"] == "done" and rows["small-typo"]["status"] == "failed"

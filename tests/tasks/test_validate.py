@@ -190,6 +190,9 @@ def test_stage_exits_nonzero_and_writes_reports(prepared: Path, tmp_path: Path) 
     report = json.loads((work / "reports/validation.json").read_text())
     assert report["success"] is False and report["failed"] == ["labels_in_range"]
     assert (work / "reports/validation.html").is_file()
+    headline = json.loads((work / "metrics/validation.json").read_text())
+    assert headline == {"success": False, "failed": 1, "expectations": len(report["expectations"]),
+                        "sizes": report["sizes"]}
 
 
 @pytest.mark.real_data
