@@ -18,7 +18,7 @@ CIFAR_ARCHIVE ?=
 CIFAR_SHA256 ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup pipeline quick plots-diff exp-show bench test clean
+.PHONY: setup pipeline quick plots-diff exp-show bench lint test clean
 
 setup: $(VENV)/.setup-stamp
 
@@ -59,7 +59,12 @@ bench: setup
 	python bench/bench_time_to_accuracy.py --budget 900 --recipes quick-cpu student
 	python bench/bench_pipeline.py
 
-test: setup
+# ruff: lint (pycodestyle, pyflakes, bugbear, pyupgrade) and format, configured in pyproject.toml.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -63,16 +63,20 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             params = (REPO / "params.yaml").read_text()
-            params = params.replace("url: https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                                    f"url: {args.archive}")
-            params = params.replace("sha256: 6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
-                                    f"sha256: {REAL_SHA256}")
+            params = params.replace(
+                "url: https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", f"url: {args.archive}"
+            )
+            params = params.replace(
+                "sha256: 6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce", f"sha256: {REAL_SHA256}"
+            )
             (work / "params.yaml").write_text(params)
             py = sys.executable
             steps = [
                 ("download (local copy)", [py, "-m", "tasks.download"]),
-                ("baseline: extract + pickle.load + concatenate",
-                 [py, "-c", BASELINE.format(archive=str(args.archive), folder=str(work / "baseline"))]),
+                (
+                    "baseline: extract + pickle.load + concatenate",
+                    [py, "-c", BASELINE.format(archive=str(args.archive), folder=str(work / "baseline"))],
+                ),
                 ("preprocess", [py, "-m", "tasks.preprocess"]),
                 ("validate", [py, "-m", "tasks.validate"]),
             ]

@@ -33,8 +33,12 @@ REAL_SHA256 = "74d36e93f7daa4ade4876a51e01bcd2ab1c202d05eb6cb36d9105e3144bc10c4"
 
 
 def sh(cmd: list[str], cwd: Path) -> float:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               DVC_NO_ANALYTICS="1", GX_ANALYTICS_ENABLED="false")
+    env = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        DVC_NO_ANALYTICS="1",
+        GX_ANALYTICS_ENABLED="false",
+    )
     start = time.perf_counter()
     subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True)
     return round(time.perf_counter() - start, 2)
@@ -72,8 +76,9 @@ def main() -> None:
         last = args.stages[-1]
         rows.append({"what": f"dvc repro {last} (first run)", "seconds": sh([*dvc, "repro", last], repo)})
         for i in range(3):
-            rows.append({"what": f"dvc repro {last} (nothing changed, run {i + 1})",
-                         "seconds": sh([*dvc, "repro", last], repo)})
+            rows.append(
+                {"what": f"dvc repro {last} (nothing changed, run {i + 1})", "seconds": sh([*dvc, "repro", last], repo)}
+            )
         rows.append({"what": "dvc status", "seconds": sh([*dvc, "status"], repo)})
     print(table(rows, ["what", "seconds"]))
     out = REPO / "bench/results/pipeline.json"

@@ -25,8 +25,7 @@ import json
 import time
 
 import numpy as np
-from common import (REPO, describe_machine, machine, one_hot, recipe_params, table, throughput_row,
-                    train_flops_per_image)
+from common import REPO, describe_machine, machine, one_hot, recipe_params, table, throughput_row, train_flops_per_image
 
 import keras
 from tasks.models import build_alexnet
@@ -54,14 +53,16 @@ def student_script(x: np.ndarray, y: np.ndarray, width: float, batch: int, image
     keras.mixed_precision.set_global_policy("float32")
     model = build_alexnet(params, [0.0] * 3, [255.0] * 3)  # Normalization(0, 255) == the notebook's x / 255
     model.compile(keras.optimizers.Adam(1e-4), "categorical_crossentropy", metrics=["accuracy"])
-    gen = tf.keras.preprocessing.image.ImageDataGenerator(rotation_range=20, width_shift_range=0.2,
-                                                          height_shift_range=0.2, horizontal_flip=True)
+    gen = tf.keras.preprocessing.image.ImageDataGenerator(
+        rotation_range=20, width_shift_range=0.2, height_shift_range=0.2, horizontal_flip=True
+    )
     flow = gen.flow(x.astype("float32"), y, batch_size=batch, seed=0)
     return timed_fit(model, flow, images, batch), train_flops_per_image(model)
 
 
-def project_step(x: np.ndarray, y: np.ndarray, config: str, images: int,
-                 **changes: object) -> tuple[float, float, int, str]:
+def project_step(
+    x: np.ndarray, y: np.ndarray, config: str, images: int, **changes: object
+) -> tuple[float, float, int, str]:
     params = recipe_params(config, **changes)
     policy = set_precision(params.recipe, describe()).policy
     model = build_alexnet(params, MEAN, STD)
@@ -72,7 +73,7 @@ def project_step(x: np.ndarray, y: np.ndarray, config: str, images: int,
     def feed():  # an endless stream of the same arrays, in the order the training loop uses
         while True:
             for i in range(0, len(x) - batch + 1, batch):
-                yield x[i:i + batch], y[i:i + batch]
+                yield x[i : i + batch], y[i : i + batch]
 
     return timed_fit(model, feed(), images, batch), train_flops_per_image(model), batch, policy
 
@@ -104,8 +105,13 @@ def main() -> None:
         add(f"project step, seed x{args.width}, {aug} aug in model", rate, flops, batch, policy)
     for forced in ("auto", False):
         rate, flops, batch, policy = project_step(x, y, "quick-cpu", args.images, mixed_precision=forced)
-        add(f"project step, CPU recipe (configs/quick-cpu.yaml), mixed_precision {str(forced).lower()}",
-            rate, flops, batch, policy)
+        add(
+            f"project step, CPU recipe (configs/quick-cpu.yaml), mixed_precision {str(forced).lower()}",
+            rate,
+            flops,
+            batch,
+            policy,
+        )
 
     print()
     print(table(rows, ["step", "batch", "precision", "img/s", "GFLOP/img", "GFLOP/s", "of matmul rate"]))

@@ -37,19 +37,34 @@ def run_recipe(name: str, budget: float, splits: dict, facts: dict) -> dict:
     train.set_precision(params.recipe, devices.describe())
     with tempfile.TemporaryDirectory() as tmp:
         model, state = train.fit(
-            name, lambda: build_alexnet(params, facts["train_channel_mean"], facts["train_channel_std"]),
-            phases(params), params.recipe, splits["train"], splits["val"], train.Checkpoints(Path(tmp), name),
-            fingerprint=name, budget_seconds=budget)
+            name,
+            lambda: build_alexnet(params, facts["train_channel_mean"], facts["train_channel_std"]),
+            phases(params),
+            params.recipe,
+            splits["train"],
+            splits["val"],
+            train.Checkpoints(Path(tmp), name),
+            fingerprint=name,
+            budget_seconds=budget,
+        )
     test = splits["test"]
     scores = model.evaluate(test.x, one_hot(test.y), batch_size=512, verbose=0, return_dict=True)
     elapsed = 0.0
     curve = []
     for h in state.history:
         elapsed += h["seconds"]
-        curve.append({"epoch": h["epoch"], "train_seconds": round(elapsed, 1), "val_accuracy": round(h["val_accuracy"], 4)})
-    return {"recipe": name, "params": runinfo.as_dict(params), "curve": curve,
-            "train_seconds": round(elapsed, 1), "epochs": len(state.history),
-            "best_val_accuracy": round(state.best_val_accuracy, 4), "test_accuracy": round(float(scores["accuracy"]), 4)}
+        curve.append(
+            {"epoch": h["epoch"], "train_seconds": round(elapsed, 1), "val_accuracy": round(h["val_accuracy"], 4)}
+        )
+    return {
+        "recipe": name,
+        "params": runinfo.as_dict(params),
+        "curve": curve,
+        "train_seconds": round(elapsed, 1),
+        "epochs": len(state.history),
+        "best_val_accuracy": round(state.best_val_accuracy, 4),
+        "test_accuracy": round(float(scores["accuracy"]), 4),
+    }
 
 
 def best_within(curve: list[dict], seconds: float) -> float | None:
@@ -79,19 +94,39 @@ def main() -> None:
     for r in results:
         r["best_val_within_one_student_epoch"] = best_within(r["curve"], student_epoch)
         r["best_val_within_half_a_student_epoch"] = best_within(r["curve"], student_epoch / 2)
-    rows = [{"recipe": r["recipe"], "epochs": r["epochs"], "train s": r["train_seconds"],
-             "best val acc": r["best_val_accuracy"], "test acc": r["test_accuracy"],
-             "val in 1 student epoch": r["best_val_within_one_student_epoch"],
-             "val in 1/2": r["best_val_within_half_a_student_epoch"]} for r in results]
+    rows = [
+        {
+            "recipe": r["recipe"],
+            "epochs": r["epochs"],
+            "train s": r["train_seconds"],
+            "best val acc": r["best_val_accuracy"],
+            "test acc": r["test_accuracy"],
+            "val in 1 student epoch": r["best_val_within_one_student_epoch"],
+            "val in 1/2": r["best_val_within_half_a_student_epoch"],
+        }
+        for r in results
+    ]
     print(f"one epoch of the student's recipe here: {student_epoch:.0f} s of training")
-    print(table(rows, ["recipe", "epochs", "train s", "best val acc", "test acc", "val in 1 student epoch",
-                       "val in 1/2"]))
+    print(
+        table(rows, ["recipe", "epochs", "train s", "best val acc", "test acc", "val in 1 student epoch", "val in 1/2"])
+    )
     for r in results:
-        print(f"\n{r['recipe']}: " + ", ".join(f"{c['train_seconds']:.0f}s {c['val_accuracy']:.3f}" for c in r["curve"]))
+        print(
+            f"\n{r['recipe']}: " + ", ".join(f"{c['train_seconds']:.0f}s {c['val_accuracy']:.3f}" for c in r["curve"])
+        )
     out = REPO / f"bench/results/time_to_accuracy_{int(args.budget)}s.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": host, "budget_seconds": args.budget, "student_epoch_seconds": student_epoch,
-                               "results": results}, indent=2))
+    out.write_text(
+        json.dumps(
+            {
+                "machine": host,
+                "budget_seconds": args.budget,
+                "student_epoch_seconds": student_epoch,
+                "results": results,
+            },
+            indent=2,
+        )
+    )
     print(f"\nwrote {out}")
 
 

@@ -25,8 +25,9 @@ DEFAULT_ARCHIVE = Path(os.environ.get("CIFAR10_ARCHIVE", REPO.parent / "shared/d
 
 def real_splits(archive: Path = DEFAULT_ARCHIVE, seed: int = 42) -> tuple[dict[str, Split], dict[str, Any]]:
     """The project's own preprocessing of the real archive (same split as `dvc repro`)."""
-    params = DataParams(url=str(archive), sha256="0" * 64, val_fraction=0.1, seed=seed, limit_train=None,
-                        limit_test=None)
+    params = DataParams(
+        url=str(archive), sha256="0" * 64, val_fraction=0.1, seed=seed, limit_train=None, limit_test=None
+    )
     data = read_archive(archive)
     splits = make_splits(data, params)
     return splits, facts(splits, data, params)
@@ -53,13 +54,19 @@ def machine(rates: bool = True) -> dict[str, Any]:
     from tasks.precision import CPU_BF16_FLAGS, cpu_flags
 
     flags = cpu_flags()
-    info: dict[str, Any] = {"cpus": os.cpu_count(), "python": platform.python_version(),
-                            "platform": platform.platform(), "keras": keras.__version__,
-                            "backend": keras.backend.backend(), "when": time.strftime("%Y-%m-%d %H:%M"),
-                            "cpu_flags": [f for f in CPU_FLAGS if f in flags]}
+    info: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "keras": keras.__version__,
+        "backend": keras.backend.backend(),
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+        "cpu_flags": [f for f in CPU_FLAGS if f in flags],
+    }
     try:
-        info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                                 if line.startswith("model name"))
+        info["cpu_model"] = next(
+            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     if rates:
@@ -69,22 +76,30 @@ def machine(rates: bool = True) -> dict[str, Any]:
     return info
 
 
-def throughput_row(images_per_second: float, flops_per_image: float, batch: int, policy: str,
-                   rates: dict[str, float]) -> dict[str, Any]:
+def throughput_row(
+    images_per_second: float, flops_per_image: float, batch: int, policy: str, rates: dict[str, float]
+) -> dict[str, Any]:
     """Images/s and achieved FLOP/s of a training step, against the matmul rate of its precision."""
     precision = "bfloat16" if "bfloat16" in policy else "float32"
     achieved = images_per_second * flops_per_image
-    return {"batch": batch, "precision": precision, "img/s": round(images_per_second, 1),
-            "GFLOP/img": round(flops_per_image / 1e9, 3), "GFLOP/s": round(achieved / 1e9, 1),
-            "of matmul rate": f"{achieved / (rates.get(precision, rates['float32']) * 1e9):.1%}"}
+    return {
+        "batch": batch,
+        "precision": precision,
+        "img/s": round(images_per_second, 1),
+        "GFLOP/img": round(flops_per_image / 1e9, 3),
+        "GFLOP/s": round(achieved / 1e9, 1),
+        "of matmul rate": f"{achieved / (rates.get(precision, rates['float32']) * 1e9):.1%}",
+    }
 
 
 def describe_machine(info: dict[str, Any]) -> str:
     """One line for the top of a benchmark's output."""
     rates = ", ".join(f"{k} matmul {v} GFLOP/s" for k, v in info.get("matmul_gflops", {}).items())
-    return (f"machine: {info.get('cpu_model', 'unknown CPU')}, {info['cpus']} cores, flags "
-            f"{' '.join(info['cpu_flags']) or 'none of ' + ' '.join(CPU_FLAGS)}; {rates or 'rates not measured'}; "
-            f"keras {info['keras']} on {info['backend']}")
+    return (
+        f"machine: {info.get('cpu_model', 'unknown CPU')}, {info['cpus']} cores, flags "
+        f"{' '.join(info['cpu_flags']) or 'none of ' + ' '.join(CPU_FLAGS)}; {rates or 'rates not measured'}; "
+        f"keras {info['keras']} on {info['backend']}"
+    )
 
 
 def matmul_flops(n: int = 4096, repeats: int = 5, dtype: str = "float32") -> float:

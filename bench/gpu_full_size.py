@@ -89,8 +89,9 @@ def stage(module: str, cwd: Path, log_file: Path) -> float:
     with open(log_file, "a") as fh:
         fh.write(f"$ python -m tasks.{module}\n")
         fh.flush()
-        code = subprocess.call([sys.executable, "-m", f"tasks.{module}"], cwd=cwd, env=env, stdout=fh,
-                               stderr=subprocess.STDOUT)
+        code = subprocess.call(
+            [sys.executable, "-m", f"tasks.{module}"], cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT
+        )
     seconds = time.perf_counter() - start
     if code != 0:
         tail = log_file.read_text().splitlines()[-15:]
@@ -128,13 +129,17 @@ def prepare(base: Path, params: dict[str, Any], validated: Path | None, syntheti
 
 def carry_validation(base: Path, validated: Path | None) -> None:
     if validated is None:
-        raise SystemExit("error: Great Expectations is not installed here: pass --validated DIR holding the "
-                         "facts.json and validation.json the validate stage wrote for the same archive and params")
+        raise SystemExit(
+            "error: Great Expectations is not installed here: pass --validated DIR holding the "
+            "facts.json and validation.json the validate stage wrote for the same archive and params"
+        )
     here = json.loads((base / "data/prepared/facts.json").read_text())["sha256"]
     there = json.loads((validated / "facts.json").read_text())["sha256"]
     if here != there:
-        raise SystemExit(f"error: the prepared arrays here differ from those validated in {validated} "
-                         f"(here {here}, there {there}); run the validate stage on these arrays")
+        raise SystemExit(
+            f"error: the prepared arrays here differ from those validated in {validated} "
+            f"(here {here}, there {there}); run the validate stage on these arrays"
+        )
     verdict = base / "reports/validation.json"
     verdict.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(validated / "validation.json", verdict)
@@ -170,8 +175,13 @@ def train_and_score(name: str, run: Run, work: Path, params: dict[str, Any]) -> 
     log(f"{name}: train_{run.model} stage {train_seconds:.1f} s (process start, compile, epochs, checkpoints)")
     env = child_env()
     with open(folder / "stage.log", "a") as fh:
-        code = subprocess.call([sys.executable, str(Path(__file__).resolve()), "--score", run.model], cwd=folder,
-                               env=env, stdout=fh, stderr=subprocess.STDOUT)
+        code = subprocess.call(
+            [sys.executable, str(Path(__file__).resolve()), "--score", run.model],
+            cwd=folder,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
     if code != 0:
         raise RuntimeError(f"scoring {name} exited {code}; see {folder}/stage.log")
     summary = summarise(folder, run.model)
@@ -202,8 +212,11 @@ def summarise(folder: Path, model: str) -> dict[str, Any]:
         "epochs_run": len(history),
         "first_epoch_seconds": seconds[0] if seconds else None,
         "median_epoch_seconds": round(sorted(steady)[len(steady) // 2], 3) if steady else None,
-        "steady_images_per_second": round(sorted(h["images_per_second"] for h in history[1:] or history)[
-            len(history[1:] or history) // 2], 1) if history else None,
+        "steady_images_per_second": round(
+            sorted(h["images_per_second"] for h in history[1:] or history)[len(history[1:] or history) // 2], 1
+        )
+        if history
+        else None,
         "train_seconds": round(sum(seconds), 2),
         "best_val_accuracy": max((h["val_accuracy"] for h in history), default=None),
         "test_accuracy": test["test_accuracy"],

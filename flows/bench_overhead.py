@@ -38,15 +38,25 @@ def build_template(root: Path) -> Path:
     repo = copy_project(root / "template")
     set_params(repo, data={"url": str(archive), "sha256": sha}, **TINY_TRAINING)
     env = child_env()
-    for cmd in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.email=b@example.invalid", "-c", "user.name=b", "commit", "-qm", "bench"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        [sys.executable, "-m", "dvc", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.email=b@example.invalid", "-c", "user.name=b", "commit", "-qm", "bench"],
+    ):
         subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
     return repo
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ, DVC_NO_ANALYTICS="1", DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PYTHONPATH="", **extra)
+    env = dict(
+        os.environ,
+        DVC_NO_ANALYTICS="1",
+        DO_NOT_TRACK="1",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PYTHONPATH="",
+        **extra,
+    )
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
@@ -88,11 +98,18 @@ def main() -> None:
                 state = pipeline(repo_dir=str(copies["flow"]), stages=args.stages, return_state=True)
                 assert state.is_completed(), state.message
                 times.setdefault(label, []).append(time.perf_counter() - started)
-            cmd = [sys.executable, "-m", "flows.pipeline", "--repo-dir", str(copies["process"]),
-                   *(["--stages", *targets] if targets else [])]
+            cmd = [
+                sys.executable,
+                "-m",
+                "flows.pipeline",
+                "--repo-dir",
+                str(copies["process"]),
+                *(["--stages", *targets] if targets else []),
+            ]
             times.setdefault("python -m flows.pipeline, cold", []).append(timed(cmd, REPO, PREFECT_API_URL=api))
             times.setdefault("python -m flows.pipeline, nothing changed", []).append(
-                timed(cmd, REPO, PREFECT_API_URL=api))
+                timed(cmd, REPO, PREFECT_API_URL=api)
+            )
     what = ", ".join(targets) if targets else "the whole pipeline"
     print(f"\n{what} on the fixture archive, {args.repeat} repeats, median (min-max) seconds\n")
     print("| run | wall s |\n| --- | ---: |")

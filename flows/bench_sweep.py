@@ -63,8 +63,13 @@ def main() -> None:
     home.mkdir()
     server = PrefectServer(home, free_port())
     log = open(server.log, "w")
-    server.proc = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(server.port)],
-                                   env=server.env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    server.proc = subprocess.Popen(
+        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(server.port)],
+        env=server.env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
     results: list[tuple[int, float, str]] = []
     try:
         import urllib.request
@@ -83,22 +88,45 @@ def main() -> None:
             for n in args.workers:
                 repo = root / f"run-{i}-{n}" / "repo"
                 shutil.copytree(template, repo)
-                subprocess.run([sys.executable, "-m", "dvc", "remote", "add", "--local", "-d", "shared",
-                                str(repo.parent / "remote")], cwd=repo, check=True, capture_output=True)
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "dvc",
+                        "remote",
+                        "add",
+                        "--local",
+                        "-d",
+                        "shared",
+                        str(repo.parent / "remote"),
+                    ],
+                    cwd=repo,
+                    check=True,
+                    capture_output=True,
+                )
                 server.cli("deploy", "--all", cwd=repo)  # the pull steps now point at this copy
                 procs = []
-                for name, queue_args in [*((f"gpu-{k}", ["--work-queue", "default", "--limit", "1"])
-                                           for k in range(1, n + 1)), ("coordinator", ["--work-queue", "sweeps"])]:
+                for name, queue_args in [
+                    *((f"gpu-{k}", ["--work-queue", "default", "--limit", "1"]) for k in range(1, n + 1)),
+                    ("coordinator", ["--work-queue", "sweeps"]),
+                ]:
                     out = open(repo.parent / f"{name}.log", "w")
-                    procs.append(subprocess.Popen([PREFECT, "worker", "start", "--pool", "gpu", "--name", name,
-                                                   *queue_args], cwd=repo, stdout=out, stderr=subprocess.STDOUT,
-                                                  env=server.env(PREFECT_WORKER_QUERY_SECONDS="1")))
+                    procs.append(
+                        subprocess.Popen(
+                            [PREFECT, "worker", "start", "--pool", "gpu", "--name", name, *queue_args],
+                            cwd=repo,
+                            stdout=out,
+                            stderr=subprocess.STDOUT,
+                            env=server.env(PREFECT_WORKER_QUERY_SECONDS="1"),
+                        )
+                    )
                 time.sleep(5)  # let the workers register before the clock starts
                 try:
                     with server.client() as c:
                         deployment = c.read_deployment_by_name("cifar10-sweep/sweep")
-                        flow_run = c.create_flow_run_from_deployment(deployment.id, parameters={
-                            "sweep": "sweeps/bench.yaml", "poll_seconds": 1})
+                        flow_run = c.create_flow_run_from_deployment(
+                            deployment.id, parameters={"sweep": "sweeps/bench.yaml", "poll_seconds": 1}
+                        )
                     started = time.monotonic()
                     while True:
                         with server.client() as c:

@@ -54,8 +54,12 @@ def nvidia_gpus(timeout: float = 20) -> tuple[list[str], str]:
     if exe is None:
         return [], "nvidia-smi not found"
     try:
-        proc = subprocess.run([exe, "--query-gpu=index,name,memory.total,driver_version", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            [exe, "--query-gpu=index,name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return [], f"nvidia-smi failed: {exc}"
     if proc.returncode != 0:
@@ -71,8 +75,9 @@ def nvidia_gpus(timeout: float = 20) -> tuple[list[str], str]:
 def backend_devices(timeout: float = 120) -> dict[str, Any]:
     """``{"backend", "keras", "devices"}`` as the Keras backend sees them, or ``{"error": ...}``."""
     try:
-        proc = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"backend probe timed out after {timeout:.0f} s"}
     last = proc.stdout.strip().splitlines()[-1:] if proc.stdout.strip() else []
@@ -113,9 +118,11 @@ def describe(require_gpu: bool) -> dict[str, Any]:
     if require_gpu and not info["gpus"]:
         backend = info["backend"]
         seen = backend.get("error") or (
-            f"the {backend.get('backend')} backend sees only {', '.join(backend.get('devices', [])) or 'no devices'}")
+            f"the {backend.get('backend')} backend sees only {', '.join(backend.get('devices', [])) or 'no devices'}"
+        )
         raise GPUUnavailable(
             f"require_gpu is set but {info['host']} has no usable GPU: {info['nvidia_smi']}; {seen}. "
             "Run this deployment on a GPU worker (prefect worker start --pool gpu on a GPU host), "
-            "or pass require_gpu=false.")
+            "or pass require_gpu=false."
+        )
     return info

@@ -76,10 +76,12 @@ def _run_logger() -> Any:
 def _logger_line(logger: Any):
     def log(line: str) -> None:
         (logger.error if line.startswith(("error: ", "ERROR")) else logger.info)(line)
+
     return log
 
 
 # -- tasks -------------------------------------------------------------------------------------------
+
 
 @task(name="host", cache_policy=NO_CACHE, persist_result=False)
 def report_host(require_gpu: bool) -> dict[str, Any]:
@@ -90,8 +92,14 @@ def report_host(require_gpu: bool) -> dict[str, Any]:
     except host_info.GPUUnavailable as exc:
         logger.error(str(exc))
         raise
-    logger.info("host %s: %s, Python %s, %s CPUs, %s GiB RAM", info["host"], info["platform"], info["python"],
-                info["cpu_count"], info.get("memory_gib", "?"))
+    logger.info(
+        "host %s: %s, Python %s, %s CPUs, %s GiB RAM",
+        info["host"],
+        info["platform"],
+        info["python"],
+        info["cpu_count"],
+        info.get("memory_gib", "?"),
+    )
     logger.info("nvidia-smi: %s%s", info["nvidia_smi"], "".join(f"\n  {g}" for g in info["nvidia_gpus"]))
     logger.info("keras backend: %s", info["backend"])
     logger.info("accelerators: %s", ", ".join(info["gpus"]) or "none (CPU only)")
@@ -106,8 +114,14 @@ def plan_stages(repo: str, stages: list[str] | None) -> list[str]:
     return order
 
 
-@task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE, persist_result=False,
-      retry_condition_fn=_no_retry_for_deterministic, retry_jitter_factor=0.2)
+@task(
+    name="stage",
+    task_run_name="{stage}",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retry_condition_fn=_no_retry_for_deterministic,
+    retry_jitter_factor=0.2,
+)
 def run_stage(stage: str, repo: str, pull: bool = False) -> dict[str, Any]:
     """``dvc repro --single-item <stage>``: DVC skips it when nothing changed, or restores it from
     the run-cache; its output goes to the run log line by line."""
@@ -119,14 +133,23 @@ def run_stage(stage: str, repo: str, pull: bool = False) -> dict[str, Any]:
         failure = classify(f"stage '{stage}'", result.returncode, result.lines)
         logger.error("%s", failure)
         raise failure
-    done = {"stage": stage, "outcome": outcome(stage, result.lines), "seconds": time.monotonic() - started,
-            "attempt": current_task_run.get_run_count()}
+    done = {
+        "stage": stage,
+        "outcome": outcome(stage, result.lines),
+        "seconds": time.monotonic() - started,
+        "attempt": current_task_run.get_run_count(),
+    }
     logger.info("stage '%s' %s in %.1f s", stage, done["outcome"], done["seconds"])
     return done
 
 
-@task(name="dvc", task_run_name="dvc {command}", cache_policy=NO_CACHE, persist_result=False,
-      retry_condition_fn=_no_retry_for_deterministic)
+@task(
+    name="dvc",
+    task_run_name="dvc {command}",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retry_condition_fn=_no_retry_for_deterministic,
+)
 def dvc_command(command: str, args: list[str], repo: str) -> str:
     """A DVC housekeeping command (pull, push, exp save, ...) with its output in the run log."""
     logger = get_run_logger()
@@ -187,17 +210,25 @@ def publish(repo: str, results: list[dict[str, Any]], experiment: str | None, ho
     diff = run_dvc(["metrics", "diff", "HEAD", "--md"], root, lambda line: None)
     diff_text = diff.output if diff.returncode == 0 else f"_`dvc metrics diff HEAD` failed:_\n\n```\n{diff.output}\n```"
     markdown = render(root, results, diff_text, experiment=experiment, host=host)
-    create_markdown_artifact(markdown=markdown, key=ARTIFACT_SUMMARY,
-                             description="Stages, test metrics and metrics diff of this CIFAR-10 pipeline run")
+    create_markdown_artifact(
+        markdown=markdown,
+        key=ARTIFACT_SUMMARY,
+        description="Stages, test metrics and metrics diff of this CIFAR-10 pipeline run",
+    )
     report = root / REPORT
     if report.is_file():
-        create_link_artifact(link=report.as_uri(), link_text=str(REPORT), key=ARTIFACT_REPORT,
-                             description=f"The comparison report on {host}: {report}")
+        create_link_artifact(
+            link=report.as_uri(),
+            link_text=str(REPORT),
+            key=ARTIFACT_REPORT,
+            description=f"The comparison report on {host}: {report}",
+        )
     logger.info("artifacts published: %s%s", ARTIFACT_SUMMARY, f", {ARTIFACT_REPORT}" if report.is_file() else "")
     return markdown
 
 
 # -- serialising runs of one workspace ----------------------------------------------------------------
+
 
 def workspace_lock_name(repo: Path) -> str:
     """One Prefect global concurrency limit per workspace (host + path): runs of other
@@ -285,13 +316,15 @@ def _global_limit(repo: Path) -> Iterator[None]:
     holder = ConcurrencyLeaseHolder(type="flow_run", id=UUID(run_id)) if run_id else None
     logger.info("waiting for workspace lock %r", name)
     started = time.monotonic()
-    with concurrency(name, occupy=1, strict=True, lease_duration=LEASE_SECONDS, holder=holder,
-                     raise_on_lease_renewal_failure=False):
+    with concurrency(
+        name, occupy=1, strict=True, lease_duration=LEASE_SECONDS, holder=holder, raise_on_lease_renewal_failure=False
+    ):
         logger.info("workspace lock %r acquired after %.1f s", name, time.monotonic() - started)
         yield
 
 
 # -- the flow ----------------------------------------------------------------------------------------
+
 
 @flow(name="cifar10-pipeline", persist_result=False)
 def pipeline(
@@ -340,9 +373,13 @@ def pipeline(
         if experiment:
             existing = dvc_command("exp", ["list", "--name-only"], str(repo)).split()
             if experiment in existing:
-                raise DeterministicFailure("experiment", [
-                    f"error: a DVC experiment named {experiment!r} already exists on this commit; "
-                    "pick another experiment_name"])
+                raise DeterministicFailure(
+                    "experiment",
+                    [
+                        f"error: a DVC experiment named {experiment!r} already exists on this commit; "
+                        "pick another experiment_name"
+                    ],
+                )
         if share_cache:
             sync_command("pull", ["--run-cache", "--allow-missing"], str(repo))
         originals = apply_params(str(repo), set_params) if set_params else {}
@@ -350,8 +387,12 @@ def pipeline(
             for stage in order:
                 results.append(stage_task(stage, str(repo), pull=share_cache))
             if experiment:
-                include = [arg for path in ["dvc.lock", *uncached_outputs(repo, order)] if (repo / path).exists()
-                           for arg in ("--include-untracked", path)]
+                include = [
+                    arg
+                    for path in ["dvc.lock", *uncached_outputs(repo, order)]
+                    if (repo / path).exists()
+                    for arg in ("--include-untracked", path)
+                ]
                 dvc_command("exp", ["save", "--name", experiment, *include, *order], str(repo))
                 logger.info("saved DVC experiment %r: dvc exp show / dvc exp apply %s", experiment, experiment)
             publish(str(repo), results, experiment, host["host"])
@@ -379,9 +420,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repo-dir")
     parser.add_argument("--no-serialize", dest="serialize", action="store_false")
     args = parser.parse_args(argv)
-    pipeline(stages=args.stages or None, set_params=args.set_params, experiment_name=args.experiment_name,
-             require_gpu=args.require_gpu, share_cache=args.share_cache, repo_dir=args.repo_dir,
-             serialize=args.serialize)
+    pipeline(
+        stages=args.stages or None,
+        set_params=args.set_params,
+        experiment_name=args.experiment_name,
+        require_gpu=args.require_gpu,
+        share_cache=args.share_cache,
+        repo_dir=args.repo_dir,
+        serialize=args.serialize,
+    )
 
 
 if __name__ == "__main__":

@@ -45,8 +45,15 @@ class StageFailure(RuntimeError):
 
     retryable = True
 
-    def __init__(self, what: str, errors: list[str], *, returncode: int | None = None, exit_code: int | None = None,
-                 tail: list[str] | None = None):
+    def __init__(
+        self,
+        what: str,
+        errors: list[str],
+        *,
+        returncode: int | None = None,
+        exit_code: int | None = None,
+        tail: list[str] | None = None,
+    ):
         self.what, self.errors, self.returncode, self.exit_code = what, errors, returncode, exit_code
         self.tail = tail or []
         super().__init__(self.describe())
@@ -139,12 +146,15 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 #: ``python -m dvc``, but with Ctrl-C restored first: a worker started in the background (``&``,
 #: nohup, some service managers) passes SIGINT on as ignored, and DVC and its stage would then
 #: shrug off the SIGINT that stops them cleanly.
-_DVC_MAIN = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-             "from dvc.cli import main; sys.exit(main(sys.argv[1:]))")
+_DVC_MAIN = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from dvc.cli import main; sys.exit(main(sys.argv[1:]))"
+)
 
 
-def run_dvc(args: Sequence[str], cwd: Path, log: Callable[[str], None] = print, *, wait_for_lock: bool = True,
-            keep: int = 2000) -> CommandResult:
+def run_dvc(
+    args: Sequence[str], cwd: Path, log: Callable[[str], None] = print, *, wait_for_lock: bool = True, keep: int = 2000
+) -> CommandResult:
     """Run ``dvc <args>`` in ``cwd``, passing each output line to ``log`` as it arrives.
 
     ``--wait-for-lock`` makes DVC queue behind another DVC process in the same workspace instead
@@ -155,8 +165,17 @@ def run_dvc(args: Sequence[str], cwd: Path, log: Callable[[str], None] = print, 
     """
     cmd = [sys.executable, "-c", _DVC_MAIN, *(["--wait-for-lock"] if wait_for_lock else []), *args]
     lines: deque[str] = deque(maxlen=keep)
-    proc = subprocess.Popen(cmd, cwd=cwd, env=child_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=child_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        bufsize=1,
+    )
     try:
         assert proc.stdout is not None
         for raw in proc.stdout:  # text mode turns tqdm's \r updates into lines of their own
@@ -222,6 +241,7 @@ def _stop_tree(proc: subprocess.Popen) -> str:
 
 # -- the stage graph --------------------------------------------------------------------------------
 
+
 def stage_graph(repo: Path) -> dict[str, list[str]]:
     """``{stage: [stages it depends on]}`` for every stage with a command, in dvc.yaml order.
 
@@ -256,9 +276,13 @@ def uncached_outputs(repo: Path, stages: Sequence[str]) -> list[str]:
 
     wanted = set(stages)
     with Repo(str(repo)) as dvc_repo:
-        return [os.path.relpath(out.fs_path, dvc_repo.root_dir)
-                for stage in dvc_repo.index.stages if stage.cmd and _target(stage, dvc_repo.root_dir) in wanted
-                for out in stage.outs if not out.use_cache]
+        return [
+            os.path.relpath(out.fs_path, dvc_repo.root_dir)
+            for stage in dvc_repo.index.stages
+            if stage.cmd and _target(stage, dvc_repo.root_dir) in wanted
+            for out in stage.outs
+            if not out.use_cache
+        ]
 
 
 def push_uncached_outputs(repo: Path, stages: Sequence[str]) -> int:

@@ -61,18 +61,36 @@ def stages_table(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
-def render(repo: Path, results: Sequence[dict[str, Any]], metrics_diff: str, *, experiment: str | None = None,
-           host: str | None = None) -> str:
+def render(
+    repo: Path,
+    results: Sequence[dict[str, Any]],
+    metrics_diff: str,
+    *,
+    experiment: str | None = None,
+    host: str | None = None,
+) -> str:
     report = repo / REPORT
     lines = ["# CIFAR-10 pipeline run", ""]
     if host:
         lines += [f"Host: `{host}` -- workspace: `{repo}`", ""]
     if experiment:
         lines += [f"DVC experiment: **{experiment}** (`dvc exp show`, `dvc exp diff {experiment}`)", ""]
-    lines += ["## Stages", "", stages_table(results), "",
-              "## Test metrics", "", metrics_table(repo), "",
-              "## `dvc metrics diff HEAD`", "", metrics_diff.strip() or "_No metric differs from HEAD._", "",
-              "## Report", ""]
+    lines += [
+        "## Stages",
+        "",
+        stages_table(results),
+        "",
+        "## Test metrics",
+        "",
+        metrics_table(repo),
+        "",
+        "## `dvc metrics diff HEAD`",
+        "",
+        metrics_diff.strip() or "_No metric differs from HEAD._",
+        "",
+        "## Report",
+        "",
+    ]
     if report.is_file():
         lines.append(f"[{REPORT}]({report.as_uri()}) -- `{report}`")
     else:

@@ -83,6 +83,7 @@ class SweepFailed(RuntimeError):
 def _log_line(logger: Any):
     def log(line: str) -> None:
         (logger.error if line.startswith(("error: ", "ERROR")) else logger.info)(line)
+
     return log
 
 
@@ -103,17 +104,31 @@ def stage_outcomes(lines: list[str]) -> dict[str, str]:
 
 # -- one experiment: the point flow --------------------------------------------------------------------
 
+
 @task(name="workspace", cache_policy=NO_CACHE, persist_result=False, retries=1, retry_delay_seconds=5)
 def prepare_workspace(ws: str, git_url: str, rev: str, cache_dir: str | None, dvc_remote: str | None) -> str:
     """A clone of the sweep's repository at its baseline commit, with the shared cache and remote."""
     how = sweep_workspace.prepare(Path(ws), git_url, rev, cache_dir=cache_dir, dvc_remote=dvc_remote)
-    get_run_logger().info("workspace %s (%s from %s at %s); DVC cache %s; DVC remote %s", ws, how, git_url, rev[:12],
-                          cache_dir or "its own", dvc_remote or "the one its .dvc/config names, if any")
+    get_run_logger().info(
+        "workspace %s (%s from %s at %s); DVC cache %s; DVC remote %s",
+        ws,
+        how,
+        git_url,
+        rev[:12],
+        cache_dir or "its own",
+        dvc_remote or "the one its .dvc/config names, if any",
+    )
     return how
 
 
-@task(name="dvc-exp-run", task_run_name="dvc exp run {experiment}", cache_policy=NO_CACHE, persist_result=False,
-      retry_condition_fn=_no_retry_for_deterministic, retry_jitter_factor=0.2)
+@task(
+    name="dvc-exp-run",
+    task_run_name="dvc exp run {experiment}",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retry_condition_fn=_no_retry_for_deterministic,
+    retry_jitter_factor=0.2,
+)
 def exp_run(experiment: str, overrides: list[str], stages: list[str] | None, ws: str, pull: bool) -> dict[str, str]:
     """``dvc exp run -n <experiment> -S ...`` in the workspace, its output in the run log."""
     logger = get_run_logger()
@@ -128,8 +143,14 @@ def exp_run(experiment: str, overrides: list[str], stages: list[str] | None, ws:
     return outcomes
 
 
-@task(name="dvc-repro", task_run_name="shared stages", cache_policy=NO_CACHE, persist_result=False,
-      retry_condition_fn=_no_retry_for_deterministic, retry_jitter_factor=0.2)
+@task(
+    name="dvc-repro",
+    task_run_name="shared stages",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retry_condition_fn=_no_retry_for_deterministic,
+    retry_jitter_factor=0.2,
+)
 def repro_shared(overrides: list[str], stages: list[str], ws: str, pull: bool) -> dict[str, str]:
     """The stages every experiment shares, once, with the sweep's common overrides applied."""
     from dvc.utils.cli_parse import to_path_overrides
@@ -238,14 +259,22 @@ def sweep_point(
     if not keep_workspace:
         sweep_workspace.remove(ws)
     seconds = time.monotonic() - started
-    logger.info("%s finished in %.1f s on %s: %s", what, seconds, host["host"],
-                ", ".join(f"{s} {o}" for s, o in outcomes.items()) or "nothing ran")
+    logger.info(
+        "%s finished in %.1f s on %s: %s",
+        what,
+        seconds,
+        host["host"],
+        ", ".join(f"{s} {o}" for s, o in outcomes.items()) or "nothing ran",
+    )
     return {"experiment": experiment, "host": host["host"], "seconds": seconds, "stages": outcomes}
 
 
 # -- the sweep: plan, fan out, compare -------------------------------------------------------------------
 
-def _invalid_override(repo: Path, rev: str, overrides: list[str], cache: dict[tuple[str, ...], str | None]) -> str | None:
+
+def _invalid_override(
+    repo: Path, rev: str, overrides: list[str], cache: dict[tuple[str, ...], str | None]
+) -> str | None:
     """Why ``dvc exp run -S`` would refuse these overrides (an unknown key, bad syntax), judged on
     the params files of the baseline commit; None when it would accept them."""
     key = tuple(overrides)
@@ -272,8 +301,13 @@ def _invalid_override(repo: Path, rev: str, overrides: list[str], cache: dict[tu
 
 def read_experiments(repo: Path, baseline: str) -> dict[str, dict[str, Any]]:
     """The experiments of ``baseline`` as ``dvc exp show --json`` in ``repo`` lists them."""
-    proc = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json", "--rev", baseline, "--no-fetch"],
-                          cwd=repo, env=sweep_workspace.child_env(), capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "show", "--json", "--rev", baseline, "--no-fetch"],
+        cwd=repo,
+        env=sweep_workspace.child_env(),
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"dvc exp show failed in {repo}: {proc.stderr.strip()[-2000:]}")
     return sweep_table.experiments_from_show(json.loads(proc.stdout or "[]"), baseline)
@@ -307,21 +341,34 @@ def plan_sweep(repo: str, sweep: sweep_spec.Sweep, baseline: str, retry_failed: 
         if e.name in existing:
             wrong = sweep_table.mismatched_params(e, existing[e.name]["params"])
             if wrong:
-                settled[e.name] = Outcome(FAILED, f"an experiment named {e.name} exists on this commit with other "
-                                          f"params: {'; '.join(wrong)}. Remove it (dvc exp remove {e.name}) or "
-                                          "rename the point")
+                settled[e.name] = Outcome(
+                    FAILED,
+                    f"an experiment named {e.name} exists on this commit with other "
+                    f"params: {'; '.join(wrong)}. Remove it (dvc exp remove {e.name}) or "
+                    "rename the point",
+                )
             else:
-                settled[e.name] = Outcome(DONE_EARLIER, wall_seconds=before.get("wall_seconds")
-                                          if before.get("status") in (DONE, DONE_EARLIER) else None,
-                                          host=before.get("host"))
-        elif (before.get("deterministic") and before.get("overrides") == list(e.overrides) and not retry_failed):
+                settled[e.name] = Outcome(
+                    DONE_EARLIER,
+                    wall_seconds=before.get("wall_seconds") if before.get("status") in (DONE, DONE_EARLIER) else None,
+                    host=before.get("host"),
+                )
+        elif before.get("deterministic") and before.get("overrides") == list(e.overrides) and not retry_failed:
             settled[e.name] = Outcome(FAILED_EARLIER, before.get("message", ""), deterministic=True)
         elif problem := _invalid_override(root, baseline, list(e.overrides), checked):
             settled[e.name] = Outcome(FAILED, f"{problem} {DETERMINISTIC}", deterministic=True)
     counts = {s: sum(o.status == s for o in settled.values()) for s in (DONE_EARLIER, FAILED_EARLIER, FAILED)}
-    logger.info("sweep %s at %s: %d experiments; %d finished before, %d failed before for good, %d refused "
-                "without running; %d to run", sweep.name, baseline[:12], len(sweep.experiments()),
-                counts[DONE_EARLIER], counts[FAILED_EARLIER], counts[FAILED], len(sweep.experiments()) - len(settled))
+    logger.info(
+        "sweep %s at %s: %d experiments; %d finished before, %d failed before for good, %d refused "
+        "without running; %d to run",
+        sweep.name,
+        baseline[:12],
+        len(sweep.experiments()),
+        counts[DONE_EARLIER],
+        counts[FAILED_EARLIER],
+        counts[FAILED],
+        len(sweep.experiments()) - len(settled),
+    )
     return settled
 
 
@@ -332,8 +379,13 @@ def _outcome(state: Any, wall: float | None, host: str | None) -> Outcome:
     message = (state.message if state else "") or (state.name if state else "no state")
     message = message.removeprefix("Flow run encountered an exception: ").removeprefix("PointFailure: ")
     name = state.name if state else "no state"
-    return Outcome(FAILED, message if name == "Failed" else f"{name}: {message}", wall_seconds=wall,
-                   deterministic=message.rstrip().endswith(DETERMINISTIC), host=host)
+    return Outcome(
+        FAILED,
+        message if name == "Failed" else f"{name}: {message}",
+        wall_seconds=wall,
+        deterministic=message.rstrip().endswith(DETERMINISTIC),
+        host=host,
+    )
 
 
 def _outcome_of(flow_run: Any) -> Outcome:
@@ -375,8 +427,11 @@ def _wait(ids: dict[UUID, str], poll_seconds: float, logger: Any) -> dict[str, O
                 if flow_run.state and flow_run.state.is_final():
                     outcome = outcomes[name] = _outcome_of(flow_run)
                     (logger.info if outcome.status == DONE else logger.error)(
-                        "%s: %s%s", name, outcome.status if outcome.status == DONE else outcome.message,
-                        f" ({outcome.wall_seconds:.0f} s)" if outcome.wall_seconds else "")
+                        "%s: %s%s",
+                        name,
+                        outcome.status if outcome.status == DONE else outcome.message,
+                        f" ({outcome.wall_seconds:.0f} s)" if outcome.wall_seconds else "",
+                    )
                     del waiting[run_id]
             if waiting:
                 time.sleep(poll_seconds)
@@ -409,16 +464,33 @@ def publish_sweep(repo: str, sweep: sweep_spec.Sweep, baseline: str, outcomes: d
     groups = sweep_table.build_groups(sweep, experiments, rows, keys, columns)
     out = root / RESULTS_DIR
     out.mkdir(parents=True, exist_ok=True)
-    files = {"md": out / f"{sweep.name}.md", "csv": out / f"{sweep.name}.csv", "groups": out / f"{sweep.name}-groups.csv"}
-    md = sweep_table.markdown(sweep, rows, groups, keys, columns, baseline=baseline,
-                              files=[str(p.relative_to(root)) for p in files.values()])
+    files = {
+        "md": out / f"{sweep.name}.md",
+        "csv": out / f"{sweep.name}.csv",
+        "groups": out / f"{sweep.name}-groups.csv",
+    }
+    md = sweep_table.markdown(
+        sweep, rows, groups, keys, columns, baseline=baseline, files=[str(p.relative_to(root)) for p in files.values()]
+    )
     files["md"].write_text(md)
     files["csv"].write_text(sweep_table.rows_csv(rows, keys, columns))
     files["groups"].write_text(sweep_table.groups_csv(groups, columns))
-    record = {"sweep": sweep.name, "source": sweep.source, "baseline": baseline, "experiments": {
-        e.name: {"status": outcomes[e.name].status, "message": outcomes[e.name].message,
-                 "deterministic": outcomes[e.name].deterministic, "wall_seconds": outcomes[e.name].wall_seconds,
-                 "host": outcomes[e.name].host, "overrides": list(e.overrides)} for e in experiments}}
+    record = {
+        "sweep": sweep.name,
+        "source": sweep.source,
+        "baseline": baseline,
+        "experiments": {
+            e.name: {
+                "status": outcomes[e.name].status,
+                "message": outcomes[e.name].message,
+                "deterministic": outcomes[e.name].deterministic,
+                "wall_seconds": outcomes[e.name].wall_seconds,
+                "host": outcomes[e.name].host,
+                "overrides": list(e.overrides),
+            }
+            for e in experiments
+        },
+    }
     _record_path(root, sweep.name).write_text(json.dumps(record, indent=2) + "\n")
     key = "sweep-" + re.sub(r"[^a-z0-9-]+", "-", sweep.name.lower()).strip("-")
     create_markdown_artifact(markdown=md, key=key, description=f"Comparison of the experiments of sweep {sweep.name}")
@@ -426,8 +498,13 @@ def publish_sweep(repo: str, sweep: sweep_spec.Sweep, baseline: str, outcomes: d
     missing = [r.experiment for r in rows if r.status in (DONE, DONE_EARLIER) and r.experiment not in recorded]
     if missing:
         logger.warning("dvc exp show does not list %s", ", ".join(missing))
-    return {"rows": [r.__dict__ for r in rows], "groups": [g.__dict__ for g in groups], "markdown": md,
-            "files": {k: str(v) for k, v in files.items()}, "artifact": key}
+    return {
+        "rows": [r.__dict__ for r in rows],
+        "groups": [g.__dict__ for g in groups],
+        "markdown": md,
+        "files": {k: str(v) for k, v in files.items()},
+        "artifact": key,
+    }
 
 
 @flow(name="cifar10-sweep", persist_result=False)
@@ -479,22 +556,35 @@ def run_sweep(
     baseline = sweep_workspace.head(repo)
     dirty = sweep_workspace.dirty_pipeline_files(repo)
     if dirty:
-        logger.warning("uncommitted changes in %s are not part of the sweep: the experiments run the commit %s",
-                       ", ".join(dirty), baseline[:12])
+        logger.warning(
+            "uncommitted changes in %s are not part of the sweep: the experiments run the commit %s",
+            ", ".join(dirty),
+            baseline[:12],
+        )
     url = git_url or str(repo)
     remote_url, remote_in_git = sweep_workspace.default_remote(repo)
     remote = bool(dvc_remote or remote_url)
     remote_param = dvc_remote or (None if remote_in_git else remote_url)
     if not remote:
-        logger.warning("no DVC remote: experiments share stages only through the host's cache; "
-                       "add one (dvc remote add -d ...) for workers on several hosts")
+        logger.warning(
+            "no DVC remote: experiments share stages only through the host's cache; "
+            "add one (dvc remote add -d ...) for workers on several hosts"
+        )
     settled = plan_sweep(str(repo), spec, baseline, retry_failed)
     pending = [e for e in experiments if e.name not in settled]
     outcomes: dict[str, Outcome] = dict(settled)
 
-    common = {"git_url": url, "rev": baseline, "stages": spec.stages, "dvc_remote": remote_param, "remote": remote,
-              "host_cache": host_cache, "workspace_root": workspace_root, "retries": point_retries,
-              "retry_delay_seconds": retry_delay_seconds}
+    common = {
+        "git_url": url,
+        "rev": baseline,
+        "stages": spec.stages,
+        "dvc_remote": remote_param,
+        "remote": remote,
+        "host_cache": host_cache,
+        "workspace_root": workspace_root,
+        "retries": point_retries,
+        "retry_delay_seconds": retry_delay_seconds,
+    }
     if executor == "local":
         common["workspace_root"] = workspace_root or str(repo / WORKSPACES)
         common["cache_dir"] = sweep_workspace.cache_dir_of(repo) if host_cache else None
@@ -512,15 +602,24 @@ def run_sweep(
             try:
                 client.read_deployment_by_name(point_deployment)
             except ObjectNotFound:
-                raise DeterministicFailure("sweep", [
-                    f"error: deployment {point_deployment!r} not found: run `prefect --no-prompt deploy --all` from "
-                    "the repository root, or run the sweep with executor='local'"]) from None
+                raise DeterministicFailure(
+                    "sweep",
+                    [
+                        f"error: deployment {point_deployment!r} not found: run `prefect --no-prompt deploy --all` "
+                        "from the repository root, or run the sweep with executor='local'"
+                    ],
+                ) from None
     try:
         if shared:
             name = f"{spec.name}-shared-stages"
             logger.info("running the stages every experiment shares once, first: %s", ", ".join(shared))
-            params = {**common, "experiment": None, "overrides": sweep_spec.to_overrides(spec.base),
-                      "workspace": f"{spec.name}/_shared", "stages": shared}
+            params = {
+                **common,
+                "experiment": None,
+                "overrides": sweep_spec.to_overrides(spec.base),
+                "workspace": f"{spec.name}/_shared",
+                "stages": shared,
+            }
             if executor == "local":
                 first = _run_here(params)
             else:
@@ -532,8 +631,13 @@ def run_sweep(
                 pending = []
         ids: dict[UUID, str] = {}
         for e in pending:
-            params = {**common, "experiment": e.name, "overrides": list(e.overrides),
-                      "workspace": f"{spec.name}/{e.name}", "keep_workspace": keep_workspaces}
+            params = {
+                **common,
+                "experiment": e.name,
+                "overrides": list(e.overrides),
+                "workspace": f"{spec.name}/{e.name}",
+                "keep_workspace": keep_workspaces,
+            }
             if executor == "local":
                 outcomes[e.name] = _run_here(params)
             else:
@@ -555,8 +659,10 @@ def run_sweep(
     summary = publish_sweep(str(repo), spec, baseline, outcomes)
     failed = [r for r in summary["rows"] if r["status"] not in (DONE, DONE_EARLIER)]
     ran = sum(r["status"] == DONE for r in summary["rows"])
-    message = (f"sweep {spec.name}: {len(experiments)} experiments, {ran} ran now, "
-               f"{sum(r['status'] == DONE_EARLIER for r in summary['rows'])} finished before, {len(failed)} failed")
+    message = (
+        f"sweep {spec.name}: {len(experiments)} experiments, {ran} ran now, "
+        f"{sum(r['status'] == DONE_EARLIER for r in summary['rows'])} finished before, {len(failed)} failed"
+    )
     if failed:
         message += ": " + "; ".join(f"{r['experiment']} ({r['message'][:300]})" for r in failed)
         return Failed(message=message, data=SweepFailed(message, summary))
@@ -574,10 +680,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--retry-failed", action="store_true")
     parser.add_argument("--keep-workspaces", action="store_true")
     args = parser.parse_args(argv)
-    state = run_sweep(sweep=args.sweep, set_params=args.set_params, repo_dir=args.repo_dir,
-                      executor="local" if args.local else "workers", git_url=args.git_url,
-                      dvc_remote=args.dvc_remote, retry_failed=args.retry_failed,
-                      keep_workspaces=args.keep_workspaces, return_state=True)
+    state = run_sweep(
+        sweep=args.sweep,
+        set_params=args.set_params,
+        repo_dir=args.repo_dir,
+        executor="local" if args.local else "workers",
+        git_url=args.git_url,
+        dvc_remote=args.dvc_remote,
+        retry_failed=args.retry_failed,
+        keep_workspaces=args.keep_workspaces,
+        return_state=True,
+    )
     summary = state.result(raise_on_failure=False)
     summary = summary.summary if isinstance(summary, SweepFailed) else summary
     if isinstance(summary, dict) and "markdown" in summary:

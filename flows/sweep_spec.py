@@ -88,17 +88,28 @@ class Sweep:
                     own.update({key: seed for key in self.seed_params})
                 params = {**self.base, **own}
                 name = experiment_name(self.name, point.name, seed)
-                found.append(Experiment(name=name, point=point.name, seed=seed, overrides=tuple(to_overrides(params)),
-                                        params=params, own=own))
+                found.append(
+                    Experiment(
+                        name=name,
+                        point=point.name,
+                        seed=seed,
+                        overrides=tuple(to_overrides(params)),
+                        params=params,
+                        own=own,
+                    )
+                )
         names = [e.name for e in found]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise SweepError(f"{self.source}: two experiments would share the name(s) {', '.join(duplicates)}; "
-                             "give the points distinct names")
+            raise SweepError(
+                f"{self.source}: two experiments would share the name(s) {', '.join(duplicates)}; "
+                "give the points distinct names"
+            )
         return found
 
 
 # -- names -------------------------------------------------------------------------------------------
+
 
 def slug(text: str) -> str:
     """A name that is a valid git ref component (DVC experiment names are git refs)."""
@@ -124,6 +135,7 @@ def experiment_name(sweep: str, point: str, seed: int | None) -> str:
 
 # -- overrides ---------------------------------------------------------------------------------------
 
+
 def flatten(overlay: Mapping[str, Any], where: str) -> dict[str, Any]:
     """Sections of key: value (like params.yaml) and/or dotted keys -> ``{"section.key": value}``."""
     out: dict[str, Any] = {}
@@ -136,8 +148,10 @@ def flatten(overlay: Mapping[str, Any], where: str) -> dict[str, Any]:
             for inner, v in value.items():
                 out[f"{key}.{inner}"] = v
         else:
-            raise SweepError(f"{where}: {key!r} is a section name; give it key: value pairs, or write it "
-                             f"as a dotted key such as {key}.some_key")
+            raise SweepError(
+                f"{where}: {key!r} is a section name; give it key: value pairs, or write it "
+                f"as a dotted key such as {key}.some_key"
+            )
     return out
 
 
@@ -184,6 +198,7 @@ def same_value(a: Any, b: Any) -> bool:
 
 # -- loading -----------------------------------------------------------------------------------------
 
+
 def _seeds(raw: Any, where: str) -> list[int | None]:
     if raw is None:
         return [None]
@@ -218,8 +233,10 @@ def _grid_points(grid: Any, where: str) -> list[Point]:
         if not isinstance(values, list) or not values:
             raise SweepError(f"{where}: grid: {key} needs a non-empty list of values, got {values!r}")
     keys = list(axes)
-    return [Point(point_name(dict(zip(keys, combo))), dict(zip(keys, combo)))
-            for combo in itertools.product(*(axes[k] for k in keys))]
+    return [
+        Point(point_name(dict(zip(keys, combo))), dict(zip(keys, combo)))
+        for combo in itertools.product(*(axes[k] for k in keys))
+    ]
 
 
 def _listed_points(points: Any, where: str) -> list[Point]:
@@ -241,16 +258,18 @@ def _listed_points(points: Any, where: str) -> list[Point]:
     return found
 
 
-def parse(definition: Mapping[str, Any], repo: Path, source: str = "<inline>",
-          extra_overrides: Iterable[str] = ()) -> Sweep:
+def parse(
+    definition: Mapping[str, Any], repo: Path, source: str = "<inline>", extra_overrides: Iterable[str] = ()
+) -> Sweep:
     """A sweep from its parsed YAML; ``configs`` paths are relative to ``repo``. ``extra_overrides``
     (``-S`` syntax, e.g. ``data.url=...``) join every experiment after the file's own params."""
     if not isinstance(definition, Mapping):
         raise SweepError(f"{source}: a sweep file is a mapping of {', '.join(sorted(KEYS))}")
     unknown = set(definition) - KEYS
     if unknown:
-        raise SweepError(f"{source}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
-                         f"known: {', '.join(sorted(KEYS))}")
+        raise SweepError(
+            f"{source}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; known: {', '.join(sorted(KEYS))}"
+        )
     name = definition.get("name") or (Path(source).stem if source != "<inline>" else None)
     if not name or not isinstance(name, str):
         raise SweepError(f"{source}: give the sweep a name")
@@ -275,10 +294,17 @@ def parse(definition: Mapping[str, Any], repo: Path, source: str = "<inline>",
     if not points:
         points = [Point("base", {})]
     seed_params = _names(definition.get("seed_params"), "seed_params", source) or list(DEFAULT_SEED_PARAMS)
-    return Sweep(name=slug(name), description=str(definition.get("description") or "").strip(), base=base,
-                 points=points, seeds=_seeds(definition.get("seeds"), source), seed_params=seed_params,
-                 stages=_names(definition.get("stages"), "stages", source),
-                 compare=_names(definition.get("compare"), "compare", source), source=source)
+    return Sweep(
+        name=slug(name),
+        description=str(definition.get("description") or "").strip(),
+        base=base,
+        points=points,
+        seeds=_seeds(definition.get("seeds"), source),
+        seed_params=seed_params,
+        stages=_names(definition.get("stages"), "stages", source),
+        compare=_names(definition.get("compare"), "compare", source),
+        source=source,
+    )
 
 
 def load(path: str | Path, repo: Path, extra_overrides: Iterable[str] = ()) -> Sweep:

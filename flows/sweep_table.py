@@ -64,6 +64,7 @@ class Group:
 
 # -- dvc exp show --json -----------------------------------------------------------------------------
 
+
 def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(data, Mapping):
         return {prefix: data} if prefix else {}
@@ -93,8 +94,13 @@ def experiments_from_show(show: Sequence[Mapping[str, Any]], baseline: str | Non
                     params.update(flat if file == "params.yaml" else {f"{file}:{k}": v for k, v in flat.items()})
                 metrics = {file: (content or {}).get("data") for file, content in (data.get("metrics") or {}).items()}
                 name = rev.get("name") or exp.get("name") or rev.get("rev")
-                found[name] = {"rev": rev.get("rev"), "params": params, "metrics": metrics, "error": rev.get("error"),
-                               "timestamp": data.get("timestamp")}
+                found[name] = {
+                    "rev": rev.get("rev"),
+                    "params": params,
+                    "metrics": metrics,
+                    "error": rev.get("error"),
+                    "timestamp": data.get("timestamp"),
+                }
     return found
 
 
@@ -112,6 +118,7 @@ def mismatched_params(experiment: Experiment, recorded: Mapping[str, Any]) -> li
 
 # -- rows and groups ---------------------------------------------------------------------------------
 
+
 def models_to_compare(sweep: Sweep, recorded: Iterable[Mapping[str, Any]]) -> list[str]:
     if sweep.compare:
         return list(sweep.compare)
@@ -128,8 +135,7 @@ def differing_keys(experiments: Sequence[Experiment]) -> list[str]:
     keys: list[str] = []
     for e in experiments:
         keys += [k for k in e.params if k not in keys]
-    return [k for k in keys
-            if len({value_text(e.params[k]) if k in e.params else "<unset>" for e in experiments}) > 1]
+    return [k for k in keys if len({value_text(e.params[k]) if k in e.params else "<unset>" for e in experiments}) > 1]
 
 
 def _number(value: Any) -> float | None:
@@ -138,8 +144,12 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def build_rows(sweep: Sweep, experiments: Sequence[Experiment], outcomes: Mapping[str, Outcome],
-               recorded: Mapping[str, Mapping[str, Any]]) -> tuple[list[Row], list[str], list[str]]:
+def build_rows(
+    sweep: Sweep,
+    experiments: Sequence[Experiment],
+    outcomes: Mapping[str, Outcome],
+    recorded: Mapping[str, Mapping[str, Any]],
+) -> tuple[list[Row], list[str], list[str]]:
     """Rows in sweep order, the differing param keys, and the metric columns (``model.metric``)."""
     models = models_to_compare(sweep, [recorded[e.name] for e in experiments if e.name in recorded])
     columns = [f"{m}.{metric}" for m in models for metric in METRICS]
@@ -152,15 +162,27 @@ def build_rows(sweep: Sweep, experiments: Sequence[Experiment], outcomes: Mappin
         for column in columns:
             model, metric = column.split(".", 1)
             entry = evaluate.get(model) if isinstance(evaluate, Mapping) else None
-            metrics[column] = _number(entry.get(metric)) if isinstance(entry, Mapping) and \
-                outcome.status in SUCCESS else None
-        rows.append(Row(e.name, e.point, e.seed, outcome.status, {k: e.params[k] for k in keys if k in e.params}, metrics,
-                        outcome.wall_seconds, outcome.message))
+            metrics[column] = (
+                _number(entry.get(metric)) if isinstance(entry, Mapping) and outcome.status in SUCCESS else None
+            )
+        rows.append(
+            Row(
+                e.name,
+                e.point,
+                e.seed,
+                outcome.status,
+                {k: e.params[k] for k in keys if k in e.params},
+                metrics,
+                outcome.wall_seconds,
+                outcome.message,
+            )
+        )
     return rows, keys, columns
 
 
-def build_groups(sweep: Sweep, experiments: Sequence[Experiment], rows: Sequence[Row], keys: Sequence[str],
-                 columns: Sequence[str]) -> list[Group]:
+def build_groups(
+    sweep: Sweep, experiments: Sequence[Experiment], rows: Sequence[Row], keys: Sequence[str], columns: Sequence[str]
+) -> list[Group]:
     """Per point: how many seeds finished, and the mean and sample standard deviation (n - 1) of
     each metric over the finished ones (no std from a single seed)."""
     point_keys = [k for k in keys if k not in sweep.seed_params]
@@ -169,8 +191,9 @@ def build_groups(sweep: Sweep, experiments: Sequence[Experiment], rows: Sequence
         members = [r for r in rows if r.point == point.name]
         done = [r for r in members if r.status in SUCCESS]
         first = next(e for e in experiments if e.point == point.name)
-        group = Group(point.name, {k: first.params[k] for k in point_keys if k in first.params}, len(members),
-                      len(done))
+        group = Group(
+            point.name, {k: first.params[k] for k in point_keys if k in first.params}, len(members), len(done)
+        )
         for column in columns:
             values = [r.metrics[column] for r in done if r.metrics.get(column) is not None]
             group.mean[column] = statistics.fmean(values) if values else None
@@ -182,6 +205,7 @@ def build_groups(sweep: Sweep, experiments: Sequence[Experiment], rows: Sequence
 
 
 # -- rendering ---------------------------------------------------------------------------------------
+
 
 def _fmt(column: str, value: float | None) -> str:
     if value is None:
@@ -207,34 +231,63 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def markdown(sweep: Sweep, rows: Sequence[Row], groups: Sequence[Group], keys: Sequence[str],
-             columns: Sequence[str], *, baseline: str, files: Sequence[str] = ()) -> str:
+def markdown(
+    sweep: Sweep,
+    rows: Sequence[Row],
+    groups: Sequence[Group],
+    keys: Sequence[str],
+    columns: Sequence[str],
+    *,
+    baseline: str,
+    files: Sequence[str] = (),
+) -> str:
     counts = {s: sum(r.status == s for r in rows) for s in (DONE, DONE_EARLIER, FAILED, FAILED_EARLIER)}
     lines = [f"# Sweep `{sweep.name}`", ""]
     if sweep.description:
         lines += [sweep.description, ""]
-    lines += [f"Baseline commit `{baseline[:12]}` -- {len(rows)} experiments: {counts[DONE]} ran now, "
-              f"{counts[DONE_EARLIER]} had finished before, {counts[FAILED]} failed now, "
-              f"{counts[FAILED_EARLIER]} had failed before. `dvc exp show` lists the finished ones.", ""]
+    lines += [
+        f"Baseline commit `{baseline[:12]}` -- {len(rows)} experiments: {counts[DONE]} ran now, "
+        f"{counts[DONE_EARLIER]} had finished before, {counts[FAILED]} failed now, "
+        f"{counts[FAILED_EARLIER]} had failed before. `dvc exp show` lists the finished ones.",
+        "",
+    ]
     point_keys = [k for k in keys if k not in sweep.seed_params]
-    lines += ["## Per point: mean and standard deviation over seeds", "",
-              "| point | " + "".join(f"{k} | " for k in point_keys) + "seeds done | "
-              + " | ".join(f"{_label(c)} mean | std" for c in columns) + " | wall s mean |",
-              "| --- |" + " --- |" * len(point_keys) + " ---: |" + " ---: | ---: |" * len(columns) + " ---: |"]
+    lines += [
+        "## Per point: mean and standard deviation over seeds",
+        "",
+        "| point | "
+        + "".join(f"{k} | " for k in point_keys)
+        + "seeds done | "
+        + " | ".join(f"{_label(c)} mean | std" for c in columns)
+        + " | wall s mean |",
+        "| --- |" + " --- |" * len(point_keys) + " ---: |" + " ---: | ---: |" * len(columns) + " ---: |",
+    ]
     for g in groups:
         cells = [g.point, *(_param(g.params, k) for k in point_keys), f"{g.n_done}/{g.n}"]
         for c in columns:
             cells += [_fmt(c, g.mean[c]), _fmt(c, g.std[c])]
         cells.append(_fmt("wall", g.wall_mean))
         lines.append("| " + " | ".join(_cell(x) for x in cells) + " |")
-    lines += ["", "Standard deviation: sample (n - 1) over the seeds that finished; `-` with fewer than two.", "",
-              "## Experiments", "",
-              "| experiment | status | " + "".join(f"{k} | " for k in keys)
-              + " | ".join(_label(c) for c in columns) + " | wall s |",
-              "| --- | --- |" + " --- |" * len(keys) + " ---: |" * len(columns) + " ---: |"]
+    lines += [
+        "",
+        "Standard deviation: sample (n - 1) over the seeds that finished; `-` with fewer than two.",
+        "",
+        "## Experiments",
+        "",
+        "| experiment | status | "
+        + "".join(f"{k} | " for k in keys)
+        + " | ".join(_label(c) for c in columns)
+        + " | wall s |",
+        "| --- | --- |" + " --- |" * len(keys) + " ---: |" * len(columns) + " ---: |",
+    ]
     for r in rows:
-        cells = [r.experiment, r.status, *(_param(r.params, k) for k in keys),
-                 *(_fmt(c, r.metrics[c]) for c in columns), _fmt("wall", r.wall_seconds)]
+        cells = [
+            r.experiment,
+            r.status,
+            *(_param(r.params, k) for k in keys),
+            *(_fmt(c, r.metrics[c]) for c in columns),
+            _fmt("wall", r.wall_seconds),
+        ]
         lines.append("| " + " | ".join(_cell(x) for x in cells) + " |")
     failed = [r for r in rows if r.status not in SUCCESS]
     if failed:
@@ -258,8 +311,18 @@ def rows_csv(rows: Sequence[Row], keys: Sequence[str], columns: Sequence[str]) -
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["experiment", "point", "seed", "status", *keys, *columns, "wall_seconds", "message"])
     for r in rows:
-        writer.writerow([r.experiment, r.point, _csv_value(r.seed), r.status, *(_csv_value(r.params.get(k)) for k in keys),
-                         *(_csv_value(r.metrics[c]) for c in columns), _csv_value(r.wall_seconds), r.message])
+        writer.writerow(
+            [
+                r.experiment,
+                r.point,
+                _csv_value(r.seed),
+                r.status,
+                *(_csv_value(r.params.get(k)) for k in keys),
+                *(_csv_value(r.metrics[c]) for c in columns),
+                _csv_value(r.wall_seconds),
+                r.message,
+            ]
+        )
     return buf.getvalue()
 
 
@@ -267,9 +330,25 @@ def groups_csv(groups: Sequence[Group], columns: Sequence[str]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     point_keys = list(dict.fromkeys(k for g in groups for k in g.params))
-    writer.writerow(["point", *point_keys, "n", "n_done", *(f"{c}_{s}" for c in columns for s in ("mean", "std")),
-                     "wall_seconds_mean"])
+    writer.writerow(
+        [
+            "point",
+            *point_keys,
+            "n",
+            "n_done",
+            *(f"{c}_{s}" for c in columns for s in ("mean", "std")),
+            "wall_seconds_mean",
+        ]
+    )
     for g in groups:
-        writer.writerow([g.point, *(_csv_value(g.params.get(k)) for k in point_keys), g.n, g.n_done,
-                         *(_csv_value(v) for c in columns for v in (g.mean[c], g.std[c])), _csv_value(g.wall_mean)])
+        writer.writerow(
+            [
+                g.point,
+                *(_csv_value(g.params.get(k)) for k in point_keys),
+                g.n,
+                g.n_done,
+                *(_csv_value(v) for c in columns for v in (g.mean[c], g.std[c])),
+                _csv_value(g.wall_mean),
+            ]
+        )
     return buf.getvalue()

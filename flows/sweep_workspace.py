@@ -26,8 +26,14 @@ class WorkspaceError(RuntimeError):
 
 
 def git(args: Sequence[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(["git", *args], cwd=cwd, env=child_env({"GIT_TERMINAL_PROMPT": "0"}), text=True,
-                          capture_output=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        env=child_env({"GIT_TERMINAL_PROMPT": "0"}),
+        text=True,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+    )
     if check and proc.returncode != 0:
         raise WorkspaceError(f"git {' '.join(args)} failed in {cwd}: {(proc.stderr or proc.stdout).strip()}")
     return proc
@@ -101,6 +107,7 @@ def remove(ws: Path) -> None:
 
 # -- DVC -----------------------------------------------------------------------------------------------
 
+
 def default_remote(repo: Path) -> tuple[str | None, bool]:
     """The URL of ``repo``'s default DVC remote and whether a clone gets it from the committed
     ``.dvc/config`` (then the workspaces need not be told)."""
@@ -139,9 +146,15 @@ def push_run_cache_objects(ws: Path) -> int:
     from dvc.repo import Repo
 
     with Repo(str(ws)) as dvc_repo:
-        objs = {out.hash_info for stage in dvc_repo.index.stages for out in stage.outs
-                if not out.use_cache and out.hash_info and out.hash_info.value
-                and dvc_repo.cache.local.exists(out.hash_info.value)}
+        objs = {
+            out.hash_info
+            for stage in dvc_repo.index.stages
+            for out in stage.outs
+            if not out.use_cache
+            and out.hash_info
+            and out.hash_info.value
+            and dvc_repo.cache.local.exists(out.hash_info.value)
+        }
         if not objs:
             return 0
         result = dvc_repo.cloud.push(objs)

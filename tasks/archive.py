@@ -30,13 +30,15 @@ IMAGE_SHAPE = (32, 32, 3)
 
 #: The only globals a CIFAR batch pickle references (numpy 1 and numpy 2 spellings), plus the
 #: bytes constructor Python 3 writes into protocol-2 pickles (``_codecs.encode``: pure, no side effects).
-_ALLOWED_GLOBALS = frozenset({
-    ("_codecs", "encode"),
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-})
+_ALLOWED_GLOBALS = frozenset(
+    {
+        ("_codecs", "encode"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+)
 
 
 @dataclass(frozen=True)

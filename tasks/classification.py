@@ -40,10 +40,15 @@ def summary(y_true: np.ndarray, probs: np.ndarray, class_names: list[str]) -> di
         "macro_precision": float(scores["precision"].mean()),
         "macro_recall": float(scores["recall"].mean()),
         "macro_f1": float(scores["f1"].mean()),
-        "per_class": {name: {"precision": round(float(scores["precision"][i]), 4),
-                             "recall": round(float(scores["recall"][i]), 4),
-                             "f1": round(float(scores["f1"][i]), 4), "support": int(scores["support"][i])}
-                      for i, name in enumerate(class_names)},
+        "per_class": {
+            name: {
+                "precision": round(float(scores["precision"][i]), 4),
+                "recall": round(float(scores["recall"][i]), 4),
+                "f1": round(float(scores["f1"][i]), 4),
+                "support": int(scores["support"][i]),
+            }
+            for i, name in enumerate(class_names)
+        },
         "confusion_matrix": cm.tolist(),
     }
 

@@ -56,13 +56,18 @@ def gpu_details() -> list[Gpu]:
         if name == "jax":
             import jax
 
-            return [Gpu(d.device_kind, _capability(getattr(d, "compute_capability", None)))
-                    for d in jax.devices() if d.platform == "gpu"]
+            return [
+                Gpu(d.device_kind, _capability(getattr(d, "compute_capability", None)))
+                for d in jax.devices()
+                if d.platform == "gpu"
+            ]
         if name == "torch":
             import torch
 
-            return [Gpu(torch.cuda.get_device_name(i), tuple(torch.cuda.get_device_capability(i)))
-                    for i in range(torch.cuda.device_count())]
+            return [
+                Gpu(torch.cuda.get_device_name(i), tuple(torch.cuda.get_device_capability(i)))
+                for i in range(torch.cuda.device_count())
+            ]
     except (RuntimeError, ValueError, AttributeError):
         pass  # a backend that cannot describe its GPU: the decision then assumes none is special
     return []
@@ -80,8 +85,14 @@ def _capability(text: str | None) -> tuple[int, int] | None:
 def describe() -> dict[str, Any]:
     """What the run log and the run metadata record about where training ran."""
     devices = visible_devices()
-    return {"host": socket.gethostname(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "keras_backend": backend(), "devices": devices, "gpus": gpus(devices)}
+    return {
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "keras_backend": backend(),
+        "devices": devices,
+        "gpus": gpus(devices),
+    }
 
 
 def require_gpu(info: dict[str, Any], what: str) -> None:
@@ -94,9 +105,11 @@ def require_gpu(info: dict[str, Any], what: str) -> None:
         )
 
 
-CPU_ONLY_NOTE = ("note: no GPU is usable here ({devices}). params.yaml's defaults -- full-size AlexNet for 30 epochs and "
-                 "VGG16 -- are sized for a GPU and take many hours on a CPU; `make quick` runs the quick CPU setting "
-                 "(configs/quick-cpu.yaml) instead. Going on with what was asked.")
+CPU_ONLY_NOTE = (
+    "note: no GPU is usable here ({devices}). params.yaml's defaults -- full-size AlexNet for 30 epochs and "
+    "VGG16 -- are sized for a GPU and take many hours on a CPU; `make quick` runs the quick CPU setting "
+    "(configs/quick-cpu.yaml) instead. Going on with what was asked."
+)
 
 
 def main() -> None:

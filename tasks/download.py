@@ -37,8 +37,9 @@ class _Transient(Exception):
     """A failure that another attempt may not repeat (connection reset, 503, short body)."""
 
 
-def fetch(url: str, dest: str | Path, sha256: str, *, attempts: int = 5, backoff: float = 2.0,
-          timeout: float = 60.0) -> Path:
+def fetch(
+    url: str, dest: str | Path, sha256: str, *, attempts: int = 5, backoff: float = 2.0, timeout: float = 60.0
+) -> Path:
     """Fetch ``url`` to ``dest`` and check its SHA-256; retry transient failures with exponential backoff.
 
     Raises :class:`ChecksumMismatch` at once (no retry: the bytes arrived, they are just not the
@@ -111,8 +112,10 @@ def _local_path(url: str) -> Path | None:
 
 def _stream(src: BinaryIO, tmp: Path, total: int | None, label: str) -> str:
     digest = hashlib.sha256()
-    with open(tmp, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc=Path(label).name,
-                                       file=sys.stderr, mininterval=2.0) as bar:
+    with (
+        open(tmp, "wb") as out,
+        tqdm(total=total, unit="B", unit_scale=True, desc=Path(label).name, file=sys.stderr, mininterval=2.0) as bar,
+    ):
         while chunk := src.read(CHUNK):
             digest.update(chunk)
             out.write(chunk)

@@ -54,14 +54,15 @@ class Evaluated:
     history: list[dict[str, Any]]
 
 
-def timed_predictions(model: keras.Model, x: np.ndarray, batch_size: int, repeats: int,
-                      label: str = "predict") -> tuple[np.ndarray, dict]:
+def timed_predictions(
+    model: keras.Model, x: np.ndarray, batch_size: int, repeats: int, label: str = "predict"
+) -> tuple[np.ndarray, dict]:
     """Predict the whole split (timed, after a warm-up) and time single-image predictions."""
     # Compile and warm up before the clock starts, for the last, shorter batch too: under XLA
     # (JAX) each batch shape compiles once, which would otherwise land inside the timed predict.
     model.predict_on_batch(x[:batch_size])
     if len(x) % batch_size:
-        model.predict_on_batch(x[:len(x) % batch_size])
+        model.predict_on_batch(x[: len(x) % batch_size])
     start = time.perf_counter()
     progress = EpochProgress(label, -(-len(x) // batch_size), batch_size, log)
     probs = model.predict(x, batch_size=batch_size, verbose=0, callbacks=[progress])
@@ -73,8 +74,10 @@ def timed_predictions(model: keras.Model, x: np.ndarray, batch_size: int, repeat
         t = time.perf_counter()
         model.predict_on_batch(one)
         latencies.append(time.perf_counter() - t)
-    return np.asarray(probs, dtype=np.float64), {"throughput_images_per_second": round(throughput, 1),
-                                                 "latency_ms_batch1": round(1000 * float(np.median(latencies)), 3)}
+    return np.asarray(probs, dtype=np.float64), {
+        "throughput_images_per_second": round(throughput, 1),
+        "latency_ms_batch1": round(1000 * float(np.median(latencies)), 3),
+    }
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
@@ -91,13 +94,21 @@ def evaluate_model(name: str, test: Split, class_names: list[str], params: Evalu
         meta = json.loads(out.meta.read_text())
         history = read_history(out.history)
     except (FileNotFoundError, ValueError) as exc:
-        raise StageError(f"{name}: cannot read the trained model or its records ({exc}); "
-                         f"run the train_{name} stage first") from None
-    probs, speed = timed_predictions(model, test.x, params.batch_size, params.latency_repeats,
-                                     f"{name} test predictions")
+        raise StageError(
+            f"{name}: cannot read the trained model or its records ({exc}); run the train_{name} stage first"
+        ) from None
+    probs, speed = timed_predictions(
+        model, test.x, params.batch_size, params.latency_repeats, f"{name} test predictions"
+    )
     scores = classification.summary(test.y, probs, class_names)
-    log.info("%s: test accuracy %.4f, loss %.4f, %.0f img/s, %.2f ms at batch 1", name, scores["test_accuracy"],
-             scores["test_loss"], speed["throughput_images_per_second"], speed["latency_ms_batch1"])
+    log.info(
+        "%s: test accuracy %.4f, loss %.4f, %.0f img/s, %.2f ms at batch 1",
+        name,
+        scores["test_accuracy"],
+        scores["test_loss"],
+        speed["throughput_images_per_second"],
+        speed["latency_ms_batch1"],
+    )
     return Evaluated(name, probs, scores, speed, training, meta, history)
 
 
@@ -148,8 +159,12 @@ def main() -> None:
     for r in results:
         write_text(CONFUSION / f"{r.name}.csv", confusion_csv(test.y, r.probs, class_names))
         write_text(PER_CLASS / f"{r.name}.csv", per_class_csv(r.scores["per_class"]))
-    context = {"devices": info, "packages": runinfo.package_versions(), "evaluated": runinfo.now(),
-               "params": {"evaluate": runinfo.as_dict(params)}}
+    context = {
+        "devices": info,
+        "packages": runinfo.package_versions(),
+        "evaluated": runinfo.now(),
+        "params": {"evaluate": runinfo.as_dict(params)},
+    }
     report.write(results, test, class_names, params, context)
     write_json(METRICS, {r.name: metrics_entry(r) for r in results})
 

@@ -35,37 +35,61 @@ def render_png(spec: dict[str, Any], scale: float = 1.5) -> bytes:
 
 def confusion_spec(cm: list[list[int]], class_names: list[str], title: str) -> dict[str, Any]:
     """A heatmap with counts: rows are true classes, columns predictions."""
-    values = [{"actual": class_names[t], "predicted": class_names[p], "count": int(n)}
-              for t, row in enumerate(cm) for p, n in enumerate(row)]
+    values = [
+        {"actual": class_names[t], "predicted": class_names[p], "count": int(n)}
+        for t, row in enumerate(cm)
+        for p, n in enumerate(row)
+    ]
     axis = {"sort": class_names}
     dark = max(max(row) for row in cm) / 2  # white text on the darker half of the colour scale
     return {
         "$schema": "https://vega.github.io/schema/vega-lite/v5.json",  # an identifier, never fetched
-        "title": title, "width": 320, "height": 320, "data": {"values": values},
-        "encoding": {"x": {"field": "predicted", "type": "nominal", **axis},
-                     "y": {"field": "actual", "type": "nominal", **axis}},
+        "title": title,
+        "width": 320,
+        "height": 320,
+        "data": {"values": values},
+        "encoding": {
+            "x": {"field": "predicted", "type": "nominal", **axis},
+            "y": {"field": "actual", "type": "nominal", **axis},
+        },
         "layer": [
-            {"mark": "rect", "encoding": {"color": {"field": "count", "type": "quantitative",
-                                                    "scale": {"scheme": "blues"}}}},
-            {"mark": {"type": "text", "fontSize": 9},
-             "encoding": {"text": {"field": "count", "type": "quantitative"},
-                          "color": {"condition": {"test": f"datum.count > {dark}", "value": "white"},
-                                    "value": "black"}}},
+            {
+                "mark": "rect",
+                "encoding": {"color": {"field": "count", "type": "quantitative", "scale": {"scheme": "blues"}}},
+            },
+            {
+                "mark": {"type": "text", "fontSize": 9},
+                "encoding": {
+                    "text": {"field": "count", "type": "quantitative"},
+                    "color": {"condition": {"test": f"datum.count > {dark}", "value": "white"}, "value": "black"},
+                },
+            },
         ],
     }
 
 
 def curves_spec(rows: list[dict[str, Any]], metric: str, title: str) -> dict[str, Any]:
     """Train and validation ``metric`` per epoch, one colour per model, dashed for train."""
-    values = [{"epoch": r["epoch"], "model": r["model"], "split": split, "value": r[f"{split}_{metric}"]}
-              for r in rows for split in ("train", "val")]
+    values = [
+        {"epoch": r["epoch"], "model": r["model"], "split": split, "value": r[f"{split}_{metric}"]}
+        for r in rows
+        for split in ("train", "val")
+    ]
     return {
         "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
-        "title": title, "width": 420, "height": 260, "data": {"values": values},
+        "title": title,
+        "width": 420,
+        "height": 260,
+        "data": {"values": values},
         "mark": {"type": "line", "point": True},
-        "encoding": {"x": {"field": "epoch", "type": "quantitative"},
-                     "y": {"field": "value", "type": "quantitative", "title": metric, "scale": {"zero": False}},
-                     "color": {"field": "model", "type": "nominal"},
-                     "strokeDash": {"field": "split", "type": "nominal",
-                                    "scale": {"domain": ["train", "val"], "range": [[5, 3], [1, 0]]}}},
+        "encoding": {
+            "x": {"field": "epoch", "type": "quantitative"},
+            "y": {"field": "value", "type": "quantitative", "title": metric, "scale": {"zero": False}},
+            "color": {"field": "model", "type": "nominal"},
+            "strokeDash": {
+                "field": "split",
+                "type": "nominal",
+                "scale": {"domain": ["train", "val"], "range": [[5, 3], [1, 0]]},
+            },
+        },
     }

@@ -31,7 +31,7 @@ class LocalResponseNormalization(keras.layers.Layer):
         squared = ops.square(inputs)
         padded = ops.pad(squared, [[0, 0]] * (len(inputs.shape) - 1) + [[half, half]])
         channels = inputs.shape[-1]
-        window = sum(padded[..., i:i + channels] for i in range(self.depth))
+        window = sum(padded[..., i : i + channels] for i in range(self.depth))
         return inputs / ops.power(self.k + self.alpha * window, self.beta)
 
     def get_config(self) -> dict[str, Any]:

@@ -21,8 +21,10 @@ from tasks.params import AlexNetParams, VGG16Params
 INPUT_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
 #: Where keras.applications.VGG16 fetches its ImageNet weights without the classifier (and caches them in ~/.keras).
-IMAGENET_NOTOP_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
-                      "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")
+IMAGENET_NOTOP_URL = (
+    "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
+    "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+)
 #: Block names of keras.applications.VGG16, in order.
 VGG_BLOCKS = ("block1", "block2", "block3", "block4", "block5")
 
@@ -34,9 +36,11 @@ def augmentation(kind: str, seed: int) -> list[layers.Layer]:
     if kind == "student":
         # ImageDataGenerator(rotation_range=20, width/height_shift_range=0.2, horizontal_flip=True),
         # whose default fill mode is "nearest".
-        return [layers.RandomRotation(20 / 360, fill_mode="nearest", seed=seed),
-                layers.RandomTranslation(0.2, 0.2, fill_mode="nearest", seed=seed + 1),
-                layers.RandomFlip("horizontal", seed=seed + 2)]
+        return [
+            layers.RandomRotation(20 / 360, fill_mode="nearest", seed=seed),
+            layers.RandomTranslation(0.2, 0.2, fill_mode="nearest", seed=seed + 1),
+            layers.RandomFlip("horizontal", seed=seed + 2),
+        ]
     if kind == "crop_flip":
         return [custom_layers.RandomPadCrop(4, seed=seed), layers.RandomFlip("horizontal", seed=seed + 1)]
     raise ValueError(f"unknown augmentation {kind!r}")
@@ -107,8 +111,7 @@ def vgg16_base(weights: str, input_size: int) -> keras.Model:
     if resolved not in ("imagenet", None) and not Path(resolved).is_file():
         raise FileNotFoundError(resolved)
     try:
-        return keras.applications.VGG16(include_top=False, weights=resolved,
-                                        input_shape=(input_size, input_size, 3))
+        return keras.applications.VGG16(include_top=False, weights=resolved, input_shape=(input_size, input_size, 3))
     except Exception as exc:  # Keras reports a failed download as a bare Exception("URL fetch failure ...")
         if resolved != "imagenet" or "URL fetch failure" not in str(exc):
             raise
@@ -116,7 +119,8 @@ def vgg16_base(weights: str, input_size: int) -> keras.Model:
         raise WeightsUnavailable(
             f"vgg16.weights: imagenet: cannot download the ImageNet weights from {IMAGENET_NOTOP_URL} ({cause}). "
             "Either set vgg16.weights to a local copy of that file (a *_notop.h5 weights file) or to 'none' to "
-            "train VGG16 from random weights (configs/vgg16-scratch.yaml)") from None
+            "train VGG16 from random weights (configs/vgg16-scratch.yaml)"
+        ) from None
 
 
 def build_vgg16(params: VGG16Params) -> keras.Model:

@@ -72,8 +72,9 @@ class _Reader:
             raise self.fail(key, f"must be >= {minimum}, got {value}")
         return value
 
-    def float(self, key: str, default: Any = ..., low: float | None = None, high: float | None = None,
-              optional: bool = False) -> Any:
+    def float(
+        self, key: str, default: Any = ..., low: float | None = None, high: float | None = None, optional: bool = False
+    ) -> Any:
         value = self._raw(key, default)
         if value is None and optional:
             return None
@@ -93,8 +94,10 @@ class _Reader:
 
     def floats(self, key: str, length: int, default: Any = ...) -> tuple[float, ...]:
         value = self._raw(key, default)
-        if not isinstance(value, list) or len(value) != length or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        if (
+            not isinstance(value, list)
+            or len(value) != length
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
         ):
             raise self.fail(key, f"must be a list of {length} numbers, got {value!r}")
         return tuple(float(v) for v in value)
@@ -259,8 +262,12 @@ def alexnet_params(section: dict[str, Any]) -> AlexNetParams:
     width = r.float("width", 1.0)
     if not 0.0 < width <= 4.0:
         raise r.fail("width", f"must be in (0, 4], got {width}")
-    return AlexNetParams(variant=r.str("variant", choices=ALEXNET_VARIANTS), width=width,
-                         batch_norm=r.bool("batch_norm", False), recipe=recipe(r))
+    return AlexNetParams(
+        variant=r.str("variant", choices=ALEXNET_VARIANTS),
+        width=width,
+        batch_norm=r.bool("batch_norm", False),
+        recipe=recipe(r),
+    )
 
 
 @dataclass(frozen=True)
@@ -288,9 +295,15 @@ def vgg16_params(section: dict[str, Any]) -> VGG16Params:
     head = r.int("head_epochs", 0, minimum=0)
     if head > rec.epochs:
         raise r.fail("head_epochs", f"({head}) cannot exceed vgg16.epochs ({rec.epochs})")
-    return VGG16Params(weights=weights, input_size=size, dropout=r.float("dropout", 0.0, low=0.0, high=0.9),
-                       head_epochs=head, unfreeze_from=r.str("unfreeze_from", "block1", choices=VGG16_BLOCKS),
-                       fine_tune_learning_rate=r.float("fine_tune_learning_rate", low=0.0), recipe=rec)
+    return VGG16Params(
+        weights=weights,
+        input_size=size,
+        dropout=r.float("dropout", 0.0, low=0.0, high=0.9),
+        head_epochs=head,
+        unfreeze_from=r.str("unfreeze_from", "block1", choices=VGG16_BLOCKS),
+        fine_tune_learning_rate=r.float("fine_tune_learning_rate", low=0.0),
+        recipe=rec,
+    )
 
 
 def load_train_params(path: str | Path = PARAMS_FILE) -> TrainParams:
@@ -319,8 +332,11 @@ class EvaluateParams:
 
 def evaluate_params(section: dict[str, Any]) -> EvaluateParams:
     r = _Reader(section, "evaluate")
-    return EvaluateParams(batch_size=r.int("batch_size", minimum=1), latency_repeats=r.int("latency_repeats", minimum=1),
-                          worst_mistakes=r.int("worst_mistakes", minimum=0))
+    return EvaluateParams(
+        batch_size=r.int("batch_size", minimum=1),
+        latency_repeats=r.int("latency_repeats", minimum=1),
+        worst_mistakes=r.int("worst_mistakes", minimum=0),
+    )
 
 
 def load_evaluate_params(path: str | Path = PARAMS_FILE) -> EvaluateParams:

@@ -62,11 +62,14 @@ def page(rendered: list[tuple[str, str, list[str], bytes]], revisions: list[str]
     body = "".join(
         f"<figure><img src='data:image/png;base64,{base64.b64encode(png).decode()}' alt='{html.escape(pid)}'>"
         f"<figcaption>{html.escape(pid)} ({html.escape(', '.join(revs))})</figcaption></figure>"
-        for pid, _, revs, png in rendered)
-    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>dvc plots diff</title><style>"
-            "body{font-family:system-ui,sans-serif;margin:2rem}figure{display:inline-block;margin:1rem;"
-            "vertical-align:top}figcaption{font-size:.85rem;color:#555}</style></head><body>"
-            f"<h1>dvc plots diff: {html.escape(shown)}</h1>{body}</body></html>\n")
+        for pid, _, revs, png in rendered
+    )
+    return (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>dvc plots diff</title><style>"
+        "body{font-family:system-ui,sans-serif;margin:2rem}figure{display:inline-block;margin:1rem;"
+        "vertical-align:top}figcaption{font-size:.85rem;color:#555}</style></head><body>"
+        f"<h1>dvc plots diff: {html.escape(shown)}</h1>{body}</body></html>\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

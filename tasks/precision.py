@@ -63,8 +63,11 @@ def decide(setting: Setting, gpus: list[Gpu], cpu: Iterable[str]) -> Decision:
         return Decision("float32", f"auto: {where} has no tensor cores")
     native = sorted(flags.intersection(CPU_BF16_FLAGS))
     if setting is True:
-        return Decision("mixed_bfloat16", "mixed_precision: true on the CPU" + (
-            f" ({', '.join(native)})" if native else " although it has no native bfloat16 (expect it to be slow)"))
+        return Decision(
+            "mixed_bfloat16",
+            "mixed_precision: true on the CPU"
+            + (f" ({', '.join(native)})" if native else " although it has no native bfloat16 (expect it to be slow)"),
+        )
     if native:
         return Decision("mixed_bfloat16", f"auto: CPU has native bfloat16 ({', '.join(native)})")
     return Decision("float32", "auto: CPU has no native bfloat16 (no " + ", ".join(CPU_BF16_FLAGS) + " flag)")

@@ -82,7 +82,7 @@ def channel_stats(images: np.ndarray, chunk: int = 5000) -> tuple[list[float], l
     total = np.zeros(3)
     total_sq = np.zeros(3)
     for start in range(0, len(images), chunk):
-        block = images[start:start + chunk].astype(np.float64)
+        block = images[start : start + chunk].astype(np.float64)
         total += block.sum(axis=(0, 1, 2))
         total_sq += np.square(block).sum(axis=(0, 1, 2))
     n = len(images) * images.shape[1] * images.shape[2]
@@ -96,8 +96,12 @@ def facts(splits: dict[str, Split], data: Cifar10, params: DataParams) -> dict[s
     return {
         "class_names": list(data.class_names),
         "source": {"train": int(len(data.y_train)), "test": int(len(data.y_test))},
-        "params": {"val_fraction": params.val_fraction, "seed": params.seed,
-                   "limit_train": params.limit_train, "limit_test": params.limit_test},
+        "params": {
+            "val_fraction": params.val_fraction,
+            "seed": params.seed,
+            "limit_train": params.limit_train,
+            "limit_test": params.limit_test,
+        },
         "sizes": {name: int(len(s.y)) for name, s in splits.items()},
         "class_counts": {name: np.bincount(s.y, minlength=NUM_CLASSES).tolist() for name, s in splits.items()},
         "train_channel_mean": mean,

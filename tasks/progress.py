@@ -2,9 +2,9 @@
 
 ``dvc repro`` output and Prefect run logs show one line per message, so a tqdm bar there is noise;
 instead a line ``step N/M``, images/s so far and the epoch's ETA is logged at least every 10 % of
-the epoch and at most every 30 s apart (an epoch shorter than 5 s stays quiet). After the first report of the first epoch this process
-trains, the stage's remaining time is estimated once, so a user who launched GPU-sized defaults
-on a CPU learns within a minute that it will take hours.
+the epoch and at most every 30 s apart (an epoch shorter than 5 s stays quiet). After the first
+report of the first epoch this process trains, the stage's remaining time is estimated once, so a
+user who launched GPU-sized defaults on a CPU learns within a minute that it will take hours.
 
 The Keras side is a callback that only counts steps and reads the clock (it never reads the
 batch's metrics, which would make JAX wait for each step to finish).
@@ -61,16 +61,24 @@ def format_duration(seconds: float) -> str:
 def progress_line(label: str, step: int, total: int, images: int, elapsed: float) -> str:
     rate = images / elapsed if elapsed > 0 else 0.0
     eta = (total - step) * elapsed / step if step else math.inf
-    return (f"{label} step {step}/{total} ({100 * step / total:.0f} %)  {rate:.0f} img/s  "
-            f"epoch ETA {format_duration(eta) if math.isfinite(eta) else '?'}")
+    return (
+        f"{label} step {step}/{total} ({100 * step / total:.0f} %)  {rate:.0f} img/s  "
+        f"epoch ETA {format_duration(eta) if math.isfinite(eta) else '?'}"
+    )
 
 
 class EpochProgress(keras.callbacks.Callback):
     """Log progress inside a ``fit`` or ``predict`` call; ``on_first_report`` gets seconds per step once."""
 
-    def __init__(self, label: str, steps: int, batch_size: int, log: logging.Logger,
-                 on_first_report: Callable[[float], None] | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        label: str,
+        steps: int,
+        batch_size: int,
+        log: logging.Logger,
+        on_first_report: Callable[[float], None] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         super().__init__()
         self.label, self.steps, self.batch_size, self.log = label, steps, batch_size, log
         self.on_first_report = on_first_report
@@ -104,11 +112,14 @@ class EpochProgress(keras.callbacks.Callback):
                 self.on_first_report(elapsed / (step - 1))
                 self.on_first_report = None
         else:
-            self.log.info("%s step 1/%d (first step, including compilation: %.1f s)", self.label, self.steps,
-                          now - self.start)
+            self.log.info(
+                "%s step 1/%d (first step, including compilation: %.1f s)", self.label, self.steps, now - self.start
+            )
 
 
 def stage_estimate(name: str, seconds_per_step: float, steps_per_epoch: int, epochs_left: int) -> str:
     total = seconds_per_step * steps_per_epoch * epochs_left
-    return (f"{name}: about {format_duration(total)} of training left for {epochs_left} epoch(s) at "
-            f"{seconds_per_step * 1000:.0f} ms a step (validation and checkpoints not counted)")
+    return (
+        f"{name}: about {format_duration(total)} of training left for {epochs_left} epoch(s) at "
+        f"{seconds_per_step * 1000:.0f} ms a step (validation and checkpoints not counted)"
+    )

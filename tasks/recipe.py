@@ -49,14 +49,25 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return ramp * self.peak + ops.zeros_like(epoch)
 
     def get_config(self) -> dict[str, Any]:
-        return {"kind": self.kind, "peak": self.peak, "steps_per_epoch": self.steps_per_epoch,
-                "epochs": self.epochs, "warmup_epochs": self.warmup_epochs}
+        return {
+            "kind": self.kind,
+            "peak": self.peak,
+            "steps_per_epoch": self.steps_per_epoch,
+            "epochs": self.epochs,
+            "warmup_epochs": self.warmup_epochs,
+        }
 
 
-def make_schedule(recipe: Recipe, steps_per_epoch: int, peak: float | None = None,
-                  epochs: int | None = None) -> EpochSchedule:
-    return EpochSchedule(recipe.schedule, recipe.learning_rate if peak is None else peak, steps_per_epoch,
-                         recipe.epochs if epochs is None else epochs, recipe.warmup_epochs)
+def make_schedule(
+    recipe: Recipe, steps_per_epoch: int, peak: float | None = None, epochs: int | None = None
+) -> EpochSchedule:
+    return EpochSchedule(
+        recipe.schedule,
+        recipe.learning_rate if peak is None else peak,
+        steps_per_epoch,
+        recipe.epochs if epochs is None else epochs,
+        recipe.warmup_epochs,
+    )
 
 
 def make_optimizer(recipe: Recipe, schedule: EpochSchedule) -> keras.optimizers.Optimizer:

@@ -10,8 +10,19 @@ import time
 from importlib import metadata
 from typing import Any
 
-PACKAGES = ("keras", "tensorflow", "tensorflow-cpu", "jax", "jaxlib", "torch", "numpy", "pandas", "dvc",
-            "prefect", "great-expectations")
+PACKAGES = (
+    "keras",
+    "tensorflow",
+    "tensorflow-cpu",
+    "jax",
+    "jaxlib",
+    "torch",
+    "numpy",
+    "pandas",
+    "dvc",
+    "prefect",
+    "great-expectations",
+)
 
 
 def package_versions() -> dict[str, str]:

@@ -29,15 +29,15 @@ def _per_image_stats(x: np.ndarray) -> dict[str, np.ndarray]:
     out = {k: np.empty(n) for k in ("min", "max", "mean", "std")}
     out["nonfinite"] = np.zeros(n, dtype=np.int64)
     for start in range(0, n, CHUNK):
-        block = x[start:start + CHUNK].reshape(min(CHUNK, n - start), -1).astype(np.float64)
+        block = x[start : start + CHUNK].reshape(min(CHUNK, n - start), -1).astype(np.float64)
         finite = np.isfinite(block)
-        out["nonfinite"][start:start + len(block)] = (~finite).sum(axis=1)
+        out["nonfinite"][start : start + len(block)] = (~finite).sum(axis=1)
         block = np.where(finite, block, np.nan)
         with np.errstate(all="ignore"):  # an all-NaN image gives NaN stats, which the suite then flags
-            out["min"][start:start + len(block)] = np.nanmin(block, axis=1)
-            out["max"][start:start + len(block)] = np.nanmax(block, axis=1)
-            out["mean"][start:start + len(block)] = np.nanmean(block, axis=1)
-            out["std"][start:start + len(block)] = np.nanstd(block, axis=1)
+            out["min"][start : start + len(block)] = np.nanmin(block, axis=1)
+            out["max"][start : start + len(block)] = np.nanmax(block, axis=1)
+            out["mean"][start : start + len(block)] = np.nanmean(block, axis=1)
+            out["std"][start : start + len(block)] = np.nanstd(block, axis=1)
     return out
 
 
@@ -58,16 +58,20 @@ def images_frame(splits: Mapping[str, Split]) -> pd.DataFrame:
         n = len(split.y)
         stats = _per_image_stats(split.x)
         leaked = np.array([h in seen for h in image_hashes(split.x)]) if name == "test" else np.zeros(n, bool)
-        frames.append(pd.DataFrame({
-            "split": name,
-            "position": np.arange(n),
-            "label": split.y.astype(np.int64),
-            "shape": "x".join(str(d) for d in split.x.shape[1:]),
-            "dtype": str(split.x.dtype),
-            **stats,
-            "is_constant": (stats["std"] == 0).astype(np.int64),
-            "leaked": leaked.astype(np.int64),
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "split": name,
+                    "position": np.arange(n),
+                    "label": split.y.astype(np.int64),
+                    "shape": "x".join(str(d) for d in split.x.shape[1:]),
+                    "dtype": str(split.x.dtype),
+                    **stats,
+                    "is_constant": (stats["std"] == 0).astype(np.int64),
+                    "leaked": leaked.astype(np.int64),
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -84,8 +88,15 @@ def classes_frame(splits: Mapping[str, Split]) -> pd.DataFrame:
         counts = np.bincount(labels[(labels >= 0) & (labels < NUM_CLASSES)], minlength=NUM_CLASSES)
         expected = len(split.y) / NUM_CLASSES
         for label, count in enumerate(counts):
-            rows.append({"split": name, "label": label, "count": int(count), "expected": expected,
-                         "deviation": abs(count - expected) / expected if count else np.nan})
+            rows.append(
+                {
+                    "split": name,
+                    "label": label,
+                    "count": int(count),
+                    "expected": expected,
+                    "deviation": abs(count - expected) / expected if count else np.nan,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -98,17 +109,23 @@ def expected_sizes(source: Mapping[str, int], params: DataParams) -> dict[str, i
 
 
 def sizes_frame(splits: Mapping[str, Split], expected: Mapping[str, int]) -> pd.DataFrame:
-    return pd.DataFrame([{"split": name, "actual": int(len(splits[name].y)) if name in splits else 0,
-                          "expected": int(size)} for name, size in expected.items()])
+    return pd.DataFrame(
+        [
+            {"split": name, "actual": int(len(splits[name].y)) if name in splits else 0, "expected": int(size)}
+            for name, size in expected.items()
+        ]
+    )
 
 
 def channels_frame(train_x: np.ndarray, params: ValidateParams) -> pd.DataFrame:
     """Train per-channel mean/std and their absolute distance from the published CIFAR-10 figures."""
     mean, std = channel_stats(train_x)
-    return pd.DataFrame({
-        "channel": ["red", "green", "blue"],
-        "mean": mean,
-        "std": std,
-        "mean_error": np.abs(np.array(mean) - np.array(params.channel_mean)),
-        "std_error": np.abs(np.array(std) - np.array(params.channel_std)),
-    })
+    return pd.DataFrame(
+        {
+            "channel": ["red", "green", "blue"],
+            "mean": mean,
+            "std": std,
+            "mean_error": np.abs(np.array(mean) - np.array(params.channel_mean)),
+            "std_error": np.abs(np.array(std) - np.array(params.channel_std)),
+        }
+    )

@@ -38,8 +38,17 @@ from tasks.validate import REPORT_JSON
 
 log = logging.getLogger(__name__)
 
-HISTORY_FIELDS = ("epoch", "phase", "learning_rate", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                  "seconds", "images_per_second")
+HISTORY_FIELDS = (
+    "epoch",
+    "phase",
+    "learning_rate",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "seconds",
+    "images_per_second",
+)
 
 
 @dataclass(frozen=True)
@@ -75,8 +84,12 @@ class Outputs:
 
 
 def outputs_for(name: str) -> Outputs:
-    return Outputs(Path(f"models/{name}.keras"), Path(f"metrics/{name}.json"), Path(f"plots/train/{name}.csv"),
-                   Path(f"models/{name}.meta.json"))
+    return Outputs(
+        Path(f"models/{name}.keras"),
+        Path(f"metrics/{name}.json"),
+        Path(f"plots/train/{name}.csv"),
+        Path(f"models/{name}.meta.json"),
+    )
 
 
 # --------------------------------------------------------------------------- gates
@@ -109,8 +122,9 @@ def compile_model(model: keras.Model, recipe: Recipe, optimizer: keras.optimizer
 
 def set_precision(recipe: Recipe, info: dict[str, Any]) -> precision.Decision:
     """Set the global dtype policy ``mixed_precision`` asks for on this hardware (tasks.precision)."""
-    choice = precision.decide(recipe.mixed_precision, devices.gpu_details() if info["gpus"] else [],
-                              precision.cpu_flags())
+    choice = precision.decide(
+        recipe.mixed_precision, devices.gpu_details() if info["gpus"] else [], precision.cpu_flags()
+    )
     keras.mixed_precision.set_global_policy(choice.policy)
     log.info("precision %s (%s)", choice.policy, choice.reason)
     return choice
@@ -165,9 +179,17 @@ class Checkpoints:
 # --------------------------------------------------------------------------- the loop
 
 
-def fit(name: str, build: Callable[[], keras.Model], phases: list[Phase], recipe: Recipe, train: Split,
-        val: Split, checkpoints: Checkpoints, fingerprint: str,
-        budget_seconds: float | None = None) -> tuple[keras.Model, State]:
+def fit(
+    name: str,
+    build: Callable[[], keras.Model],
+    phases: list[Phase],
+    recipe: Recipe,
+    train: Split,
+    val: Split,
+    checkpoints: Checkpoints,
+    fingerprint: str,
+    budget_seconds: float | None = None,
+) -> tuple[keras.Model, State]:
     """Train through ``phases``; resume from ``checkpoints`` when they match ``fingerprint``.
 
     ``budget_seconds`` (benchmarks) stops after the first epoch that brings the summed training
@@ -192,8 +214,12 @@ def fit(name: str, build: Callable[[], keras.Model], phases: list[Phase], recipe
         if state.stopped_early:
             break
         if patience and state.best_epoch and epoch - state.best_epoch >= patience:
-            log.info("early stopping: no val_accuracy gain for %d epochs (best %.4f at epoch %d)",
-                     patience, state.best_val_accuracy, state.best_epoch)
+            log.info(
+                "early stopping: no val_accuracy gain for %d epochs (best %.4f at epoch %d)",
+                patience,
+                state.best_val_accuracy,
+                state.best_epoch,
+            )
             state.stopped_early = True
             write_json(checkpoints.state_file, state.__dict__)
             break
@@ -204,37 +230,70 @@ def fit(name: str, build: Callable[[], keras.Model], phases: list[Phase], recipe
         order = np.random.default_rng([recipe.seed, epoch]).permutation(len(train.y))
         lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
         start = time.perf_counter()
-        progress = EpochProgress(f"{name} epoch {epoch + 1}/{total}", steps, recipe.batch_size, log,
-                                 on_first_report=estimate_once)
-        fitted = model.fit(train.x[order], y_train[order], batch_size=recipe.batch_size, epochs=epoch + 1,
-                           initial_epoch=epoch, shuffle=False, verbose=0, callbacks=[progress])
+        progress = EpochProgress(
+            f"{name} epoch {epoch + 1}/{total}", steps, recipe.batch_size, log, on_first_report=estimate_once
+        )
+        fitted = model.fit(
+            train.x[order],
+            y_train[order],
+            batch_size=recipe.batch_size,
+            epochs=epoch + 1,
+            initial_epoch=epoch,
+            shuffle=False,
+            verbose=0,
+            callbacks=[progress],
+        )
         estimate_once = progress.on_first_report  # None once the stage's estimate has been logged
         seconds = time.perf_counter() - start
         scores = model.evaluate(val.x, y_val, batch_size=max(recipe.batch_size, 256), verbose=0, return_dict=True)
-        record = {"epoch": epoch + 1, "phase": phase.name, "learning_rate": lr,
-                  "train_loss": float(fitted.history["loss"][-1]), "train_accuracy": float(fitted.history["accuracy"][-1]),
-                  "val_loss": float(scores["loss"]), "val_accuracy": float(scores["accuracy"]),
-                  "seconds": round(seconds, 3), "images_per_second": round(len(train.y) / seconds, 1)}
+        record = {
+            "epoch": epoch + 1,
+            "phase": phase.name,
+            "learning_rate": lr,
+            "train_loss": float(fitted.history["loss"][-1]),
+            "train_accuracy": float(fitted.history["accuracy"][-1]),
+            "val_loss": float(scores["loss"]),
+            "val_accuracy": float(scores["accuracy"]),
+            "seconds": round(seconds, 3),
+            "images_per_second": round(len(train.y) / seconds, 1),
+        }
         state.history.append(record)
         state.epochs_done = epoch + 1
         is_best = record["val_accuracy"] > state.best_val_accuracy
         if is_best:
             state.best_epoch, state.best_val_accuracy, state.best_val_loss = (
-                epoch + 1, record["val_accuracy"], record["val_loss"])
+                epoch + 1,
+                record["val_accuracy"],
+                record["val_loss"],
+            )
         checkpoints.save(model, state, is_best)
-        log.info("%s epoch %d/%d [%s] lr %.2e  loss %.4f acc %.4f  val_loss %.4f val_acc %.4f  %.1f s  %.0f img/s",
-                 name, epoch + 1, total, phase.name, lr, record["train_loss"], record["train_accuracy"],
-                 record["val_loss"], record["val_accuracy"], seconds, record["images_per_second"])
+        log.info(
+            "%s epoch %d/%d [%s] lr %.2e  loss %.4f acc %.4f  val_loss %.4f val_acc %.4f  %.1f s  %.0f img/s",
+            name,
+            epoch + 1,
+            total,
+            phase.name,
+            lr,
+            record["train_loss"],
+            record["train_accuracy"],
+            record["val_loss"],
+            record["val_accuracy"],
+            seconds,
+            record["images_per_second"],
+        )
         if not math.isfinite(record["train_loss"]):
-            raise StageError(f"{name}: training diverged at epoch {epoch + 1} (loss {record['train_loss']}); "
-                             "lower the learning rate in params.yaml")
+            raise StageError(
+                f"{name}: training diverged at epoch {epoch + 1} (loss {record['train_loss']}); "
+                "lower the learning rate in params.yaml"
+            )
         if budget_seconds is not None and sum(h["seconds"] for h in state.history) >= budget_seconds:
             log.info("time budget of %.0f s used up after epoch %d", budget_seconds, epoch + 1)
             break
 
     if recipe.restore_best and state.best_epoch and state.best_epoch != state.epochs_done:
-        log.info("restoring the weights of the best epoch (%d, val_accuracy %.4f)",
-                 state.best_epoch, state.best_val_accuracy)
+        log.info(
+            "restoring the weights of the best epoch (%d, val_accuracy %.4f)", state.best_epoch, state.best_val_accuracy
+        )
         model.load_weights(checkpoints.best)
     return model, state
 
@@ -277,8 +336,9 @@ def history_csv(state: State) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(out: Outputs, model: keras.Model, recipe: Recipe, state: State, meta: dict[str, Any],
-                  n_train: int) -> None:
+def write_outputs(
+    out: Outputs, model: keras.Model, recipe: Recipe, state: State, meta: dict[str, Any], n_train: int
+) -> None:
     # Save without the optimizer state: the model file is for inference and evaluation.
     compile_model(model, recipe, keras.optimizers.SGD())
     with atomic_path(out.model) as tmp:
@@ -288,22 +348,44 @@ def write_outputs(out: Outputs, model: keras.Model, recipe: Recipe, state: State
     write_json(out.metrics, metrics(model, state, n_train))
 
 
-def finish(out: Outputs, model: keras.Model, recipe: Recipe, state: State, meta: dict[str, Any], n_train: int,
-           checkpoints: Checkpoints) -> None:
+def finish(
+    out: Outputs,
+    model: keras.Model,
+    recipe: Recipe,
+    state: State,
+    meta: dict[str, Any],
+    n_train: int,
+    checkpoints: Checkpoints,
+) -> None:
     """Write the stage's outputs, then drop the checkpoint: it exists only to resume unfinished runs."""
     write_outputs(out, model, recipe, state, meta, n_train)
     checkpoints.clear()
 
 
-def run_metadata(name: str, params: Any, choice: precision.Decision, info: dict[str, Any],
-                 facts: dict[str, Any]) -> dict[str, Any]:
-    return {"model": name, "params": runinfo.as_dict(params), "precision_policy": choice.policy,
-            "precision_reason": choice.reason, "devices": info,
-            "packages": runinfo.package_versions(), "data_sha256": facts.get("sha256"), "started": runinfo.now()}
+def run_metadata(
+    name: str, params: Any, choice: precision.Decision, info: dict[str, Any], facts: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "model": name,
+        "params": runinfo.as_dict(params),
+        "precision_policy": choice.policy,
+        "precision_reason": choice.reason,
+        "devices": info,
+        "packages": runinfo.package_versions(),
+        "data_sha256": facts.get("sha256"),
+        "started": runinfo.now(),
+    }
 
 
-def run(name: str, params: Any, recipe: Recipe, build: Callable[[dict[str, Any]], keras.Model],
-        phases: list[Phase], checkpoint_root: Path, require_gpu: bool) -> None:
+def run(
+    name: str,
+    params: Any,
+    recipe: Recipe,
+    build: Callable[[dict[str, Any]], keras.Model],
+    phases: list[Phase],
+    checkpoint_root: Path,
+    require_gpu: bool,
+) -> None:
     """A whole training stage: gates, data, resumable fit, outputs. ``build`` gets the data facts."""
     info = start(name, recipe, require_gpu)
     choice = set_precision(recipe, info)
@@ -311,16 +393,28 @@ def run(name: str, params: Any, recipe: Recipe, build: Callable[[dict[str, Any]]
     checkpoints = Checkpoints(checkpoint_root, name)
     fingerprint = runinfo.fingerprint(params, facts["sha256"], info["keras_backend"], choice.policy)
     model, state = fit(name, lambda: build(facts), phases, recipe, train_split, val_split, checkpoints, fingerprint)
-    finish(outputs_for(name), model, recipe, state, run_metadata(name, params, choice, info, facts),
-           len(train_split.y), checkpoints)
+    finish(
+        outputs_for(name),
+        model,
+        recipe,
+        state,
+        run_metadata(name, params, choice, info, facts),
+        len(train_split.y),
+        checkpoints,
+    )
 
 
 def start(name: str, recipe: Recipe, require_gpu: bool) -> dict[str, Any]:
     """The checks every training stage makes before touching data: validation gate, devices."""
     require_validated()
     info = devices.describe()
-    log.info("%s: keras %s, backend %s, devices %s", name, keras.__version__, info["keras_backend"],
-             ", ".join(info["devices"]))
+    log.info(
+        "%s: keras %s, backend %s, devices %s",
+        name,
+        keras.__version__,
+        info["keras_backend"],
+        ", ".join(info["devices"]),
+    )
     if recipe.require_gpu if recipe.require_gpu is not None else require_gpu:
         devices.require_gpu(info, f"train_{name}")
     return info

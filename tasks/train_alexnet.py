@@ -25,9 +25,15 @@ def phases(params: AlexNetParams) -> list[train.Phase]:
 
 
 def run(params: AlexNetParams, checkpoint_root: Path, require_gpu: bool) -> None:
-    train.run(NAME, params, params.recipe,
-              lambda facts: build_alexnet(params, facts["train_channel_mean"], facts["train_channel_std"]),
-              phases(params), checkpoint_root, require_gpu)
+    train.run(
+        NAME,
+        params,
+        params.recipe,
+        lambda facts: build_alexnet(params, facts["train_channel_mean"], facts["train_channel_std"]),
+        phases(params),
+        checkpoint_root,
+        require_gpu,
+    )
 
 
 def main() -> None:

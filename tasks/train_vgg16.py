@@ -34,13 +34,17 @@ def phases(params: VGG16Params) -> list[train.Phase]:
         schedule = make_schedule(recipe, steps, peak=params.fine_tune_learning_rate, epochs=fine_epochs)
         train.compile_model(model, recipe, make_optimizer(recipe, schedule))
 
-    return [p for p in (train.Phase("head", params.head_epochs, head), train.Phase("fine_tune", fine_epochs, fine_tune))
-            if p.epochs > 0]
+    return [
+        p
+        for p in (train.Phase("head", params.head_epochs, head), train.Phase("fine_tune", fine_epochs, fine_tune))
+        if p.epochs > 0
+    ]
 
 
 def run(params: VGG16Params, checkpoint_root: Path, require_gpu: bool) -> None:
-    train.run(NAME, params, params.recipe, lambda facts: build_vgg16(params), phases(params), checkpoint_root,
-              require_gpu)
+    train.run(
+        NAME, params, params.recipe, lambda facts: build_vgg16(params), phases(params), checkpoint_root, require_gpu
+    )
 
 
 def main() -> None:

@@ -68,43 +68,102 @@ def build_checks(data: DataParams, params: ValidateParams, full: bool) -> list[C
     """The expectations, each with a stable name that reports and error messages use."""
     labels = list(range(NUM_CLASSES))
     checks = [
-        Check("image_shape", "images", "ExpectColumnValuesToBeInSet", {"column": "shape", "value_set": [CIFAR_SHAPE]},
-              f"every image is {CIFAR_SHAPE} (height x width x channels)"),
-        Check("dtype", "images", "ExpectColumnValuesToBeInSet", {"column": "dtype", "value_set": ["uint8"]},
-              "arrays are uint8"),
-        Check("pixel_min", "images", "ExpectColumnValuesToBeBetween",
-              {"column": "min", "min_value": 0, "max_value": 255}, "smallest pixel of each image is within 0..255"),
-        Check("pixel_max", "images", "ExpectColumnValuesToBeBetween",
-              {"column": "max", "min_value": 0, "max_value": 255}, "largest pixel of each image is within 0..255"),
-        Check("finite", "images", "ExpectColumnValuesToBeBetween",
-              {"column": "nonfinite", "min_value": 0, "max_value": 0}, "no NaN or infinite pixels"),
-        Check("labels_in_range", "images", "ExpectColumnValuesToBeInSet", {"column": "label", "value_set": labels},
-              "labels are integers 0..9"),
-        Check("all_classes_present", "classes", "ExpectColumnValuesToBeBetween",
-              {"column": "count", "min_value": 1}, "all ten classes appear in every split"),
-        Check("class_balance", "classes", "ExpectColumnValuesToBeBetween",
-              {"column": "deviation", "min_value": 0, "max_value": params.class_balance_tolerance},
-              f"each class holds 1/10 of each split within {params.class_balance_tolerance:.0%}"),
-        Check("split_sizes", "sizes", "ExpectColumnPairValuesToBeEqual",
-              {"column_A": "actual", "column_B": "expected"},
-              f"split sizes follow data.val_fraction={data.val_fraction}, data.limit_train={data.limit_train}, "
-              f"data.limit_test={data.limit_test}"),
-        Check("no_test_leakage", "images", "ExpectColumnSumToBeBetween",
-              {"column": "leaked", "min_value": 0, "max_value": params.max_leaked_images},
-              f"at most {params.max_leaked_images} test images also appear in train/val (exact-hash match)"),
-        Check("constant_images", "images", "ExpectColumnSumToBeBetween",
-              {"column": "is_constant", "min_value": 0, "max_value": params.max_constant_images},
-              f"at most {params.max_constant_images} single-colour images"),
+        Check(
+            "image_shape",
+            "images",
+            "ExpectColumnValuesToBeInSet",
+            {"column": "shape", "value_set": [CIFAR_SHAPE]},
+            f"every image is {CIFAR_SHAPE} (height x width x channels)",
+        ),
+        Check(
+            "dtype",
+            "images",
+            "ExpectColumnValuesToBeInSet",
+            {"column": "dtype", "value_set": ["uint8"]},
+            "arrays are uint8",
+        ),
+        Check(
+            "pixel_min",
+            "images",
+            "ExpectColumnValuesToBeBetween",
+            {"column": "min", "min_value": 0, "max_value": 255},
+            "smallest pixel of each image is within 0..255",
+        ),
+        Check(
+            "pixel_max",
+            "images",
+            "ExpectColumnValuesToBeBetween",
+            {"column": "max", "min_value": 0, "max_value": 255},
+            "largest pixel of each image is within 0..255",
+        ),
+        Check(
+            "finite",
+            "images",
+            "ExpectColumnValuesToBeBetween",
+            {"column": "nonfinite", "min_value": 0, "max_value": 0},
+            "no NaN or infinite pixels",
+        ),
+        Check(
+            "labels_in_range",
+            "images",
+            "ExpectColumnValuesToBeInSet",
+            {"column": "label", "value_set": labels},
+            "labels are integers 0..9",
+        ),
+        Check(
+            "all_classes_present",
+            "classes",
+            "ExpectColumnValuesToBeBetween",
+            {"column": "count", "min_value": 1},
+            "all ten classes appear in every split",
+        ),
+        Check(
+            "class_balance",
+            "classes",
+            "ExpectColumnValuesToBeBetween",
+            {"column": "deviation", "min_value": 0, "max_value": params.class_balance_tolerance},
+            f"each class holds 1/10 of each split within {params.class_balance_tolerance:.0%}",
+        ),
+        Check(
+            "split_sizes",
+            "sizes",
+            "ExpectColumnPairValuesToBeEqual",
+            {"column_A": "actual", "column_B": "expected"},
+            f"split sizes follow data.val_fraction={data.val_fraction}, data.limit_train={data.limit_train}, "
+            f"data.limit_test={data.limit_test}",
+        ),
+        Check(
+            "no_test_leakage",
+            "images",
+            "ExpectColumnSumToBeBetween",
+            {"column": "leaked", "min_value": 0, "max_value": params.max_leaked_images},
+            f"at most {params.max_leaked_images} test images also appear in train/val (exact-hash match)",
+        ),
+        Check(
+            "constant_images",
+            "images",
+            "ExpectColumnSumToBeBetween",
+            {"column": "is_constant", "min_value": 0, "max_value": params.max_constant_images},
+            f"at most {params.max_constant_images} single-colour images",
+        ),
     ]
     if full:
         tol = params.channel_stats_tolerance
         checks += [
-            Check("channel_mean", "channels", "ExpectColumnValuesToBeBetween",
-                  {"column": "mean_error", "min_value": 0, "max_value": tol},
-                  f"train per-channel mean within {tol} of {list(params.channel_mean)}"),
-            Check("channel_std", "channels", "ExpectColumnValuesToBeBetween",
-                  {"column": "std_error", "min_value": 0, "max_value": tol},
-                  f"train per-channel std within {tol} of {list(params.channel_std)}"),
+            Check(
+                "channel_mean",
+                "channels",
+                "ExpectColumnValuesToBeBetween",
+                {"column": "mean_error", "min_value": 0, "max_value": tol},
+                f"train per-channel mean within {tol} of {list(params.channel_mean)}",
+            ),
+            Check(
+                "channel_std",
+                "channels",
+                "ExpectColumnValuesToBeBetween",
+                {"column": "std_error", "min_value": 0, "max_value": tol},
+                f"train per-channel std within {tol} of {list(params.channel_std)}",
+            ),
         ]
     return checks
 
@@ -114,8 +173,9 @@ def is_full_data(data: DataParams, source: dict[str, int]) -> bool:
     return data.limit_train is None and source.get("train") == FULL_TRAIN_SOURCE
 
 
-def tables(splits: dict[str, Split], data: DataParams, params: ValidateParams, source: dict[str, int],
-           full: bool) -> dict[str, pd.DataFrame]:
+def tables(
+    splits: dict[str, Split], data: DataParams, params: ValidateParams, source: dict[str, int], full: bool
+) -> dict[str, pd.DataFrame]:
     frames = {
         "images": summaries.images_frame(splits),
         "classes": summaries.classes_frame(splits),
@@ -154,7 +214,8 @@ def _run_suites(context: Any, checks: list[Check], frames: dict[str, pd.DataFram
         for check in mine:
             suite.add_expectation(getattr(gxe, check.expectation)(**check.kwargs, meta={"name": check.name}))
         definition = context.validation_definitions.add(
-            gx.ValidationDefinition(name=f"validate_{table}", data=batch, suite=suite))
+            gx.ValidationDefinition(name=f"validate_{table}", data=batch, suite=suite)
+        )
         result = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
         by_name = {r.expectation_config.meta["name"]: r for r in result.results}
         for check in mine:
@@ -212,11 +273,14 @@ def render_html(report: dict[str, Any]) -> str:
     rows = []
     for e in report["expectations"]:
         verdict = "pass" if e["success"] else "FAIL"
-        detail = ", ".join(f"{k}: {e[k]}" for k in ("observed_value", "unexpected_count", "examples", "error")
-                           if k in e)
-        rows.append(f"<tr class='{verdict.lower()}'><td>{verdict}</td><td>{html.escape(e['name'])}</td>"
-                    f"<td>{html.escape(e['table'])}</td><td>{html.escape(e['description'])}</td>"
-                    f"<td>{html.escape(detail)}</td></tr>")
+        detail = ", ".join(
+            f"{k}: {e[k]}" for k in ("observed_value", "unexpected_count", "examples", "error") if k in e
+        )
+        rows.append(
+            f"<tr class='{verdict.lower()}'><td>{verdict}</td><td>{html.escape(e['name'])}</td>"
+            f"<td>{html.escape(e['table'])}</td><td>{html.escape(e['description'])}</td>"
+            f"<td>{html.escape(detail)}</td></tr>"
+        )
     skipped = "".join(f"<li>{html.escape(s['name'])}: {html.escape(s['reason'])}</li>" for s in report["skipped"])
     status = "PASSED" if report["success"] else f"FAILED: {', '.join(report['failed'])}"
     sizes = ", ".join(f"{k}: {v}" for k, v in report["sizes"].items())
@@ -230,10 +294,10 @@ tr.fail td:first-child{{color:#b00;font-weight:bold}} .status{{font-size:1.3rem;
 </style></head><body>
 <h1>CIFAR-10 data validation</h1>
 <p class="status">{html.escape(status)}</p>
-<p>Split sizes: {html.escape(sizes)}. Great Expectations {html.escape(report['great_expectations_version'])}.</p>
+<p>Split sizes: {html.escape(sizes)}. Great Expectations {html.escape(report["great_expectations_version"])}.</p>
 <table><tr><th>result</th><th>expectation</th><th>table</th><th>what it checks</th><th>details</th></tr>
-{''.join(rows)}</table>
-{f'<h2>Skipped</h2><ul>{skipped}</ul>' if skipped else ''}
+{"".join(rows)}</table>
+{f"<h2>Skipped</h2><ul>{skipped}</ul>" if skipped else ""}
 </body></html>
 """
 
@@ -248,9 +312,13 @@ def validate(folder: Path, data: DataParams, params: ValidateParams) -> dict[str
     full = is_full_data(data, source)
     outcome = run_checks(build_checks(data, params, full), tables(splits, data, params, source, full))
     if not full:
-        outcome.skipped.append({"name": "channel_mean/channel_std",
-                                "reason": "only checked on the full training set (data.limit_train: null, "
-                                          f"{FULL_TRAIN_SOURCE} source images)"})
+        outcome.skipped.append(
+            {
+                "name": "channel_mean/channel_std",
+                "reason": "only checked on the full training set (data.limit_train: null, "
+                f"{FULL_TRAIN_SOURCE} source images)",
+            }
+        )
     import great_expectations as gx
 
     return {
@@ -265,8 +333,12 @@ def validate(folder: Path, data: DataParams, params: ValidateParams) -> dict[str
 
 def headline(report: dict[str, Any]) -> dict[str, Any]:
     """The few scalars of a validation report that belong in ``dvc exp show``."""
-    return {"success": report["success"], "failed": len(report["failed"]),
-            "expectations": len(report["expectations"]), "sizes": report["sizes"]}
+    return {
+        "success": report["success"],
+        "failed": len(report["failed"]),
+        "expectations": len(report["expectations"]),
+        "sizes": report["sizes"],
+    }
 
 
 def failure_message(report: dict[str, Any]) -> str:

@@ -26,8 +26,12 @@ def make_batch(n: int, rng: np.random.Generator, label: str) -> dict[bytes, obje
     images = base[labels][:, None, None, :] + rng.normal(0, 25, size=(n, 32, 32, 3))
     images = np.clip(images, 0, 255).astype(np.uint8)
     planar = images.transpose(0, 3, 1, 2).reshape(n, 3072)
-    return {b"batch_label": label.encode(), b"labels": labels.tolist(), b"data": planar,
-            b"filenames": [f"img_{i}.png".encode() for i in range(n)]}
+    return {
+        b"batch_label": label.encode(),
+        b"labels": labels.tolist(),
+        b"data": planar,
+        b"filenames": [f"img_{i}.png".encode() for i in range(n)],
+    }
 
 
 def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
@@ -36,8 +40,16 @@ def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
     tar.addfile(info, io.BytesIO(payload))
 
 
-def make_archive(path: Path, per_batch: int = 60, n_test: int = 100, seed: int = 0, *, skip: str | None = None,
-                 extra: list[tarfile.TarInfo] | None = None, replace: dict[str, bytes] | None = None) -> str:
+def make_archive(
+    path: Path,
+    per_batch: int = 60,
+    n_test: int = 100,
+    seed: int = 0,
+    *,
+    skip: str | None = None,
+    extra: list[tarfile.TarInfo] | None = None,
+    replace: dict[str, bytes] | None = None,
+) -> str:
     """Write a CIFAR-format .tar.gz and return its sha256.
 
     ``skip`` leaves a member out, ``extra`` appends raw members (links, ``../`` names, devices),
@@ -48,8 +60,10 @@ def make_archive(path: Path, per_batch: int = 60, n_test: int = 100, seed: int =
     for i in range(1, 6):
         members[f"data_batch_{i}"] = pickle.dumps(make_batch(per_batch, rng, f"training batch {i} of 5"), protocol=2)
     members["test_batch"] = pickle.dumps(make_batch(n_test, rng, "testing batch 1 of 1"), protocol=2)
-    members["batches.meta"] = pickle.dumps({b"label_names": [n.encode() for n in CLASS_NAMES],
-                                            b"num_cases_per_batch": per_batch, b"num_vis": 3072}, protocol=2)
+    members["batches.meta"] = pickle.dumps(
+        {b"label_names": [n.encode() for n in CLASS_NAMES], b"num_cases_per_batch": per_batch, b"num_vis": 3072},
+        protocol=2,
+    )
     members.update(replace or {})
     path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, "w:gz") as tar:

@@ -123,8 +123,10 @@ def workspace(fixture_archive: tuple[Path, str], tmp_path_factory: pytest.TempPa
     data = read_archive(fixture_archive[0])
     splits = make_splits(data, TEST_DATA)
     write_splits(splits, facts(splits, data, TEST_DATA), work / "data/prepared")
-    write_json(work / "reports/validation.json",
-               validate(work / "data/prepared", TEST_DATA, load_validate_params(REPO / "params.yaml")))
+    write_json(
+        work / "reports/validation.json",
+        validate(work / "data/prepared", TEST_DATA, load_validate_params(REPO / "params.yaml")),
+    )
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for section, values in TINY_TRAINING.items():
         params[section].update(values)
@@ -144,12 +146,17 @@ def copy_of(workspace: Path, tmp_path: Path, **changes: dict) -> Path:
 
 def stage(module: str, cwd: Path, backend: str = "tensorflow", **popen: object) -> subprocess.Popen[str]:
     env = subprocess_env() | {"PYTHONPATH": str(REPO), "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.Popen([sys.executable, "-m", module], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)  # type: ignore[call-overload]
+    return subprocess.Popen(
+        [sys.executable, "-m", module],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **popen,
+    )  # type: ignore[call-overload]
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 600) -> tuple[int, str]:
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out + err
-
-

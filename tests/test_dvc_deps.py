@@ -12,7 +12,6 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -37,14 +36,21 @@ print(json.dumps(sorted(files)))
 
 
 def loaded_project_files(module: str) -> list[str]:
-    done = subprocess.run([sys.executable, "-c", PROBE, module], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env=subprocess_env() | {"PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"})
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, module],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=subprocess_env() | {"PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert done.returncode == 0, done.stderr
     return [f for f in json.loads(done.stdout.strip().splitlines()[-1]) if f in TRACKED]
 
 
 def uncovered(files: list[str], deps: list[str]) -> list[str]:
     """The files that no dep names, either itself or as a folder above it (package ``__init__``s aside)."""
+
     def covered(path: str) -> bool:
         return any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps)
 
@@ -63,5 +69,6 @@ def test_stage_deps_cover_every_project_file_it_imports(stage: str) -> None:
 
 def test_the_check_notices_a_missing_dep() -> None:
     assert uncovered(["tasks/train.py", "tasks/models.py", "tasks/__init__.py"], ["tasks/train.py"]) == [
-        "tasks/models.py"]
+        "tasks/models.py"
+    ]
     assert uncovered(["tasks/model/train.py"], ["tasks/model"]) == []

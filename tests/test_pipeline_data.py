@@ -18,7 +18,11 @@ def test_dvc_repro_validate_then_nothing_to_do(dvc_repo: Path) -> None:
     report = json.loads((dvc_repo / "reports/validation.json").read_text())
     assert report["success"] is True
     assert sorted(p.name for p in (dvc_repo / "data/prepared").iterdir()) == [
-        "facts.json", "test.npz", "train.npz", "val.npz"]
+        "facts.json",
+        "test.npz",
+        "train.npz",
+        "val.npz",
+    ]
 
     again = dvc("repro", "validate", cwd=dvc_repo)
     assert "Running stage" not in again.stdout

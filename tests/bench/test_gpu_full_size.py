@@ -65,11 +65,32 @@ def test_student_epochs_fit_the_time_left() -> None:
 @pytest.mark.slow
 def test_rehearsal_on_jax_trains_scores_and_packs(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    cmd = [sys.executable, str(REPO / "bench/gpu_full_size.py"), "--synthetic", "100", "--work", str(tmp_path / "w"),
-           "--out", str(out), "--runs", "alexnet", "student",
-           "--set", "alexnet.width=0.0625", "alexnet.epochs=2", "alexnet.batch_size=64", "alexnet.warmup_epochs=1"]
-    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                          env=subprocess_env() | {"KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "2"})
+    cmd = [
+        sys.executable,
+        str(REPO / "bench/gpu_full_size.py"),
+        "--synthetic",
+        "100",
+        "--work",
+        str(tmp_path / "w"),
+        "--out",
+        str(out),
+        "--runs",
+        "alexnet",
+        "student",
+        "--set",
+        "alexnet.width=0.0625",
+        "alexnet.epochs=2",
+        "alexnet.batch_size=64",
+        "alexnet.warmup_epochs=1",
+    ]
+    done = subprocess.run(
+        cmd,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=subprocess_env() | {"KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads((out / "summary.json").read_text())
     for name in ("alexnet", "student"):
@@ -78,6 +99,11 @@ def test_rehearsal_on_jax_trains_scores_and_packs(tmp_path: Path) -> None:
         assert 0.0 <= result["test_accuracy"] <= 1.0 and len(result["val_accuracy_per_epoch"]) == 2
         with tarfile.open(out / f"{name}.tgz") as tar:
             names = set(tar.getnames())
-        assert {f"{name}/metrics/test_alexnet.json", f"{name}/plots/train/alexnet.csv",
-                f"{name}/models/alexnet.meta.json", f"{name}/stage.log", f"{name}/params.yaml"} <= names
+        assert {
+            f"{name}/metrics/test_alexnet.json",
+            f"{name}/plots/train/alexnet.csv",
+            f"{name}/models/alexnet.meta.json",
+            f"{name}/stage.log",
+            f"{name}/params.yaml",
+        } <= names
     assert summary["student"]["batch_size"] == 64 and summary["alexnet"]["batch_size"] == 64

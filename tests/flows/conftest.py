@@ -26,11 +26,15 @@ from tests.conftest import REPO, run, subprocess_env
 PREFECT = str(Path(sys.executable).parent / "prefect")
 #: Start a command with SIGINT at its default even when pytest itself runs in the background
 #: (``cmd &`` ignores SIGINT, and children inherit that): the worker stops on SIGINT.
-WITH_SIGINT = [sys.executable, "-c",
-               "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"]
+WITH_SIGINT = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])",
+]
 
 
 # -- a temporary Prefect backend ---------------------------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[str]:
@@ -61,7 +65,7 @@ def task_runs(flow_run_id: UUID, api: str | None = None) -> list[Any]:
 
     with client(api) as c:
         runs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return sorted(runs, key=lambda r: (r.start_time or r.expected_start_time or r.created))
+    return sorted(runs, key=lambda r: r.start_time or r.expected_start_time or r.created)
 
 
 def stage_runs(flow_run_id: UUID, api: str | None = None) -> dict[str, Any]:
@@ -76,8 +80,9 @@ def logs(flow_run_id: UUID, api: str | None = None) -> str:
     found: list[Any] = []
     with client(api) as c:
         while True:
-            page = c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
-                               limit=200, offset=len(found))
+            page = c.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200, offset=len(found)
+            )
             found += page
             if len(page) < 200:
                 break
@@ -93,6 +98,7 @@ def artifacts(flow_run_id: UUID, api: str | None = None) -> dict[str, Any]:
 
 
 # -- a download server that fails when told to -------------------------------------------------------
+
 
 class ArchiveServer:
     """Serves one file over HTTP on 127.0.0.1; answers 503 to its first ``fail_first`` requests."""
@@ -133,6 +139,7 @@ def archive_server(fixture_archive: tuple[Path, str]) -> Iterator[ArchiveServer]
 
 # -- a real Prefect server, work pool, deployments and worker -------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -159,13 +166,22 @@ class PrefectServer:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = subprocess_env()
-        env.update(PREFECT_HOME=str(self.home), PREFECT_API_URL=self.url, PREFECT_SERVER_ANALYTICS_ENABLED="false",
-                   DO_NOT_TRACK="1", DVC_NO_ANALYTICS="1", PREFECT_CLI_WRAP_LINES="false", COLUMNS="200", **extra)
+        env.update(
+            PREFECT_HOME=str(self.home),
+            PREFECT_API_URL=self.url,
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            DO_NOT_TRACK="1",
+            DVC_NO_ANALYTICS="1",
+            PREFECT_CLI_WRAP_LINES="false",
+            COLUMNS="200",
+            **extra,
+        )
         return env
 
     def cli(self, *args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([PREFECT, "--no-prompt", *args], cwd=cwd, env=self.env(), capture_output=True,
-                              text=True, timeout=timeout)
+        proc = subprocess.run(
+            [PREFECT, "--no-prompt", *args], cwd=cwd, env=self.env(), capture_output=True, text=True, timeout=timeout
+        )
         if proc.returncode != 0:
             raise AssertionError(f"prefect {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         return proc
@@ -180,10 +196,14 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
     """``prefect server start`` on 127.0.0.1 (SQLite in a temp PREFECT_HOME), stopped by PID afterwards."""
     server = PrefectServer(tmp_path_factory.mktemp("prefect-home"), free_port())
     with open(server.log, "w") as log:
-        server.proc = subprocess.Popen([*WITH_SIGINT, PREFECT, "server", "start", "--host", "127.0.0.1",
-                                        "--port", str(server.port)],
-                                       env=server.env(), stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, cwd=server.home)
+        server.proc = subprocess.Popen(
+            [*WITH_SIGINT, PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(server.port)],
+            env=server.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=server.home,
+        )
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -224,9 +244,14 @@ def deployed(dvc_repo: Path, prefect_server: PrefectServer) -> Path:
 def worker(deployed: Path, prefect_server: PrefectServer) -> Iterator[subprocess.Popen]:
     """``prefect worker start --pool gpu`` in the repo; stopped with SIGINT (it ignores SIGTERM's intent)."""
     log = open(deployed.parent / "worker.log", "w")
-    proc = subprocess.Popen([*WITH_SIGINT, PREFECT, "worker", "start", "--pool", "gpu"], cwd=deployed,
-                            env=prefect_server.env(PREFECT_WORKER_QUERY_SECONDS="1"), stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*WITH_SIGINT, PREFECT, "worker", "start", "--pool", "gpu"],
+        cwd=deployed,
+        env=prefect_server.env(PREFECT_WORKER_QUERY_SECONDS="1"),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         yield proc
     finally:

@@ -28,8 +28,9 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 1.0):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def test_deploy_registers_a_nightly_schedule_and_an_on_demand_deployment(deployed: Path,
-                                                                          prefect_server: PrefectServer) -> None:
+def test_deploy_registers_a_nightly_schedule_and_an_on_demand_deployment(
+    deployed: Path, prefect_server: PrefectServer
+) -> None:
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
     from prefect.client.schemas.filters import FlowRunFilterState, FlowRunFilterStateType
     from prefect.client.schemas.objects import StateType
@@ -52,8 +53,10 @@ def test_deploy_registers_a_nightly_schedule_and_an_on_demand_deployment(deploye
         with prefect_server.client() as c:
             return c.read_flow_runs(
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[nightly.id])),
-                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-                    type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))))
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+                ),
+            )
 
     runs = wait_for(scheduled_runs, 60, "the scheduler to create the nightly runs")
     for flow_run in runs:
@@ -61,8 +64,9 @@ def test_deploy_registers_a_nightly_schedule_and_an_on_demand_deployment(deploye
         assert (when.hour, when.minute) == (2, 0), when
 
 
-def test_two_concurrent_runs_complete_in_turn_with_artifacts(deployed: Path, worker: object,
-                                                             prefect_server: PrefectServer) -> None:
+def test_two_concurrent_runs_complete_in_turn_with_artifacts(
+    deployed: Path, worker: object, prefect_server: PrefectServer
+) -> None:
     """Two on-demand runs of the whole pipeline (tiny training) at once: the workspace lock makes
     the second wait; it then finds every stage done. Both complete, with their artifacts, and
     the workspace is consistent."""
@@ -79,8 +83,9 @@ def test_two_concurrent_runs_complete_in_turn_with_artifacts(deployed: Path, wor
 
     runs = wait_for(finished, 400, "both runs to finish", interval=2)
     for r in runs:
-        assert r.state.is_completed(), f"{r.name}: {r.state.message}\n{logs(r.id, prefect_server.url)[-4000:]}\n" \
-                                       f"worker:\n{worker_log(deployed)}"
+        assert r.state.is_completed(), (
+            f"{r.name}: {r.state.message}\n{logs(r.id, prefect_server.url)[-4000:]}\nworker:\n{worker_log(deployed)}"
+        )
 
     summaries = {i: artifacts(i, prefect_server.url) for i in ids}
     first, second = sorted(ids, key=lambda i: "| download | ran |" not in summaries[i][ARTIFACT_SUMMARY].data)

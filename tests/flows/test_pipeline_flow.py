@@ -115,11 +115,19 @@ def test_crashed_stage_is_retried(tmp_path: Path) -> None:
         "if not mark.exists():\n"
         "    mark.touch()\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
-        "pathlib.Path('out.txt').write_text('ok')\n")
-    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
-        "flaky": {"cmd": "python crash_once.py", "deps": ["crash_once.py"], "outs": ["out.txt"]},
-        "after": {"cmd": "cp out.txt after.txt", "deps": ["out.txt"], "outs": ["after.txt"]},
-    }}, sort_keys=False))
+        "pathlib.Path('out.txt').write_text('ok')\n"
+    )
+    (repo / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "stages": {
+                    "flaky": {"cmd": "python crash_once.py", "deps": ["crash_once.py"], "outs": ["out.txt"]},
+                    "after": {"cmd": "cp out.txt after.txt", "deps": ["out.txt"], "outs": ["after.txt"]},
+                }
+            },
+            sort_keys=False,
+        )
+    )
     run(["git", "add", "-A"], cwd=repo)
     run(["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "tiny"], cwd=repo)
     state, run_id, _ = run_flow(repo, stage_retries=1)
@@ -141,8 +149,12 @@ def test_require_gpu_fails_fast_before_any_stage(dvc_repo: Path, no_gpu: None) -
 
 def test_set_params_runs_a_named_experiment_and_restores_params(dvc_repo: Path) -> None:
     before = (dvc_repo / "params.yaml").read_bytes()
-    state, run_id, _ = run_flow(dvc_repo, stages=["validate"], experiment_name="small-subset",
-                                set_params=["data.limit_train=200", "data.limit_test=50"])
+    state, run_id, _ = run_flow(
+        dvc_repo,
+        stages=["validate"],
+        experiment_name="small-subset",
+        set_params=["data.limit_train=200", "data.limit_test=50"],
+    )
     assert state.is_completed(), state.message
     assert "small-subset" in dvc("exp", "list", "--name-only", cwd=dvc_repo).stdout.split()
     diff = json.loads(dvc("params", "diff", "HEAD", "small-subset", "--json", cwd=dvc_repo).stdout)
@@ -152,8 +164,9 @@ def test_set_params_runs_a_named_experiment_and_restores_params(dvc_repo: Path) 
     assert json.loads((dvc_repo / "reports/validation.json").read_text())["sizes"]["test"] == 50
     assert "small-subset" in artifacts(run_id)[ARTIFACT_SUMMARY].data
 
-    again, _, seconds = run_flow(dvc_repo, stages=["validate"], experiment_name="small-subset",
-                                 set_params=["data.limit_train=100"])
+    again, _, seconds = run_flow(
+        dvc_repo, stages=["validate"], experiment_name="small-subset", set_params=["data.limit_train=100"]
+    )
     assert again.is_failed() and "already exists" in again.message
     bad, _, _ = run_flow(dvc_repo, stages=["validate"], set_params=["data.no_such_key=1"])
     assert bad.is_failed() and "not retried" in bad.message
@@ -177,7 +190,11 @@ def test_share_cache_through_a_local_remote(dvc_repo: Path, tmp_path: Path) -> N
     assert state.is_completed(), state.message
     assert outcomes(state) == dict.fromkeys(DATA_STAGES, "restored")
     assert sorted(p.name for p in (other / "data/prepared").iterdir()) == [
-        "facts.json", "test.npz", "train.npz", "val.npz"]
+        "facts.json",
+        "test.npz",
+        "train.npz",
+        "val.npz",
+    ]
     assert (other / "reports/validation.json").read_text() == (dvc_repo / "reports/validation.json").read_text()
     assert "is cached - skipping run" in logs(run_id)
 
@@ -186,10 +203,14 @@ def test_killed_run_restarts_where_it_stopped(dvc_repo: Path, prefect_harness: s
     """Kill the whole flow process tree mid-validate (a worker host dying), then run again:
     the finished stages are skipped and only the interrupted one runs."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.pipeline", "--repo-dir", str(dvc_repo), "--stages", "validate",
-         "--no-serialize"],
-        cwd=REPO, env=env_with(PREFECT_API_URL=prefect_harness, PREFECT_LOGGING_LEVEL="INFO"),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        [sys.executable, "-m", "flows.pipeline", "--repo-dir", str(dvc_repo), "--stages", "validate", "--no-serialize"],
+        cwd=REPO,
+        env=env_with(PREFECT_API_URL=prefect_harness, PREFECT_LOGGING_LEVEL="INFO"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     seen = []
     try:
         assert proc.stdout is not None

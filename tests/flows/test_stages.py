@@ -56,7 +56,10 @@ def test_stage_graph_is_read_through_dvc(tmp_path: Path) -> None:
     dvc("init", "-q", cwd=tmp_path)
     stages = {
         "make": {"cmd": "echo a > a.txt", "outs": ["a.txt"]},
-        "fan": {"foreach": ["x", "y"], "do": {"cmd": "cp a.txt ${item}.txt", "deps": ["a.txt"], "outs": ["${item}.txt"]}},
+        "fan": {
+            "foreach": ["x", "y"],
+            "do": {"cmd": "cp a.txt ${item}.txt", "deps": ["a.txt"], "outs": ["${item}.txt"]},
+        },
         "join": {"cmd": "cat x.txt y.txt > j.txt", "deps": ["x.txt", "y.txt"], "outs": ["j.txt"]},
         "alone": {"cmd": "echo b > b.txt", "outs": ["b.txt"]},
     }
@@ -74,19 +77,29 @@ def test_project_pipeline_graph_starts_with_the_data_stages() -> None:
 DVC_FAILED = "ERROR: failed to reproduce 'validate': failed to run: python -m tasks.validate, exited with {code}"
 
 
-@pytest.mark.parametrize(("lines", "kind"), [
-    (["error: validation failed: constant_images (test[3], test[4])", DVC_FAILED.format(code=2)], DeterministicFailure),
-    (["error: params.yaml: 'data.val_fraction' must be a finite number", DVC_FAILED.format(code=2)],
-     DeterministicFailure),
-    # download gave up after its own retries: the network may come back
-    (["error: http://x/a.tgz: giving up after 5 attempts: HTTP 503 try later", DVC_FAILED.format(code=2)],
-     TransientFailure),
-    (["Killed", DVC_FAILED.format(code=-9)], TransientFailure),  # OOM killer, a crash
-    (["Traceback (most recent call last):", "MemoryError", DVC_FAILED.format(code=1)], TransientFailure),
-    ([DVC_FAILED.format(code=2)], TransientFailure),  # exit 2 without the stage's own message: not ours
-    (["ERROR: Unable to acquire lock. Most likely another DVC process is running"], TransientFailure),
-    (["error: asks for another try", DVC_FAILED.format(code=75)], TransientFailure),
-])
+@pytest.mark.parametrize(
+    ("lines", "kind"),
+    [
+        (
+            ["error: validation failed: constant_images (test[3], test[4])", DVC_FAILED.format(code=2)],
+            DeterministicFailure,
+        ),
+        (
+            ["error: params.yaml: 'data.val_fraction' must be a finite number", DVC_FAILED.format(code=2)],
+            DeterministicFailure,
+        ),
+        # download gave up after its own retries: the network may come back
+        (
+            ["error: http://x/a.tgz: giving up after 5 attempts: HTTP 503 try later", DVC_FAILED.format(code=2)],
+            TransientFailure,
+        ),
+        (["Killed", DVC_FAILED.format(code=-9)], TransientFailure),  # OOM killer, a crash
+        (["Traceback (most recent call last):", "MemoryError", DVC_FAILED.format(code=1)], TransientFailure),
+        ([DVC_FAILED.format(code=2)], TransientFailure),  # exit 2 without the stage's own message: not ours
+        (["ERROR: Unable to acquire lock. Most likely another DVC process is running"], TransientFailure),
+        (["error: asks for another try", DVC_FAILED.format(code=75)], TransientFailure),
+    ],
+)
 def test_classify(lines: list[str], kind: type) -> None:
     failure = classify("stage 'validate'", 255, lines)
     assert type(failure) is kind
@@ -96,9 +109,12 @@ def test_classify(lines: list[str], kind: type) -> None:
 
 
 def test_deterministic_message_says_why_and_that_it_is_final() -> None:
-    failure = classify("stage 'validate'", 255, ["error: validation failed: constant_images", DVC_FAILED.format(code=2)])
-    assert str(failure) == ("stage 'validate' failed (the stage exited with 2; not retried): "
-                            "error: validation failed: constant_images")
+    failure = classify(
+        "stage 'validate'", 255, ["error: validation failed: constant_images", DVC_FAILED.format(code=2)]
+    )
+    assert str(failure) == (
+        "stage 'validate' failed (the stage exited with 2; not retried): error: validation failed: constant_images"
+    )
 
 
 def test_outcome() -> None:
@@ -116,20 +132,24 @@ def test_run_dvc_streams_lines_as_they_come(tmp_path: Path) -> None:
 def test_metrics_table_absent_then_both_models(tmp_path: Path) -> None:
     assert "does not exist" in summary.metrics_table(tmp_path)
     (tmp_path / "metrics").mkdir()
-    (tmp_path / "metrics/evaluate.json").write_text(json.dumps({
-        "vgg16": {"test_accuracy": 0.7862, "test_loss": 0.71, "epochs": 10},
-        "alexnet": {"test_accuracy": 0.7912, "test_loss": 0.65, "epochs": 19},
-    }))
+    (tmp_path / "metrics/evaluate.json").write_text(
+        json.dumps(
+            {
+                "vgg16": {"test_accuracy": 0.7862, "test_loss": 0.71, "epochs": 10},
+                "alexnet": {"test_accuracy": 0.7912, "test_loss": 0.65, "epochs": 19},
+            }
+        )
+    )
     table = summary.metrics_table(tmp_path).splitlines()
     assert table[:2] == ["| metric | alexnet | vgg16 |", "| --- | ---: | ---: |"]
-    assert table[2:] == ["| test_accuracy | 79.12 % | 78.62 % |", "| test_loss | 0.65 | 0.71 |",
-                         "| epochs | 19 | 10 |"]
+    assert table[2:] == ["| test_accuracy | 79.12 % | 78.62 % |", "| test_loss | 0.65 | 0.71 |", "| epochs | 19 | 10 |"]
 
 
 def test_metrics_table_one_model_missing(tmp_path: Path) -> None:
     (tmp_path / "metrics").mkdir()
-    (tmp_path / "metrics/evaluate.json").write_text(json.dumps({"alexnet": {"test_accuracy": 0.5,
-                                                                             "per_class": {"cat": {"f1": 0.1}}}}))
+    (tmp_path / "metrics/evaluate.json").write_text(
+        json.dumps({"alexnet": {"test_accuracy": 0.5, "per_class": {"cat": {"f1": 0.1}}}})
+    )
     text = summary.metrics_table(tmp_path)
     assert "| test_accuracy | 50.00 % |" in text and "No metrics for vgg16" in text and "per_class" not in text
 
@@ -163,17 +183,24 @@ def test_require_gpu_trusts_the_backend_not_the_driver(monkeypatch: pytest.Monke
 def test_backend_probe_reports_errors_instead_of_raising(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(host, "_PROBE", "import sys; sys.exit('no keras here')")
     assert "no keras here" in host.backend_devices()["error"]
-    monkeypatch.setattr(host, "_PROBE", "print('{\"backend\": \"torch\", \"devices\": [\"cpu:0\"]}')")
+    monkeypatch.setattr(host, "_PROBE", 'print(\'{"backend": "torch", "devices": ["cpu:0"]}\')')
     assert host.backend_devices() == {"backend": "torch", "devices": ["cpu:0"]}
 
 
 def test_error_messages_keep_their_indented_details() -> None:
-    lines = ["Running stage 'validate':", "error: data validation failed (2 expectation(s)); see reports/validation.html:",
-             "  - constant_images: expected at most 5", "  - class_balance: off by 7 %", DVC_FAILED.format(code=2),
-             "  an indented line that belongs to no error"]
+    lines = [
+        "Running stage 'validate':",
+        "error: data validation failed (2 expectation(s)); see reports/validation.html:",
+        "  - constant_images: expected at most 5",
+        "  - class_balance: off by 7 %",
+        DVC_FAILED.format(code=2),
+        "  an indented line that belongs to no error",
+    ]
     failure = classify("stage 'validate'", 255, lines)
-    assert failure.errors == ["error: data validation failed (2 expectation(s)); see reports/validation.html: "
-                              "- constant_images: expected at most 5 - class_balance: off by 7 %"]
+    assert failure.errors == [
+        "error: data validation failed (2 expectation(s)); see reports/validation.html: "
+        "- constant_images: expected at most 5 - class_balance: off by 7 %"
+    ]
 
 
 def test_interrupting_run_dvc_stops_the_stage_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -185,8 +212,11 @@ def test_interrupting_run_dvc_stops_the_stage_too(tmp_path: Path, monkeypatch: p
     run(["git", "init", "-q"], cwd=tmp_path)
     dvc("init", "-q", cwd=tmp_path)
     nap = f"sleep 60.{time.time_ns() % 10**6}"  # a command line no other process has
-    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"slow": {
-        "cmd": f"echo started && {nap} && echo done > out.txt", "outs": ["out.txt"]}}}))
+    (tmp_path / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {"stages": {"slow": {"cmd": f"echo started && {nap} && echo done > out.txt", "outs": ["out.txt"]}}}
+        )
+    )
     stopped_by: list[str] = []
     real_stop = stages._stop_tree
     monkeypatch.setattr(stages, "_stop_tree", lambda proc: stopped_by.append(real_stop(proc)) or stopped_by[-1])
@@ -213,10 +243,16 @@ def test_workspace_file_lock_waits_for_a_live_holder_and_not_for_a_dead_one(tmp_
 
     (tmp_path / ".dvc/tmp").mkdir(parents=True)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, sys, time\n"
-         f"h = open({str(tmp_path / '.dvc/tmp/prefect-flow.lock')!r}, 'a+')\n"
-         "fcntl.flock(h, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time\n"
+            f"h = open({str(tmp_path / '.dvc/tmp/prefect-flow.lock')!r}, 'a+')\n"
+            "fcntl.flock(h, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
     entered = threading.Event()
 

@@ -54,9 +54,14 @@ def commit(repo: Path, message: str) -> None:
 
 def start_worker(server: PrefectServer, repo: Path, name: str, *args: str) -> subprocess.Popen:
     log = open(repo.parent / f"{name}.log", "w")
-    return subprocess.Popen([PREFECT, "worker", "start", "--pool", "gpu", "--name", name, *args], cwd=repo,
-                            env=server.env(PREFECT_WORKER_QUERY_SECONDS="1"), stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [PREFECT, "worker", "start", "--pool", "gpu", "--name", name, *args],
+        cwd=repo,
+        env=server.env(PREFECT_WORKER_QUERY_SECONDS="1"),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @pytest.fixture
@@ -73,8 +78,10 @@ def sweep_repo(deployed: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def workers(sweep_repo: Path, prefect_server: PrefectServer) -> Iterator[list[str]]:
     """Two experiment workers (one run at a time each, as on a GPU each) and a coordinator worker."""
-    procs = {name: start_worker(prefect_server, sweep_repo, name, "--work-queue", "default", "--limit", "1")
-             for name in ("gpu-worker-1", "gpu-worker-2")}
+    procs = {
+        name: start_worker(prefect_server, sweep_repo, name, "--work-queue", "default", "--limit", "1")
+        for name in ("gpu-worker-1", "gpu-worker-2")
+    }
     procs["coordinator"] = start_worker(prefect_server, sweep_repo, "coordinator", "--work-queue", "sweeps")
     try:
         yield list(procs)
@@ -91,9 +98,16 @@ def run_sweep_deployment(server: PrefectServer, repo: Path, timeout: float = 600
     """Trigger cifar10-sweep/sweep; wait for it; return (flow run, wall seconds)."""
     with server.client() as c:
         deployment = c.read_deployment_by_name("cifar10-sweep/sweep")
-        flow_run = c.create_flow_run_from_deployment(deployment.id, parameters={
-            "sweep": "sweeps/tiny.yaml", "host_cache": False, "poll_seconds": 1, "retry_delay_seconds": 1,
-            **parameters})
+        flow_run = c.create_flow_run_from_deployment(
+            deployment.id,
+            parameters={
+                "sweep": "sweeps/tiny.yaml",
+                "host_cache": False,
+                "poll_seconds": 1,
+                "retry_delay_seconds": 1,
+                **parameters,
+            },
+        )
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         with server.client() as c:
@@ -102,8 +116,9 @@ def run_sweep_deployment(server: PrefectServer, repo: Path, timeout: float = 600
             return flow_run, time.monotonic() - started
         time.sleep(2)
     logs_tail = "\n".join((repo.parent / f"{n}.log").read_text()[-3000:] for n in ("coordinator", "gpu-worker-1"))
-    raise AssertionError(f"the sweep did not finish in {timeout} s:\n{logs(flow_run.id, server.url)[-6000:]}\n"
-                         f"{logs_tail}")
+    raise AssertionError(
+        f"the sweep did not finish in {timeout} s:\n{logs(flow_run.id, server.url)[-6000:]}\n{logs_tail}"
+    )
 
 
 def point_runs(server: PrefectServer) -> list:
@@ -123,8 +138,10 @@ def exp_show(repo: Path) -> dict[str, dict]:
     found = {}
     for exp in baseline.get("experiments") or []:
         [rev] = exp["revs"]
-        found[rev["name"]] = {"params": rev["data"]["params"]["params.yaml"]["data"],
-                              "metrics": {f: d.get("data") for f, d in rev["data"]["metrics"].items()}}
+        found[rev["name"]] = {
+            "params": rev["data"]["params"]["params.yaml"]["data"],
+            "metrics": {f: d.get("data") for f, d in rev["data"]["metrics"].items()},
+        }
     return found
 
 
@@ -133,8 +150,9 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_tiny_sweep_over_two_workers_then_rerun_starts_nothing(sweep_repo: Path, prefect_server: PrefectServer,
-                                                              workers: list[str]) -> None:
+def test_tiny_sweep_over_two_workers_then_rerun_starts_nothing(
+    sweep_repo: Path, prefect_server: PrefectServer, workers: list[str]
+) -> None:
     repo = sweep_repo
     params_before = (repo / "params.yaml").read_bytes()
     sweep_run, first_wall = run_sweep_deployment(prefect_server, repo)
@@ -174,14 +192,18 @@ def test_tiny_sweep_over_two_workers_then_rerun_starts_nothing(sweep_repo: Path,
             assert float(group[f"alexnet.{metric}_mean"]) == pytest.approx(statistics.mean(values), abs=1e-12)
             assert float(group[f"alexnet.{metric}_std"]) == pytest.approx(statistics.stdev(values), abs=1e-12)
         acc = [m["test_accuracy"] for m in members]
-        assert (f"| variant-{variant} | {variant} | 2/2 | {100 * statistics.mean(acc):.2f} % | "
-                f"{100 * statistics.stdev(acc):.2f} % |") in md
+        assert (
+            f"| variant-{variant} | {variant} | 2/2 | {100 * statistics.mean(acc):.2f} % | "
+            f"{100 * statistics.stdev(acc):.2f} % |"
+        ) in md
     assert groups["broken"]["n_done"] == "0" and groups["broken"]["alexnet.test_accuracy_mean"] == ""
     rows = {r["experiment"]: r for r in read_csv(out / "tiny.csv")}
     assert list(rows) == [*GOOD, *BROKEN]
     for name in GOOD:
         evaluated = shown[name]["metrics"]["metrics/evaluate.json"]["alexnet"]
-        assert rows[name]["status"] == "done" and float(rows[name]["alexnet.test_accuracy"]) == evaluated["test_accuracy"]
+        assert (
+            rows[name]["status"] == "done" and float(rows[name]["alexnet.test_accuracy"]) == evaluated["test_accuracy"]
+        )
         assert float(rows[name]["alexnet.train_seconds"]) == evaluated["train_seconds"]
         assert float(rows[name]["wall_seconds"]) > 0
     for name in BROKEN:
@@ -199,8 +221,11 @@ def test_tiny_sweep_over_two_workers_then_rerun_starts_nothing(sweep_repo: Path,
         by_worker.setdefault(submitted.group(1), []).append(name)
     assert set(by_worker) == {"gpu-worker-1", "gpu-worker-2"}, by_worker
     experiments = [runs[n] for n in GOOD + BROKEN]
-    assert any(a.start_time < b.end_time and b.start_time < a.end_time
-               for i, a in enumerate(experiments) for b in experiments[i + 1:]), "no two experiments overlapped"
+    assert any(
+        a.start_time < b.end_time and b.start_time < a.end_time
+        for i, a in enumerate(experiments)
+        for b in experiments[i + 1 :]
+    ), "no two experiments overlapped"
     shared = runs["tiny-shared-stages"]
     assert shared.end_time <= min(r.start_time for r in experiments)
     point_log = logs(runs[GOOD[0]].id, prefect_server.url)
@@ -222,8 +247,10 @@ def test_tiny_sweep_over_two_workers_then_rerun_starts_nothing(sweep_repo: Path,
     assert {rerun_rows[n]["status"] for n in BROKEN} == {"failed earlier"}
     assert {g["point"]: g for g in read_csv(out / "tiny-groups.csv")} == groups
     assert sorted(exp_show(repo)) == sorted(GOOD)
-    print(f"\ntiny sweep (4 experiments + 2 failing + shared stages) over 2 workers: {first_wall:.0f} s; "
-          f"rerun with everything done: {second_wall:.0f} s")
+    print(
+        f"\ntiny sweep (4 experiments + 2 failing + shared stages) over 2 workers: {first_wall:.0f} s; "
+        f"rerun with everything done: {second_wall:.0f} s"
+    )
 
 
 def test_local_sweep_runs_here_refuses_bad_keys_and_skips_on_rerun(dvc_repo: Path, prefect_harness: str) -> None:
@@ -236,7 +263,8 @@ def test_local_sweep_runs_here_refuses_bad_keys_and_skips_on_rerun(dvc_repo: Pat
     (dvc_repo / "sweeps/small.yaml").write_text(
         "name: small\nstages: [validate]\npoints:\n"
         "  - {name: subset, params: {data.limit_train: 200}}\n"
-        "  - {name: typo, params: {data.no_such_key: 1}}\n")
+        "  - {name: typo, params: {data.no_such_key: 1}}\n"
+    )
     commit(dvc_repo, "small sweep")
     state = run_sweep(sweep="sweeps/small.yaml", repo_dir=str(dvc_repo), executor="local", return_state=True)
     assert state.is_failed() and "2 experiments, 1 ran now, 0 finished before, 1 failed" in state.message, state.message
@@ -250,9 +278,14 @@ def test_local_sweep_runs_here_refuses_bad_keys_and_skips_on_rerun(dvc_repo: Pat
     rows = {r["experiment"]: r for r in read_csv(dvc_repo / "reports/sweeps/small.csv")}
     assert rows["small-subset"]["status"] == "done" and rows["small-typo"]["status"] == "failed"
 
-    cli = subprocess.run([sys.executable, "-m", "flows.sweep", "sweeps/small.yaml", "--local", "--repo-dir",
-                          str(dvc_repo)], cwd=REPO, env=env_with(PREFECT_API_URL=prefect_harness),
-                         capture_output=True, text=True, timeout=300)
+    cli = subprocess.run(
+        [sys.executable, "-m", "flows.sweep", "sweeps/small.yaml", "--local", "--repo-dir", str(dvc_repo)],
+        cwd=REPO,
+        env=env_with(PREFECT_API_URL=prefect_harness),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out, err = cli.stdout, cli.stderr
     assert cli.returncode == 1 and "2 experiments, 0 ran now, 1 finished before, 1 failed" in err, err[-3000:]
     assert "| small-subset | done earlier | 200 | - |" in out and "| small-typo | failed earlier | - | 1 |" in out

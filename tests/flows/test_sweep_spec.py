@@ -34,28 +34,42 @@ seed_params: [alexnet.seed]
 compare: alexnet
 """)
     exps = sweep.experiments()
-    assert [e.name for e in exps][:3] == ["lr-learning_rate-0.05_batch_size-64-s1", "lr-learning_rate-0.05_batch_size-64-s2",
-                                         "lr-learning_rate-0.05_batch_size-128-s1"]
+    assert [e.name for e in exps][:3] == [
+        "lr-learning_rate-0.05_batch_size-64-s1",
+        "lr-learning_rate-0.05_batch_size-64-s2",
+        "lr-learning_rate-0.05_batch_size-128-s1",
+    ]
     assert len(exps) == 8 and sweep.compare == ["alexnet"]
     first = exps[0]
     # configs, then params, then the point, then the seed: one -S per param, with the last value given
     assert first.overrides[0] == "alexnet.variant=seed"  # from configs/quick-cpu.yaml
     assert len({o.split("=")[0] for o in first.overrides}) == len(first.overrides)
-    for flag in ("alexnet.epochs=2", "alexnet.learning_rate=0.05", "alexnet.batch_size=64", "alexnet.seed=1",
-                 "data.limit_train=1000"):
+    for flag in (
+        "alexnet.epochs=2",
+        "alexnet.learning_rate=0.05",
+        "alexnet.batch_size=64",
+        "alexnet.seed=1",
+        "data.limit_train=1000",
+    ):
         assert flag in first.overrides
     assert "alexnet.learning_rate=0.2" not in first.overrides  # the quick-cpu value, overridden by the point
     assert first.params["alexnet.learning_rate"] == 0.05 and first.own == {
-        "alexnet.learning_rate": 0.05, "alexnet.batch_size": 64, "alexnet.seed": 1}
+        "alexnet.learning_rate": 0.05,
+        "alexnet.batch_size": 64,
+        "alexnet.seed": 1,
+    }
 
 
 def test_points_list_default_seed_params_extra_overrides_and_no_seeds() -> None:
-    sweep = parse("""
+    sweep = parse(
+        """
 name: variants
 points:
   - {name: student, params: {alexnet: {variant: seed}}}
   - {params: {alexnet.variant: paper, alexnet.dropout: null}}
-""", extra_overrides=["data.url=/data/cifar.tar.gz", "params.yaml:data.limit_test=50"])
+""",
+        extra_overrides=["data.url=/data/cifar.tar.gz", "params.yaml:data.limit_test=50"],
+    )
     exps = sweep.experiments()
     assert [e.name for e in exps] == ["variants-student", "variants-variant-paper_dropout-null"]
     assert exps[0].seed is None and "alexnet.seed" not in exps[0].params
@@ -66,16 +80,19 @@ points:
     assert with_seeds[0].overrides == ("alexnet.seed=7", "vgg16.seed=7")  # DEFAULT_SEED_PARAMS
 
 
-@pytest.mark.parametrize("text, message", [
-    ("name: x\ngrid: {alexnet.width: 0.5}\n", "non-empty list"),
-    ("name: x\nseeds: 0\n", "at least 1"),
-    ("name: x\nseeds: [1, 1]\n", "repeat"),
-    ("name: x\nsurprise: 1\n", "unknown key(s) surprise"),
-    ("name: x\nparams: {alexnet: 3}\n", "section name"),
-    ("name: x\nconfigs: [configs/none.yaml]\n", "cannot read"),
-    ("name: x\npoints:\n  - {name: a}\n  - {name: a}\n", "share the name"),
-    ("name: x\npoints:\n  - {nme: a}\n", "unknown key(s) nme"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name: x\ngrid: {alexnet.width: 0.5}\n", "non-empty list"),
+        ("name: x\nseeds: 0\n", "at least 1"),
+        ("name: x\nseeds: [1, 1]\n", "repeat"),
+        ("name: x\nsurprise: 1\n", "unknown key(s) surprise"),
+        ("name: x\nparams: {alexnet: 3}\n", "section name"),
+        ("name: x\nconfigs: [configs/none.yaml]\n", "cannot read"),
+        ("name: x\npoints:\n  - {name: a}\n  - {name: a}\n", "share the name"),
+        ("name: x\npoints:\n  - {nme: a}\n", "unknown key(s) nme"),
+    ],
+)
 def test_malformed_sweeps_are_refused_with_a_reason(text: str, message: str) -> None:
     with pytest.raises(SweepError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse(text).experiments()
@@ -100,11 +117,20 @@ def test_shipped_sweeps_expand() -> None:
 
 def show_json(values: dict[str, tuple[float, float]], baseline: str = "b" * 40) -> list[dict]:
     """``dvc exp show --json`` shaped output with one experiment per entry of ``values``."""
+
     def data(variant: str, seed: int, acc: float, loss: float) -> dict:
-        return {"params": {"params.yaml": {"data": {"alexnet": {"variant": variant, "seed": seed}}}},
-                "metrics": {"metrics/evaluate.json": {"data": {
-                    "alexnet": {"test_accuracy": acc, "test_loss": loss, "train_seconds": 2.0},
-                    "vgg16": {"test_accuracy": 0.5, "test_loss": 1.0, "train_seconds": 9.0}}}}}
+        return {
+            "params": {"params.yaml": {"data": {"alexnet": {"variant": variant, "seed": seed}}}},
+            "metrics": {
+                "metrics/evaluate.json": {
+                    "data": {
+                        "alexnet": {"test_accuracy": acc, "test_loss": loss, "train_seconds": 2.0},
+                        "vgg16": {"test_accuracy": 0.5, "test_loss": 1.0, "train_seconds": 9.0},
+                    }
+                }
+            },
+        }
+
     exps = []
     for name, (acc, loss) in values.items():
         variant, seed = name.split("-")[1], int(name.rsplit("s", 1)[1])
@@ -121,8 +147,12 @@ seed_params: [alexnet.seed]
 compare: [alexnet]
 """)
     exps = sweep.experiments()
-    values = {"t-variant-seed-s1": (0.5, 1.5), "t-variant-seed-s2": (0.6, 1.2), "t-variant-seed-s3": (0.7, 1.0),
-              "t-variant-paper-s1": (0.4, 2.0)}
+    values = {
+        "t-variant-seed-s1": (0.5, 1.5),
+        "t-variant-seed-s2": (0.6, 1.2),
+        "t-variant-seed-s3": (0.7, 1.0),
+        "t-variant-paper-s1": (0.4, 2.0),
+    }
     recorded = sweep_table.experiments_from_show(show_json(values), "b" * 40)
     assert set(recorded) == set(values) and recorded["t-variant-seed-s2"]["params"]["alexnet.seed"] == 2
     outcomes = {e.name: Outcome(DONE, wall_seconds=10.0) for e in exps if e.name in values}
@@ -156,24 +186,41 @@ def test_recorded_params_must_match_the_sweep() -> None:
     exp = parse("name: m\ngrid: {alexnet.learning_rate: [0.0001]}\n").experiments()[0]
     assert sweep_table.mismatched_params(exp, {"alexnet.learning_rate": 1e-4}) == []
     assert sweep_table.mismatched_params(exp, {"alexnet.learning_rate": 0.001}) == [
-        "alexnet.learning_rate=0.0001 (the experiment has 0.001)"]
+        "alexnet.learning_rate=0.0001 (the experiment has 0.001)"
+    ]
 
 
 def test_shared_stages_are_those_no_experiment_changes(dvc_repo: Path) -> None:
     assert sweep_workspace.shared_stages(dvc_repo, ["alexnet.seed", "alexnet.variant"]) == [
-        "download", "preprocess", "validate", "train_vgg16"]
+        "download",
+        "preprocess",
+        "validate",
+        "train_vgg16",
+    ]
     assert sweep_workspace.shared_stages(dvc_repo, ["data.limit_train"]) == ["download"]
     assert sweep_workspace.shared_stages(dvc_repo, ["evaluate.batch_size"], ["evaluate"]) == [
-        "download", "preprocess", "validate", "train_alexnet", "train_vgg16"]
+        "download",
+        "preprocess",
+        "validate",
+        "train_alexnet",
+        "train_vgg16",
+    ]
     assert sweep_workspace.shared_stages(dvc_repo, ["params.yaml:train.require_gpu"], ["validate"]) == [
-        "download", "preprocess", "validate"]
+        "download",
+        "preprocess",
+        "validate",
+    ]
 
 
 def test_workspace_is_a_clone_at_the_baseline_that_is_reset_when_reused(dvc_repo: Path, tmp_path: Path) -> None:
     rev = sweep_workspace.head(dvc_repo)
     ws = tmp_path / "ws" / "one"
-    assert sweep_workspace.prepare(ws, str(dvc_repo), rev, cache_dir=str(dvc_repo / ".dvc/cache"),
-                                   dvc_remote=str(tmp_path / "remote")) == "cloned"
+    assert (
+        sweep_workspace.prepare(
+            ws, str(dvc_repo), rev, cache_dir=str(dvc_repo / ".dvc/cache"), dvc_remote=str(tmp_path / "remote")
+        )
+        == "cloned"
+    )
     assert sweep_workspace.head(ws) == rev
     config = dvc("config", "--list", "--local", cwd=ws).stdout
     assert f"cache.dir={dvc_repo / '.dvc/cache'}" in config and "core.remote=sweep" in config

@@ -66,14 +66,17 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE, size: int = 4, link: str =
     return info
 
 
-@pytest.mark.parametrize(("member", "message"), [
-    (_member("cifar-10-batches-py/../../evil.sh"), "escapes the target folder"),
-    (_member("/etc/evil"), "escapes the target folder"),
-    (_member("cifar-10-batches-py/link", tarfile.SYMTYPE, link="/etc/passwd"), "is a link"),
-    (_member("cifar-10-batches-py/hard", tarfile.LNKTYPE, link="cifar-10-batches-py/test_batch"), "is a link"),
-    (_member("cifar-10-batches-py/dev", tarfile.CHRTYPE), "device or special file"),
-    (_member("cifar-10-batches-py/fifo", tarfile.FIFOTYPE), "device or special file"),
-])
+@pytest.mark.parametrize(
+    ("member", "message"),
+    [
+        (_member("cifar-10-batches-py/../../evil.sh"), "escapes the target folder"),
+        (_member("/etc/evil"), "escapes the target folder"),
+        (_member("cifar-10-batches-py/link", tarfile.SYMTYPE, link="/etc/passwd"), "is a link"),
+        (_member("cifar-10-batches-py/hard", tarfile.LNKTYPE, link="cifar-10-batches-py/test_batch"), "is a link"),
+        (_member("cifar-10-batches-py/dev", tarfile.CHRTYPE), "device or special file"),
+        (_member("cifar-10-batches-py/fifo", tarfile.FIFOTYPE), "device or special file"),
+    ],
+)
 def test_unsafe_members_are_refused(tmp_path: Path, member: tarfile.TarInfo, message: str) -> None:
     path = tmp_path / "a.tar.gz"
     make_archive(path, extra=[member])

@@ -34,8 +34,12 @@ def test_summary_accuracy_loss_and_macro() -> None:
     out = summary(y, probs, ["cat", "dog"])
     assert out["test_accuracy"] == pytest.approx(0.75)
     assert out["test_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.8, 0.4, 0.5])))
-    assert out["per_class"]["dog"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(0.6667, abs=1e-4),
-                                       "support": 2}
+    assert out["per_class"]["dog"] == {
+        "precision": 1.0,
+        "recall": 0.5,
+        "f1": pytest.approx(0.6667, abs=1e-4),
+        "support": 2,
+    }
     assert out["macro_f1"] == pytest.approx((0.8 + 2 / 3) / 2)
 
 

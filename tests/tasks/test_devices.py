@@ -11,8 +11,14 @@ from tests.conftest import REPO, subprocess_env
 
 
 def _python(code: list[str], backend: str = "tensorflow") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, *code], cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env=subprocess_env() | {"KERAS_BACKEND": backend, "PYTHONPATH": str(REPO)})
+    return subprocess.run(
+        [sys.executable, *code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=subprocess_env() | {"KERAS_BACKEND": backend, "PYTHONPATH": str(REPO)},
+    )
 
 
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])

@@ -147,9 +147,16 @@ def test_stage_entry_point_reports_mismatch_without_traceback(server: Server, tm
     repo = Path(__file__).resolve().parents[2]
     (tmp_path / "params.yaml").write_text((repo / "params.yaml").read_text())
     set_params(tmp_path, data={"url": server.url, "sha256": "f" * 64})
-    proc = run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(repo)!r}); "
-                "from tasks.cli import run_stage; from tasks.download import main; run_stage(main)"],
-               cwd=tmp_path, check=False)
+    proc = run(
+        [
+            sys.executable,
+            "-c",
+            f"import sys; sys.path.insert(0, {str(repo)!r}); "
+            "from tasks.cli import run_stage; from tasks.download import main; run_stage(main)",
+        ],
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 2
     assert "SHA-256 mismatch" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "data/raw/cifar-10-python.tar.gz").exists()

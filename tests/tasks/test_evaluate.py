@@ -11,8 +11,15 @@ import pytest
 
 from tests.conftest import copy_of, finish, stage
 
-SECTIONS = ("## Comparison", "## Per class", "## Confusion matrices", "## Training curves",
-            "## Most confident mistakes: AlexNet", "## Most confident mistakes: VGG16", "## What produced these numbers")
+SECTIONS = (
+    "## Comparison",
+    "## Per class",
+    "## Confusion matrices",
+    "## Training curves",
+    "## Most confident mistakes: AlexNet",
+    "## Most confident mistakes: VGG16",
+    "## What produced these numbers",
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +35,35 @@ def test_metrics_per_model(evaluated: Path) -> None:
     metrics = json.loads((evaluated / "metrics/evaluate.json").read_text())
     assert set(metrics) == {"alexnet", "vgg16"}
     for name, m in metrics.items():
-        for key in ("test_accuracy", "test_loss", "macro_precision", "macro_recall", "macro_f1", "params",
-                    "model_file_mib", "throughput_images_per_second", "latency_ms_batch1", "train_seconds"):
+        for key in (
+            "test_accuracy",
+            "test_loss",
+            "macro_precision",
+            "macro_recall",
+            "macro_f1",
+            "params",
+            "model_file_mib",
+            "throughput_images_per_second",
+            "latency_ms_batch1",
+            "train_seconds",
+        ):
             assert m[key] is not None, (name, key)
         assert 0.0 <= m["test_accuracy"] <= 1.0 and m["latency_ms_batch1"] > 0
         assert "per_class" not in m, "per-class scores are a plot, not dvc exp show columns"
         rows = (evaluated / f"plots/per_class/{name}.csv").read_text().splitlines()
         assert rows[0] == "class,precision,recall,f1,support"
-        assert [r.split(",")[0] for r in rows[1:]] == ["airplane", "automobile", "bird", "cat", "deer", "dog",
-                                                       "frog", "horse", "ship", "truck"]
+        assert [r.split(",")[0] for r in rows[1:]] == [
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ]
         assert sum(int(r.split(",")[4]) for r in rows[1:]) == 100
         training = json.loads((evaluated / f"metrics/{name}.json").read_text())
         assert m["train_seconds"] == training["train_seconds"] and m["params"] == training["params"]

@@ -53,7 +53,7 @@ def test_lrn_matches_the_paper_formula() -> None:
     x = np.random.default_rng(1).normal(size=(2, 3, 3, 7)).astype("float32")
     got = np.asarray(LocalResponseNormalization(depth=5, k=2.0, alpha=1e-2, beta=0.75)(x))
     sq = np.pad(x**2, [(0, 0), (0, 0), (0, 0), (2, 2)])
-    window = sum(sq[..., i:i + 7] for i in range(5))
+    window = sum(sq[..., i : i + 7] for i in range(5))
     np.testing.assert_allclose(got, x / (2.0 + 1e-2 * window) ** 0.75, rtol=1e-5)
 
 
@@ -64,7 +64,7 @@ def test_random_pad_crop_is_a_shift_in_training_and_identity_at_inference() -> N
     out = np.asarray(layer(x, training=True))
     for i in range(3):
         padded = np.pad(x[i], [(4, 4), (4, 4), (0, 0)])
-        windows = [padded[r:r + 32, c:c + 32] for r in range(9) for c in range(9)]
+        windows = [padded[r : r + 32, c : c + 32] for r in range(9) for c in range(9)]
         assert any(np.array_equal(w, out[i]) for w in windows)
 
 
@@ -78,8 +78,9 @@ def test_saved_model_round_trip(tmp_path: Path) -> None:
     model = alexnet(variant="paper", width=0.0625, augmentation="crop_flip", batch_norm=True)
     x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     model.save(tmp_path / "m.keras")
-    np.testing.assert_allclose(load_model(tmp_path / "m.keras").predict(x, verbose=0), model.predict(x, verbose=0),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        load_model(tmp_path / "m.keras").predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5
+    )
 
 
 def vgg(**kw: object) -> keras.Model:

@@ -10,8 +10,14 @@ from tasks.errors import ParamsError
 from tasks.params import data_params, load_data_params, load_section, load_validate_params
 from tests.conftest import REPO
 
-GOOD = {"url": "https://example.invalid/a.tar.gz", "sha256": "ab" * 32, "val_fraction": 0.1, "seed": 1,
-        "limit_train": None, "limit_test": None}
+GOOD = {
+    "url": "https://example.invalid/a.tar.gz",
+    "sha256": "ab" * 32,
+    "val_fraction": 0.1,
+    "seed": 1,
+    "limit_train": None,
+    "limit_test": None,
+}
 
 
 def test_repository_params_parse() -> None:
@@ -21,15 +27,18 @@ def test_repository_params_parse() -> None:
     assert load_validate_params(REPO / "params.yaml").channel_mean == (125.3, 123.0, 113.9)
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [
-    ("sha256", "abc", "'data.sha256' must be 64 hexadecimal digits"),
-    ("val_fraction", 0.9, "'data.val_fraction' must be <= 0.5"),
-    ("val_fraction", "x", "'data.val_fraction' must be a finite number"),
-    ("seed", -1, "'data.seed' must be >= 0"),
-    ("seed", True, "'data.seed' must be an integer"),
-    ("limit_train", 5, "'data.limit_train' must be >= 20"),
-    ("url", 3, "'data.url' must be a string"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("sha256", "abc", "'data.sha256' must be 64 hexadecimal digits"),
+        ("val_fraction", 0.9, "'data.val_fraction' must be <= 0.5"),
+        ("val_fraction", "x", "'data.val_fraction' must be a finite number"),
+        ("seed", -1, "'data.seed' must be >= 0"),
+        ("seed", True, "'data.seed' must be an integer"),
+        ("limit_train", 5, "'data.limit_train' must be >= 20"),
+        ("url", 3, "'data.url' must be a string"),
+    ],
+)
 def test_bad_values_are_named(key: str, value: object, message: str) -> None:
     with pytest.raises(ParamsError, match=message):
         data_params({**GOOD, key: value})

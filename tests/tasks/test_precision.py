@@ -26,16 +26,18 @@ def test_auto_keeps_float32_on_cpus_without_native_bf16(flags: set[str]) -> None
     assert "no native bfloat16" in choice.reason
 
 
-@pytest.mark.parametrize("flags, seen", [(SAPPHIRE_RAPIDS, "amx_bf16"), (COOPER_LAKE, "avx512_bf16"),
-                                         (GRAVITON3, "bf16")])
+@pytest.mark.parametrize(
+    "flags, seen", [(SAPPHIRE_RAPIDS, "amx_bf16"), (COOPER_LAKE, "avx512_bf16"), (GRAVITON3, "bf16")]
+)
 def test_auto_picks_bfloat16_on_cpus_with_native_bf16(flags: set[str], seen: str) -> None:
     choice = decide("auto", [], flags)
     assert choice.policy == "mixed_bfloat16"
     assert seen in choice.reason
 
 
-@pytest.mark.parametrize("gpu, policy", [(H100, "mixed_bfloat16"), (V100, "mixed_float16"), (P100, "float32"),
-                                         (Gpu("some GPU"), "float32")])
+@pytest.mark.parametrize(
+    "gpu, policy", [(H100, "mixed_bfloat16"), (V100, "mixed_float16"), (P100, "float32"), (Gpu("some GPU"), "float32")]
+)
 def test_auto_on_gpus_follows_the_tensor_cores(gpu: Gpu, policy: str) -> None:
     # The host CPU's flags do not matter once a GPU trains.
     assert decide("auto", [gpu], SAPPHIRE_RAPIDS).policy == policy
@@ -57,4 +59,3 @@ def test_cpu_flags_reads_x86_and_arm_cpuinfo(tmp_path: Path) -> None:
     assert cpu_flags(x86) == {"fpu", "avx2", "fma"}
     assert cpu_flags(arm) == {"fp", "asimd", "bf16"}
     assert cpu_flags(tmp_path / "missing") == set()
-

@@ -54,8 +54,9 @@ def test_callback_logs_from_a_real_keras_loop(mode: str, caplog: pytest.LogCaptu
     x = np.random.default_rng(0).normal(size=(400, 4)).astype("float32")
     y = np.eye(3, dtype="float32")[np.arange(400) % 3]
     estimates: list[float] = []
-    progress = EpochProgress("tiny", 40, 10, logging.getLogger("test.progress"), on_first_report=estimates.append,
-                             clock=Clock(1.0))
+    progress = EpochProgress(
+        "tiny", 40, 10, logging.getLogger("test.progress"), on_first_report=estimates.append, clock=Clock(1.0)
+    )
     with caplog.at_level(logging.INFO, logger="test.progress"):
         if mode == "fit":
             model.fit(x, y, batch_size=10, epochs=1, verbose=0, callbacks=[progress])

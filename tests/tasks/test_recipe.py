@@ -22,7 +22,7 @@ def test_student_schedule_rises_tenfold_every_twenty_epochs() -> None:
     s = EpochSchedule("student", 1e-4, STEPS, 19)
     assert lr(s, 0) == pytest.approx(1e-4)
     assert lr(s, 0.9) == pytest.approx(1e-4), "constant within an epoch, as a per-epoch callback"
-    assert lr(s, 10) == pytest.approx(1e-4 * 10 ** 0.5, rel=1e-5)
+    assert lr(s, 10) == pytest.approx(1e-4 * 10**0.5, rel=1e-5)
     assert lr(s, 20) == pytest.approx(1e-3, rel=1e-5)
 
 
@@ -56,8 +56,18 @@ def test_schedule_round_trips_through_config() -> None:
 
 
 def test_optimizer_and_loss_follow_params() -> None:
-    params = alexnet_params({"variant": "seed", "epochs": 3, "batch_size": 8, "optimizer": "sgd",
-                             "learning_rate": 0.05, "nesterov": True, "weight_decay": 5e-4, "label_smoothing": 0.1})
+    params = alexnet_params(
+        {
+            "variant": "seed",
+            "epochs": 3,
+            "batch_size": 8,
+            "optimizer": "sgd",
+            "learning_rate": 0.05,
+            "nesterov": True,
+            "weight_decay": 5e-4,
+            "label_smoothing": 0.1,
+        }
+    )
     opt = make_optimizer(params.recipe, make_schedule(params.recipe, STEPS))
     assert isinstance(opt, keras.optimizers.SGD) and opt.nesterov and opt.momentum == pytest.approx(0.9)
     assert opt.weight_decay == pytest.approx(5e-4)

@@ -28,8 +28,9 @@ def test_alexnet_overfits_64_images() -> None:
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
     y = np.arange(64) % 10
-    params = alexnet_params({"variant": "seed", "width": 0.25, "epochs": 1, "batch_size": 16, "optimizer": "adam",
-                             "learning_rate": 1e-3})
+    params = alexnet_params(
+        {"variant": "seed", "width": 0.25, "epochs": 1, "batch_size": 16, "optimizer": "adam", "learning_rate": 1e-3}
+    )
     keras.utils.set_random_seed(0)
     model = build_alexnet(params, [127.5] * 3, [64.0] * 3)
     model.compile(keras.optimizers.Adam(1e-3), keras.losses.CategoricalCrossentropy(), metrics=["accuracy"])
@@ -127,17 +128,24 @@ def test_checkpoint_for_other_params_is_not_reused(workspace: Path, tmp_path: Pa
     assert "for other params or data; starting afresh" in log
 
 
-@pytest.mark.parametrize(("section", "changes", "message"), [
-    ("alexnet", {"optimizer": "rmsprop"}, "'alexnet.optimizer' must be one of adam, adamw, sgd; got 'rmsprop'"),
-    ("alexnet", {"epochs": -3}, "'alexnet.epochs' must be >= 0, got -3"),
-    ("alexnet", {"variant": "resnet"}, "'alexnet.variant' must be one of seed, paper"),
-    ("vgg16", {"weights": "missing/vgg16_notop.h5"},
-     "'vgg16.weights' is neither 'imagenet', 'none' nor an existing weights file: missing/vgg16_notop.h5"),
-    ("vgg16", {"head_epochs": 5, "epochs": 2}, "'vgg16.head_epochs' (5) cannot exceed vgg16.epochs (2)"),
-    ("alexnet", {"mixed_precision": "yes"}, "'alexnet.mixed_precision' must be true, false or auto; got 'yes'"),
-])
-def test_bad_params_fail_before_any_work(workspace: Path, tmp_path: Path, section: str, changes: dict,
-                                         message: str) -> None:
+@pytest.mark.parametrize(
+    ("section", "changes", "message"),
+    [
+        ("alexnet", {"optimizer": "rmsprop"}, "'alexnet.optimizer' must be one of adam, adamw, sgd; got 'rmsprop'"),
+        ("alexnet", {"epochs": -3}, "'alexnet.epochs' must be >= 0, got -3"),
+        ("alexnet", {"variant": "resnet"}, "'alexnet.variant' must be one of seed, paper"),
+        (
+            "vgg16",
+            {"weights": "missing/vgg16_notop.h5"},
+            "'vgg16.weights' is neither 'imagenet', 'none' nor an existing weights file: missing/vgg16_notop.h5",
+        ),
+        ("vgg16", {"head_epochs": 5, "epochs": 2}, "'vgg16.head_epochs' (5) cannot exceed vgg16.epochs (2)"),
+        ("alexnet", {"mixed_precision": "yes"}, "'alexnet.mixed_precision' must be true, false or auto; got 'yes'"),
+    ],
+)
+def test_bad_params_fail_before_any_work(
+    workspace: Path, tmp_path: Path, section: str, changes: dict, message: str
+) -> None:
     work = copy_of(workspace, tmp_path, **{section: changes})
     started = time.monotonic()
     code, log = finish(stage(f"tasks.train_{section}", work))
@@ -158,10 +166,13 @@ def test_refuses_data_that_failed_validation(workspace: Path, tmp_path: Path) ->
     assert not (work / "models").exists()
 
 
-@pytest.mark.parametrize(("changes", "module"), [
-    ({"train": {"require_gpu": True}}, "tasks.train_alexnet"),
-    ({"vgg16": {"require_gpu": True}}, "tasks.train_vgg16"),
-])
+@pytest.mark.parametrize(
+    ("changes", "module"),
+    [
+        ({"train": {"require_gpu": True}}, "tasks.train_alexnet"),
+        ({"vgg16": {"require_gpu": True}}, "tasks.train_vgg16"),
+    ],
+)
 def test_require_gpu_fails_fast_without_one(workspace: Path, tmp_path: Path, changes: dict, module: str) -> None:
     work = copy_of(workspace, tmp_path, **changes)
     code, log = finish(stage(module, work))
@@ -178,11 +189,17 @@ def test_vgg16_imagenet_weights_unreachable_is_one_retryable_line(workspace: Pat
     closed.bind(("127.0.0.1", 0))
     port = closed.getsockname()[1]
     closed.close()
-    env = subprocess_env() | {"PYTHONPATH": str(REPO), "KERAS_HOME": str(tmp_path / "keras"),
-                              "https_proxy": f"http://127.0.0.1:{port}", "HTTPS_PROXY": f"http://127.0.0.1:{port}",
-                              "no_proxy": "", "NO_PROXY": ""}
-    done = subprocess.run([sys.executable, "-m", "tasks.train_vgg16"], cwd=work, env=env, capture_output=True,
-                          text=True, timeout=300)
+    env = subprocess_env() | {
+        "PYTHONPATH": str(REPO),
+        "KERAS_HOME": str(tmp_path / "keras"),
+        "https_proxy": f"http://127.0.0.1:{port}",
+        "HTTPS_PROXY": f"http://127.0.0.1:{port}",
+        "no_proxy": "",
+        "NO_PROXY": "",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "tasks.train_vgg16"], cwd=work, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 75, done.stderr  # EX_TEMPFAIL: the flow retries it, the network may come back
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in done.stderr

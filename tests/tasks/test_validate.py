@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tasks.archive import read_archive
-from tasks.params import DataParams, ValidateParams, load_validate_params
+from tasks.params import DataParams, load_validate_params
 from tasks.preprocess import Split, facts, load_split, make_splits, write_splits
 from tasks.summaries import channels_frame
 from tasks.validate import build_checks, failure_message, render_html, run_checks, validate
@@ -46,8 +46,19 @@ def test_sound_arrays_pass(prepared: Path) -> None:
     report = validate(prepared, DATA, VALIDATE)
     assert report["success"] is True and report["failed"] == []
     names = {e["name"] for e in report["expectations"]}
-    assert {"image_shape", "dtype", "pixel_min", "pixel_max", "finite", "labels_in_range", "all_classes_present",
-            "class_balance", "split_sizes", "no_test_leakage", "constant_images"} <= names
+    assert {
+        "image_shape",
+        "dtype",
+        "pixel_min",
+        "pixel_max",
+        "finite",
+        "labels_in_range",
+        "all_classes_present",
+        "class_balance",
+        "split_sizes",
+        "no_test_leakage",
+        "constant_images",
+    } <= names
     assert report["skipped"], "the channel statistics check is skipped on a subset and says so"
 
 
@@ -106,19 +117,23 @@ def _constant(s: Split) -> Split:
     return Split(x, s.y)
 
 
-@pytest.mark.parametrize(("split", "change", "expected"), [
-    ("test", _shape, {"image_shape"}),
-    ("train", _as_float, {"dtype"}),
-    # A uint8 array cannot hold a pixel outside 0..255 or a NaN, so these come with a dtype failure.
-    ("train", _negative_pixel, {"dtype", "pixel_min"}),
-    ("val", _bright_pixel, {"dtype", "pixel_max"}),
-    ("train", _nan, {"dtype", "finite"}),
-    ("train", _label_ten, {"labels_in_range"}),
-    ("train", _unbalance, {"class_balance"}),
-    ("train", _constant, {"constant_images"}),
-])
-def test_each_expectation_catches_its_breakage(prepared: Path, tmp_path: Path, split: str,
-                                               change: Callable[[Split], Split], expected: set[str]) -> None:
+@pytest.mark.parametrize(
+    ("split", "change", "expected"),
+    [
+        ("test", _shape, {"image_shape"}),
+        ("train", _as_float, {"dtype"}),
+        # A uint8 array cannot hold a pixel outside 0..255 or a NaN, so these come with a dtype failure.
+        ("train", _negative_pixel, {"dtype", "pixel_min"}),
+        ("val", _bright_pixel, {"dtype", "pixel_max"}),
+        ("train", _nan, {"dtype", "finite"}),
+        ("train", _label_ten, {"labels_in_range"}),
+        ("train", _unbalance, {"class_balance"}),
+        ("train", _constant, {"constant_images"}),
+    ],
+)
+def test_each_expectation_catches_its_breakage(
+    prepared: Path, tmp_path: Path, split: str, change: Callable[[Split], Split], expected: set[str]
+) -> None:
     report = validate(broken(prepared, tmp_path, split, change), DATA, VALIDATE)
     assert report["success"] is False
     assert set(report["failed"]) == expected
@@ -183,16 +198,25 @@ def test_stage_exits_nonzero_and_writes_reports(prepared: Path, tmp_path: Path) 
     target = work / "data" / "prepared"
     target.parent.mkdir()
     broken(prepared, tmp_path, "train", _label_ten).rename(target)
-    proc = subprocess.run([sys.executable, "-m", "tasks.validate"], cwd=work, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "GX_ANALYTICS_ENABLED": "false"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "tasks.validate"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "GX_ANALYTICS_ENABLED": "false"},
+    )
     assert proc.returncode == 2, proc.stderr
     assert "labels_in_range" in proc.stderr and "Traceback" not in proc.stderr
     report = json.loads((work / "reports/validation.json").read_text())
     assert report["success"] is False and report["failed"] == ["labels_in_range"]
     assert (work / "reports/validation.html").is_file()
     headline = json.loads((work / "metrics/validation.json").read_text())
-    assert headline == {"success": False, "failed": 1, "expectations": len(report["expectations"]),
-                        "sizes": report["sizes"]}
+    assert headline == {
+        "success": False,
+        "failed": 1,
+        "expectations": len(report["expectations"]),
+        "sizes": report["sizes"],
+    }
 
 
 @pytest.mark.real_data
