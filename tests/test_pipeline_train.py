@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import dvc, tiny_training
+from tests.conftest import dvc, run, tiny_training
 
 
 @pytest.mark.slow
-def test_dvc_repro_through_both_training_stages(dvc_repo: Path) -> None:
+def test_dvc_repro_through_both_training_stages(dvc_repo: Path, tmp_path: Path) -> None:
     tiny_training(dvc_repo)
     proc = dvc("repro", "train_alexnet", "train_vgg16", cwd=dvc_repo)
     assert "Running stage 'train_alexnet'" in proc.stdout and "Running stage 'train_vgg16'" in proc.stdout
@@ -23,3 +23,14 @@ def test_dvc_repro_through_both_training_stages(dvc_repo: Path) -> None:
     assert "best_val_accuracy" in shown and "metrics/alexnet.json" in shown
     again = dvc("repro", "train_alexnet", "train_vgg16", cwd=dvc_repo)
     assert "Running stage" not in again.stdout
+
+    # Both models are registry artifacts (dvc.yaml `artifacts:`): tag a version, fetch it from elsewhere.
+    run(["git", "add", "-A"], cwd=dvc_repo)
+    run(["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "trained"], cwd=dvc_repo)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("alexnet", "vgg16"):
+        run(["git", "tag", "-a", f"{name}@v1.0.0", "-m", f"register {name} 1.0.0"], cwd=dvc_repo)
+        dvc("artifacts", "get", str(dvc_repo), name, cwd=elsewhere)
+        fetched = elsewhere / f"{name}.keras"
+        assert fetched.read_bytes() == (dvc_repo / f"models/{name}.keras").read_bytes()
