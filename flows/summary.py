@@ -8,11 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-#: Written by the ``evaluate`` stage: ``{"alexnet": {"test_accuracy": ..., "test_loss": ...}, "vgg16": {...}}``.
-EVALUATE_METRICS = Path("metrics/evaluate.json")
-#: The comparison report the ``evaluate`` stage renders.
-REPORT = Path("reports/report.html")
-MODELS = ("alexnet", "vgg16")
+from tasks.paths import EVALUATE_METRICS, MODELS
+from tasks.paths import REPORT_HTML as REPORT
+
 #: Rows that lead the table when present; the other numeric metrics follow in name order.
 LEADING = ("test_accuracy", "test_loss", "macro_f1", "macro_precision", "macro_recall")
 

@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flows.sweep_spec import Experiment, Sweep, value_text
+from tasks import paths
 
-EVALUATE_METRICS = "metrics/evaluate.json"
+EVALUATE_METRICS = paths.EVALUATE_METRICS.as_posix()  # as dvc exp show --json keys it
 #: Per compared model, in this order: what the table shows and averages.
 METRICS = ("test_accuracy", "test_loss", "train_seconds")
 LABELS = {"test_accuracy": "test acc", "test_loss": "test loss", "train_seconds": "train s"}
-KNOWN_MODELS = ("alexnet", "vgg16")
+KNOWN_MODELS = paths.MODELS
 
 #: Outcomes of an experiment in one sweep run.
 DONE, DONE_EARLIER, FAILED, FAILED_EARLIER = "done", "done earlier", "failed", "failed earlier"

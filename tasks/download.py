@@ -24,10 +24,10 @@ from tasks.atomic import atomic_path
 from tasks.cli import run_stage
 from tasks.errors import ChecksumMismatch, DownloadError
 from tasks.params import load_data_params
+from tasks.paths import ARCHIVE
 
 log = logging.getLogger(__name__)
 
-ARCHIVE = Path("data/raw/cifar-10-python.tar.gz")
 CHUNK = 1 << 20
 #: HTTP statuses worth another try: the server or a proxy is having a bad moment.
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})

@@ -27,18 +27,11 @@ from tasks.cli import run_stage
 from tasks.errors import StageError
 from tasks.models import load_model
 from tasks.params import EvaluateParams, load_evaluate_params
-from tasks.preprocess import PREPARED, Split, load_split
+from tasks.paths import CONFUSION, EVALUATE_METRICS, MODELS, PER_CLASS, PREPARED, outputs_for
+from tasks.preprocess import Split, load_split
 from tasks.progress import EpochProgress
-from tasks.train import outputs_for
 
 log = logging.getLogger(__name__)
-
-MODELS = ("alexnet", "vgg16")
-METRICS = Path("metrics/evaluate.json")
-CONFUSION = Path("plots/confusion")
-#: Per-class precision/recall/F1 per model: a plot (``dvc plots``), not metrics -- 40 columns a model
-#: would bury the headline figures of ``dvc exp show``.
-PER_CLASS = Path("plots/per_class")
 
 
 @dataclass
@@ -166,7 +159,7 @@ def main() -> None:
         "params": {"evaluate": runinfo.as_dict(params)},
     }
     report.write(results, test, class_names, params, context)
-    write_json(METRICS, {r.name: metrics_entry(r) for r in results})
+    write_json(EVALUATE_METRICS, {r.name: metrics_entry(r) for r in results})
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ from typing import Any, TypeVar
 import yaml
 
 from tasks.errors import ParamsError
+from tasks.paths import PARAMS
 
-PARAMS_FILE = Path("params.yaml")
+PARAMS_FILE = PARAMS
 
 T = TypeVar("T")
 

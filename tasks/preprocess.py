@@ -19,12 +19,11 @@ import numpy as np
 from tasks.archive import Cifar10, read_archive
 from tasks.atomic import save_arrays, write_json
 from tasks.cli import run_stage
-from tasks.download import ARCHIVE
 from tasks.params import DataParams, load_data_params
+from tasks.paths import ARCHIVE, PREPARED
 
 log = logging.getLogger(__name__)
 
-PREPARED = Path("data/prepared")
 SPLITS = ("train", "val", "test")
 NUM_CLASSES = 10
 

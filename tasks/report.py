@@ -17,14 +17,12 @@ from typing import TYPE_CHECKING, Any
 from tasks import classification, figures
 from tasks.atomic import atomic_path, write_text
 from tasks.params import EvaluateParams
+from tasks.paths import FIGURES, REPORT_HTML, REPORT_MD
 from tasks.preprocess import Split
 
 if TYPE_CHECKING:
     from tasks.evaluate import Evaluated
 
-REPORT_MD = Path("reports/report.md")
-REPORT_HTML = Path("reports/report.html")
-FIGURES = Path("reports/figures")
 #: The student report this project starts from (test accuracy; it early-stopped on the test set).
 STUDENT = {"alexnet": 0.7912, "vgg16": 0.7862}
 LABELS = {"alexnet": "AlexNet", "vgg16": "VGG16"}

@@ -32,9 +32,9 @@ from tasks.errors import StageError
 from tasks.models import load_model
 from tasks.params import Recipe
 from tasks.progress import EpochProgress, stage_estimate
-from tasks.preprocess import PREPARED, NUM_CLASSES, Split, load_split
+from tasks.paths import PREPARED, VALIDATION_REPORT, Outputs, outputs_for
+from tasks.preprocess import NUM_CLASSES, Split, load_split
 from tasks.recipe import make_loss
-from tasks.validate import REPORT_JSON
 
 log = logging.getLogger(__name__)
 
@@ -75,27 +75,10 @@ class State:
     resumed_from: list[int] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Outputs:
-    model: Path
-    metrics: Path
-    history: Path
-    meta: Path
-
-
-def outputs_for(name: str) -> Outputs:
-    return Outputs(
-        Path(f"models/{name}.keras"),
-        Path(f"metrics/{name}.json"),
-        Path(f"plots/train/{name}.csv"),
-        Path(f"models/{name}.meta.json"),
-    )
-
-
 # --------------------------------------------------------------------------- gates
 
 
-def require_validated(report: Path = REPORT_JSON) -> None:
+def require_validated(report: Path = VALIDATION_REPORT) -> None:
     """Refuse to train unless the validate stage said the arrays are sound."""
     try:
         verdict = json.loads(report.read_text())

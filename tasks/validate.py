@@ -25,14 +25,11 @@ from tasks.atomic import write_json, write_text
 from tasks.cli import run_stage
 from tasks.errors import StageError, ValidationFailed
 from tasks.params import DataParams, ValidateParams, load_data_params, load_validate_params
-from tasks.preprocess import NUM_CLASSES, PREPARED, SPLITS, Split, load_split
+from tasks.paths import PREPARED, VALIDATION_HTML, VALIDATION_METRICS, VALIDATION_REPORT
+from tasks.preprocess import NUM_CLASSES, SPLITS, Split, load_split
 
 log = logging.getLogger(__name__)
 
-REPORT_JSON = Path("reports/validation.json")
-#: The headline a reviewer compares (`dvc metrics diff`, `dvc exp show`); the detail stays in REPORT_JSON.
-METRICS_JSON = Path("metrics/validation.json")
-REPORT_HTML = Path("reports/validation.html")
 FULL_TRAIN_SOURCE = 50_000
 CIFAR_SHAPE = "32x32x3"
 
@@ -342,7 +339,7 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def failure_message(report: dict[str, Any]) -> str:
-    lines = [f"data validation failed ({len(report['failed'])} expectation(s)); see {REPORT_HTML}:"]
+    lines = [f"data validation failed ({len(report['failed'])} expectation(s)); see {VALIDATION_HTML}:"]
     for e in report["expectations"]:
         if not e["success"]:
             found = {k: e[k] for k in ("observed_value", "unexpected_count", "examples", "error") if k in e}
@@ -352,9 +349,9 @@ def failure_message(report: dict[str, Any]) -> str:
 
 def main() -> None:
     report = validate(PREPARED, load_data_params(), load_validate_params())
-    write_json(REPORT_JSON, report)
-    write_json(METRICS_JSON, headline(report))
-    write_text(REPORT_HTML, render_html(report))
+    write_json(VALIDATION_REPORT, report)
+    write_json(VALIDATION_METRICS, headline(report))
+    write_text(VALIDATION_HTML, render_html(report))
     if not report["success"]:
         raise ValidationFailed(failure_message(report))
     log.info("all %d expectations passed", len(report["expectations"]))

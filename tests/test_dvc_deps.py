@@ -20,7 +20,15 @@ from tests.conftest import REPO, subprocess_env
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 #: The project's own files (a virtual environment inside the checkout is not the project).
-TRACKED = set(subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split())
+TRACKED = set(
+    subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+)
 PROBE = """
 import importlib, json, sys
 from pathlib import Path
