@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tasks.overrides import load_overlay, merged  # noqa: E402
+from tasks.paths import outputs_for  # noqa: E402
 
 STUDENT_VAL_TARGET = 0.7912  # the student's AlexNet test accuracy, the bar for "time to 79.12 %"
 
@@ -192,10 +193,11 @@ def train_and_score(name: str, run: Run, work: Path, params: dict[str, Any]) -> 
 
 def summarise(folder: Path, model: str) -> dict[str, Any]:
     """The figures the issue asks for, from the stage's own history CSV and the test scores."""
-    with open(folder / f"plots/train/{model}.csv", newline="") as fh:
+    out = outputs_for(model)
+    with open(folder / out.history, newline="") as fh:
         history = [{k: (v if k == "phase" else float(v)) for k, v in row.items()} for row in csv.DictReader(fh)]
     test = json.loads((folder / f"metrics/test_{model}.json").read_text())
-    meta = json.loads((folder / f"models/{model}.meta.json").read_text())
+    meta = json.loads((folder / out.meta).read_text())
     seconds = [h["seconds"] for h in history]
     steady = seconds[1:] or seconds
     elapsed, reached = 0.0, None
@@ -232,7 +234,8 @@ def score(model: str) -> None:
 
     from tasks.evaluate import evaluate_model, metrics_entry
     from tasks.params import load_evaluate_params
-    from tasks.preprocess import PREPARED, load_split
+    from tasks.paths import PREPARED
+    from tasks.preprocess import load_split
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     test = load_split("test", PREPARED)
