@@ -25,7 +25,6 @@ Runs, in priority order (each its own folder and result archive ``OUT/<run>.tgz`
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shutil
@@ -33,6 +32,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from statistics import median_low
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,21 +185,16 @@ def train_and_score(name: str, run: Run, work: Path, params: dict[str, Any]) -> 
         )
     if code != 0:
         raise RuntimeError(f"scoring {name} exited {code}; see {folder}/stage.log")
-    summary = summarise(folder, run.model)
+    summary = json.loads((folder / "metrics" / "summary.json").read_text())  # written by --score
     summary["stage_wall_seconds"] = round(train_seconds, 1)
     (folder / "metrics" / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def summarise(folder: Path, model: str) -> dict[str, Any]:
-    """The figures the issue asks for, from the stage's own history CSV and the test scores."""
-    out = outputs_for(model)
-    with open(folder / out.history, newline="") as fh:
-        history = [{k: (v if k == "phase" else float(v)) for k, v in row.items()} for row in csv.DictReader(fh)]
-    test = json.loads((folder / f"metrics/test_{model}.json").read_text())
-    meta = json.loads((folder / out.meta).read_text())
+def summarise(model: str, history: list[dict[str, Any]], test: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """The figures the issue asks for, from the stage's own history, its run metadata and the test scores."""
     seconds = [h["seconds"] for h in history]
-    steady = seconds[1:] or seconds
+    steady = history[1:] or history  # the first epoch carries the compilation
     elapsed, reached = 0.0, None
     for h in history:
         elapsed += h["seconds"]
@@ -213,12 +208,8 @@ def summarise(folder: Path, model: str) -> dict[str, Any]:
         "batch_size": meta["params"]["recipe"]["batch_size"],
         "epochs_run": len(history),
         "first_epoch_seconds": seconds[0] if seconds else None,
-        "median_epoch_seconds": round(sorted(steady)[len(steady) // 2], 3) if steady else None,
-        "steady_images_per_second": round(
-            sorted(h["images_per_second"] for h in history[1:] or history)[len(history[1:] or history) // 2], 1
-        )
-        if history
-        else None,
+        "median_epoch_seconds": round(median_low(h["seconds"] for h in steady), 3) if steady else None,
+        "steady_images_per_second": round(median_low(h["images_per_second"] for h in steady), 1) if steady else None,
         "train_seconds": round(sum(seconds), 2),
         "best_val_accuracy": max((h["val_accuracy"] for h in history), default=None),
         "test_accuracy": test["test_accuracy"],
@@ -229,10 +220,11 @@ def summarise(folder: Path, model: str) -> dict[str, Any]:
 
 
 def score(model: str) -> None:
-    """In a run folder: the evaluate stage's scoring of one model -> ``metrics/test_<model>.json``."""
+    """In a run folder: the evaluate stage's scoring of one model -> ``metrics/test_<model>.json`` and
+    the run's ``metrics/summary.json``."""
     import logging
 
-    from tasks.evaluate import evaluate_model, metrics_entry
+    from tasks.evaluate import evaluate_model, metrics_entry, read_history
     from tasks.params import load_evaluate_params
     from tasks.paths import PREPARED
     from tasks.preprocess import load_split
@@ -241,7 +233,11 @@ def score(model: str) -> None:
     test = load_split("test", PREPARED)
     class_names = json.loads((PREPARED / "facts.json").read_text())["class_names"]
     result = evaluate_model(model, test, class_names, load_evaluate_params())
-    Path(f"metrics/test_{model}.json").write_text(json.dumps(metrics_entry(result), indent=2))
+    test_scores = metrics_entry(result)
+    Path(f"metrics/test_{model}.json").write_text(json.dumps(test_scores, indent=2))
+    out = outputs_for(model)
+    summary = summarise(model, read_history(out.history), test_scores, json.loads(out.meta.read_text()))
+    Path("metrics/summary.json").write_text(json.dumps(summary, indent=2))
 
 
 def pack(folder: Path, dest: Path) -> None:
