@@ -21,6 +21,7 @@ import hashlib
 import os
 import re
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -159,6 +160,27 @@ def dvc_command(command: str, args: list[str], repo: str) -> str:
     return result.output
 
 
+def save_experiment(repo: str, name: str, stages: list[str]) -> None:
+    """``dvc exp save`` of the workspace as experiment ``name``: dvc.lock, params, the stages'
+    ``cache: false`` outputs (metrics, plots) and the .gitignore files DVC writes for the cached
+    ones, included even before their first commit -- so the experiment holds the workspace whole."""
+    root = Path(repo)
+    ignores = subprocess.run(
+        ["git", "ls-files", "--others", "--exclude-standard", "--", ":(glob)**/.gitignore", ".gitignore"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    include = [
+        arg
+        for path in ["dvc.lock", *uncached_outputs(root, stages), *ignores]
+        if (root / path).exists()
+        for arg in ("--include-untracked", path)
+    ]
+    dvc_command("exp", ["save", "--name", name, *include, *stages], repo)
+    _run_logger().info("saved DVC experiment %r: dvc exp show / dvc exp apply %s", name, name)
+
+
 #: pull and push talk to remote storage: worth retrying
 sync_command = dvc_command.with_options(retries=2, retry_delay_seconds=[10, 30])
 
@@ -257,7 +279,7 @@ def workspace_lock(repo: Path, enabled: bool) -> Iterator[None]:
         return
     from prefect.settings import PREFECT_API_URL
 
-    with _global_limit(repo) if PREFECT_API_URL.value() else _nothing(), _file_lock(repo):
+    with _global_limit(repo) if PREFECT_API_URL.value() else _nothing(), file_lock(repo):
         yield
 
 
@@ -267,7 +289,7 @@ def _nothing() -> Iterator[None]:
 
 
 @contextmanager
-def _file_lock(repo: Path) -> Iterator[None]:
+def file_lock(repo: Path) -> Iterator[None]:
     try:
         import fcntl
     except ImportError:  # Windows: the global concurrency limit and DVC's lock remain
@@ -387,14 +409,7 @@ def pipeline(
             for stage in order:
                 results.append(stage_task(stage, str(repo), pull=share_cache))
             if experiment:
-                include = [
-                    arg
-                    for path in ["dvc.lock", *uncached_outputs(repo, order)]
-                    if (repo / path).exists()
-                    for arg in ("--include-untracked", path)
-                ]
-                dvc_command("exp", ["save", "--name", experiment, *include, *order], str(repo))
-                logger.info("saved DVC experiment %r: dvc exp show / dvc exp apply %s", experiment, experiment)
+                save_experiment(str(repo), experiment, order)
             publish(str(repo), results, experiment, host["host"])
         finally:
             for path, text in originals.items():

@@ -25,11 +25,13 @@ class WorkspaceError(RuntimeError):
     """A git step around the workspace failed; the message carries git's own words."""
 
 
-def git(args: Sequence[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+def git(
+    args: Sequence[str], cwd: Path, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         ["git", *args],
         cwd=cwd,
-        env=child_env({"GIT_TERMINAL_PROMPT": "0"}),
+        env=child_env({"GIT_TERMINAL_PROMPT": "0", **(env or {})}),
         text=True,
         capture_output=True,
         stdin=subprocess.DEVNULL,
@@ -81,12 +83,17 @@ def prepare(ws: Path, git_url: str, rev: str, *, cache_dir: str | None, dvc_remo
     return how
 
 
-def write_local_config(ws: Path, *, cache_dir: str | None, dvc_remote: str | None) -> None:
-    """``.dvc/config.local`` of the workspace: the shared cache directory and the sweep's remote
-    (what ``dvc cache dir --local`` and ``dvc remote add --local -d`` would write)."""
+def write_local_config(
+    ws: Path, *, cache_dir: str | None, dvc_remote: str | None, link_type: str | None = None
+) -> None:
+    """``.dvc/config.local`` of the workspace: the shared cache directory, how outputs link to it, and
+    the remote (what ``dvc cache dir --local``, ``dvc config --local cache.type`` and ``dvc remote add
+    --local -d`` would write)."""
     lines = []
-    if cache_dir:
-        lines += ["[cache]", f"    dir = {cache_dir}"]
+    if cache_dir or link_type:
+        lines += ["[cache]"]
+        lines += [f"    dir = {cache_dir}"] if cache_dir else []
+        lines += [f"    type = {link_type}"] if link_type else []
     if dvc_remote:
         lines += ["[core]", f"    remote = {REMOTE_NAME}", f"['remote \"{REMOTE_NAME}\"']", f"    url = {dvc_remote}"]
     path = ws / ".dvc" / "config.local"

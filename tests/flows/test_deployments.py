@@ -36,13 +36,18 @@ def test_deploy_registers_a_nightly_schedule_and_an_on_demand_deployment(
     from prefect.client.schemas.objects import StateType
 
     with prefect_server.client() as c:
-        nightly = c.read_deployment_by_name(f"{FLOW}/nightly")
+        nightly = c.read_deployment_by_name("cifar10-nightly/nightly")
         on_demand = c.read_deployment_by_name(f"{FLOW}/on-demand")
     assert nightly.work_pool_name == on_demand.work_pool_name == "gpu"
-    assert nightly.entrypoint == on_demand.entrypoint == "flows/pipeline.py:pipeline"
+    assert on_demand.entrypoint == "flows/pipeline.py:pipeline" and nightly.entrypoint == "flows/nightly.py:nightly"
     [schedule] = nightly.schedules
     assert schedule.active and schedule.schedule.cron == "0 2 * * *" and schedule.schedule.timezone == "UTC"
-    assert nightly.parameters == {"require_gpu": True}
+    assert nightly.parameters == {
+        "branch": "main",
+        "require_gpu": True,
+        "notify_block": "custom-webhook/cifar10-nightly",
+        "max_crash_restarts": 2,
+    }
     assert on_demand.schedules == [] and on_demand.parameters == {}
     for deployment in (nightly, on_demand):  # the pull step puts the run in this checkout
         [step] = deployment.pull_steps

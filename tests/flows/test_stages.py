@@ -239,7 +239,7 @@ def test_interrupting_run_dvc_stops_the_stage_too(tmp_path: Path, monkeypatch: p
 
 
 def test_workspace_file_lock_waits_for_a_live_holder_and_not_for_a_dead_one(tmp_path: Path) -> None:
-    from flows.pipeline import _file_lock
+    from flows.pipeline import file_lock
 
     (tmp_path / ".dvc/tmp").mkdir(parents=True)
     holder = subprocess.Popen(
@@ -257,7 +257,7 @@ def test_workspace_file_lock_waits_for_a_live_holder_and_not_for_a_dead_one(tmp_
     entered = threading.Event()
 
     def take() -> None:
-        with _file_lock(tmp_path):
+        with file_lock(tmp_path):
             entered.set()
 
     waiter = threading.Thread(target=take)
