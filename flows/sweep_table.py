@@ -1,6 +1,7 @@
 """The comparison a sweep ends with: one row per experiment (the params that differ, test accuracy
 and loss, training and wall time, outcome) and, per point, the mean and standard deviation over
-its seeds; as markdown (the Prefect artifact) and CSV. No Prefect here.
+its seeds; as markdown (the Prefect artifact, laid out by ``flows/templates/sweep_table.md.j2``) and
+CSV. No Prefect here.
 
 Metrics come from ``dvc exp show --json`` of the main repository -- the same place ``dvc exp show``
 reads -- so the table and DVC's own listing cannot disagree.
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flows.sweep_spec import Experiment, Sweep, value_text
-from tasks import paths
+from tasks import paths, templating
 
 EVALUATE_METRICS = paths.EVALUATE_METRICS.as_posix()  # as dvc exp show --json keys it
 #: Per compared model, in this order: what the table shows and averages.
@@ -228,8 +229,23 @@ def _param(params: dict[str, Any], key: str) -> str:
     return value_text(params[key]) if key in params else "-"
 
 
-def _cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+def group_cells(group: Group, point_keys: Sequence[str], columns: Sequence[str]) -> list[str]:
+    """A point's row of the per-point table: its params, seeds done, mean and std per metric, wall time."""
+    cells = [group.point, *(_param(group.params, k) for k in point_keys), f"{group.n_done}/{group.n}"]
+    for c in columns:
+        cells += [_fmt(c, group.mean[c]), _fmt(c, group.std[c])]
+    return [*cells, _fmt("wall", group.wall_mean)]
+
+
+def row_cells(row: Row, keys: Sequence[str], columns: Sequence[str]) -> list[str]:
+    """An experiment's row of the experiments table."""
+    return [
+        row.experiment,
+        row.status,
+        *(_param(row.params, k) for k in keys),
+        *(_fmt(c, row.metrics[c]) for c in columns),
+        _fmt("wall", row.wall_seconds),
+    ]
 
 
 def markdown(
@@ -242,61 +258,27 @@ def markdown(
     baseline: str,
     files: Sequence[str] = (),
 ) -> str:
-    counts = {s: sum(r.status == s for r in rows) for s in (DONE, DONE_EARLIER, FAILED, FAILED_EARLIER)}
-    lines = [f"# Sweep `{sweep.name}`", ""]
-    if sweep.description:
-        lines += [sweep.description, ""]
-    lines += [
-        f"Baseline commit `{baseline[:12]}` -- {len(rows)} experiments: {counts[DONE]} ran now, "
-        f"{counts[DONE_EARLIER]} had finished before, {counts[FAILED]} failed now, "
-        f"{counts[FAILED_EARLIER]} had failed before. `dvc exp show` lists the finished ones.",
-        "",
-    ]
+    """The comparison as markdown, laid out by ``flows/templates/sweep_table.md.j2``."""
     point_keys = [k for k in keys if k not in sweep.seed_params]
-    lines += [
-        "## Per point: mean and standard deviation over seeds",
-        "",
-        "| point | "
-        + "".join(f"{k} | " for k in point_keys)
-        + "seeds done | "
-        + " | ".join(f"{_label(c)} mean | std" for c in columns)
-        + " | wall s mean |",
-        "| --- |" + " --- |" * len(point_keys) + " ---: |" + " ---: | ---: |" * len(columns) + " ---: |",
-    ]
-    for g in groups:
-        cells = [g.point, *(_param(g.params, k) for k in point_keys), f"{g.n_done}/{g.n}"]
-        for c in columns:
-            cells += [_fmt(c, g.mean[c]), _fmt(c, g.std[c])]
-        cells.append(_fmt("wall", g.wall_mean))
-        lines.append("| " + " | ".join(_cell(x) for x in cells) + " |")
-    lines += [
-        "",
-        "Standard deviation: sample (n - 1) over the seeds that finished; `-` with fewer than two.",
-        "",
-        "## Experiments",
-        "",
-        "| experiment | status | "
-        + "".join(f"{k} | " for k in keys)
-        + " | ".join(_label(c) for c in columns)
-        + " | wall s |",
-        "| --- | --- |" + " --- |" * len(keys) + " ---: |" * len(columns) + " ---: |",
-    ]
-    for r in rows:
-        cells = [
-            r.experiment,
-            r.status,
-            *(_param(r.params, k) for k in keys),
-            *(_fmt(c, r.metrics[c]) for c in columns),
-            _fmt("wall", r.wall_seconds),
-        ]
-        lines.append("| " + " | ".join(_cell(x) for x in cells) + " |")
-    failed = [r for r in rows if r.status not in SUCCESS]
-    if failed:
-        lines += ["", "## Failed", ""]
-        lines += [f"- **{r.experiment}** ({r.status}): {_cell(r.message) or 'no message'}" for r in failed]
-    if files:
-        lines += ["", "Written to " + ", ".join(f"`{f}`" for f in files) + "."]
-    return "\n".join(lines) + "\n"
+    return templating.render(
+        "sweep_table.md.j2",
+        package="flows",
+        name=sweep.name,
+        description=sweep.description,
+        baseline=baseline[:12],
+        total=len(rows),
+        # Keyed the way the template reads them: done, done_earlier, failed, failed_earlier.
+        counts={
+            s.replace(" ", "_"): sum(r.status == s for r in rows) for s in (DONE, DONE_EARLIER, FAILED, FAILED_EARLIER)
+        },
+        point_keys=point_keys,
+        keys=keys,
+        labels=[_label(c) for c in columns],
+        groups=[group_cells(g, point_keys, columns) for g in groups],
+        experiments=[row_cells(r, keys, columns) for r in rows],
+        failed=[r for r in rows if r.status not in SUCCESS],
+        files=files,
+    )
 
 
 def _csv_value(value: Any) -> Any:

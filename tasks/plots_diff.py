@@ -13,8 +13,6 @@ Vega. The page embeds the images, so it is one self-contained file.
 from __future__ import annotations
 
 import argparse
-import base64
-import html
 import json
 import re
 import subprocess
@@ -22,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tasks import figures
+from tasks import figures, templating
 from tasks.atomic import atomic_path, write_text
 from tasks.cli import run_stage
 from tasks.errors import StageError
@@ -58,18 +56,8 @@ def render(plots: dict[str, list[dict[str, Any]]]) -> list[tuple[str, str, list[
 
 
 def page(rendered: list[tuple[str, str, list[str], bytes]], revisions: list[str]) -> str:
-    shown = ", ".join(revisions) if revisions else "workspace vs HEAD"
-    body = "".join(
-        f"<figure><img src='data:image/png;base64,{base64.b64encode(png).decode()}' alt='{html.escape(pid)}'>"
-        f"<figcaption>{html.escape(pid)} ({html.escape(', '.join(revs))})</figcaption></figure>"
-        for pid, _, revs, png in rendered
-    )
-    return (
-        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>dvc plots diff</title><style>"
-        "body{font-family:system-ui,sans-serif;margin:2rem}figure{display:inline-block;margin:1rem;"
-        "vertical-align:top}figcaption{font-size:.85rem;color:#555}</style></head><body>"
-        f"<h1>dvc plots diff: {html.escape(shown)}</h1>{body}</body></html>\n"
-    )
+    """The HTML page (``tasks/templates/plots_diff.html.j2``) showing every plot, its images embedded."""
+    return templating.render("plots_diff.html.j2", plots=rendered, shown=", ".join(revisions) or "workspace vs HEAD")
 
 
 def main(argv: list[str] | None = None) -> None:

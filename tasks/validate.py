@@ -2,14 +2,13 @@
 
 The prepared arrays are summarised into small tables (:mod:`tasks.summaries`) and each table gets
 an expectation suite. The stage writes ``reports/validation.json`` (overall ``success`` plus one
-entry per expectation) and ``reports/validation.html`` (a self-contained page, no CDN), then exits
-non-zero naming every failed expectation. Training stages depend on the JSON and refuse to start
-unless it says ``success: true``.
+entry per expectation) and ``reports/validation.html`` (a self-contained page, no CDN, laid out by
+``tasks/templates/validation.html.j2``), then exits non-zero naming every failed expectation.
+Training stages depend on the JSON and refuse to start unless it says ``success: true``.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from tasks import summaries
+from tasks import summaries, templating
 from tasks.atomic import write_json, write_text
 from tasks.cli import run_stage
 from tasks.errors import StageError, ValidationFailed
@@ -32,6 +31,8 @@ log = logging.getLogger(__name__)
 
 FULL_TRAIN_SOURCE = 50_000
 CIFAR_SHAPE = "32x32x3"
+#: What a validation.json entry may say about where its expectation failed, in the order shown.
+DETAILS = ("observed_value", "unexpected_count", "examples", "error")
 
 
 @dataclass(frozen=True)
@@ -267,36 +268,7 @@ def _plain(value: Any) -> Any:
 
 def render_html(report: dict[str, Any]) -> str:
     """A self-contained page (inline CSS, no scripts, no CDN) a person can open offline."""
-    rows = []
-    for e in report["expectations"]:
-        verdict = "pass" if e["success"] else "FAIL"
-        detail = ", ".join(
-            f"{k}: {e[k]}" for k in ("observed_value", "unexpected_count", "examples", "error") if k in e
-        )
-        rows.append(
-            f"<tr class='{verdict.lower()}'><td>{verdict}</td><td>{html.escape(e['name'])}</td>"
-            f"<td>{html.escape(e['table'])}</td><td>{html.escape(e['description'])}</td>"
-            f"<td>{html.escape(detail)}</td></tr>"
-        )
-    skipped = "".join(f"<li>{html.escape(s['name'])}: {html.escape(s['reason'])}</li>" for s in report["skipped"])
-    status = "PASSED" if report["success"] else f"FAILED: {', '.join(report['failed'])}"
-    sizes = ", ".join(f"{k}: {v}" for k, v in report["sizes"].items())
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>CIFAR-10 data validation</title>
-<style>
-body{{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem}} table{{border-collapse:collapse;width:100%}}
-td,th{{border:1px solid #ccc;padding:.3rem .5rem;text-align:left;vertical-align:top}} th{{background:#eee}}
-tr.pass td:first-child{{color:#070;font-weight:bold}} tr.fail td{{background:#fee}}
-tr.fail td:first-child{{color:#b00;font-weight:bold}} .status{{font-size:1.3rem;font-weight:bold}}
-</style></head><body>
-<h1>CIFAR-10 data validation</h1>
-<p class="status">{html.escape(status)}</p>
-<p>Split sizes: {html.escape(sizes)}. Great Expectations {html.escape(report["great_expectations_version"])}.</p>
-<table><tr><th>result</th><th>expectation</th><th>table</th><th>what it checks</th><th>details</th></tr>
-{"".join(rows)}</table>
-{f"<h2>Skipped</h2><ul>{skipped}</ul>" if skipped else ""}
-</body></html>
-"""
+    return templating.render("validation.html.j2", report=report, details=DETAILS)
 
 
 def validate(folder: Path, data: DataParams, params: ValidateParams) -> dict[str, Any]:
@@ -342,7 +314,7 @@ def failure_message(report: dict[str, Any]) -> str:
     lines = [f"data validation failed ({len(report['failed'])} expectation(s)); see {VALIDATION_HTML}:"]
     for e in report["expectations"]:
         if not e["success"]:
-            found = {k: e[k] for k in ("observed_value", "unexpected_count", "examples", "error") if k in e}
+            found = {k: e[k] for k in DETAILS if k in e}
             lines.append(f"  - {e['name']}: expected {e['description']}; found {found}")
     return "\n".join(lines)
 

@@ -3,7 +3,8 @@
 Otherwise a change to that file leaves ``dvc status`` clean and the stage's results stale. Each
 stage's entry module is imported in a fresh interpreter and the project files it loaded are
 compared with the stage's deps (a folder dep covers the files under it), so an import added
-later cannot escape either.
+later cannot escape either. Page templates are read at run time, not imported, so the templates
+those files name (and the templates they extend or include) must be deps as well.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import re
 import subprocess
 import sys
 
+import jinja2
+import jinja2.meta
 import pytest
 import yaml
 
@@ -56,6 +59,29 @@ def loaded_project_files(module: str) -> list[str]:
     return [f for f in json.loads(done.stdout.strip().splitlines()[-1]) if f in TRACKED]
 
 
+#: How a module names a template it renders, ``templating.render("report.html.j2", ...)``: a quoted
+#: ``<page>.<format>.j2`` (a bare ``"html.j2"`` is an extension, not a template).
+TEMPLATE_NAME = re.compile(r"""["']([\w-]+\.\w+\.j2)["']""")
+
+
+def templates_named(files: list[str]) -> list[str]:
+    """The template files that ``files`` render: each from its own package's ``templates/``."""
+    found: set[str] = set()
+    for file in files:
+        package = file.split("/")[0]
+        env = jinja2.Environment(loader=jinja2.FileSystemLoader(REPO / package / "templates"))
+        todo = TEMPLATE_NAME.findall((REPO / file).read_text())
+        while todo:
+            name = todo.pop()
+            path = f"{package}/templates/{name}"
+            assert (REPO / path).is_file(), f"{file} names a template {path} that does not exist"
+            if path not in found:
+                found.add(path)
+                source = env.loader.get_source(env, name)[0]
+                todo += [n for n in jinja2.meta.find_referenced_templates(env.parse(source)) if n]
+    return sorted(found)
+
+
 def uncovered(files: list[str], deps: list[str]) -> list[str]:
     """The files that no dep names, either itself or as a folder above it (package ``__init__``s aside)."""
 
@@ -71,8 +97,8 @@ def test_stage_deps_cover_every_project_file_it_imports(stage: str) -> None:
     assert match, f"{stage}: expected 'python -m tasks.<module>', got {STAGES[stage]['cmd']!r}"
     files = loaded_project_files(match.group(1))
     assert f"{match.group(1).replace('.', '/')}.py" in files
-    missing = uncovered(files, STAGES[stage].get("deps", []))
-    assert not missing, f"dvc.yaml stage {stage} imports {missing} but does not list them as deps"
+    missing = uncovered(files + templates_named(files), STAGES[stage].get("deps", []))
+    assert not missing, f"dvc.yaml stage {stage} uses {missing} but does not list them as deps"
 
 
 def test_the_check_notices_a_missing_dep() -> None:
@@ -80,3 +106,11 @@ def test_the_check_notices_a_missing_dep() -> None:
         "tasks/models.py"
     ]
     assert uncovered(["tasks/model/train.py"], ["tasks/model"]) == []
+
+
+def test_the_check_finds_the_templates_a_module_renders() -> None:
+    assert templates_named(["tasks/report.py", "tasks/paths.py"]) == [
+        "tasks/templates/report.html.j2",
+        "tasks/templates/report.md.j2",
+    ]
+    assert templates_named(["flows/sweep_table.py"]) == ["flows/templates/sweep_table.md.j2"]

@@ -188,6 +188,28 @@ def test_html_report_is_self_contained_and_names_failures(prepared: Path, tmp_pa
     assert "constant_images" in message and "train[0]" in message
 
 
+def test_html_report_escapes_what_the_checks_report() -> None:
+    """Error text and examples come from the data and from Great Expectations: shown as text, never markup."""
+    evil = "<script>alert('x')</script>"
+    report = {
+        "success": False,
+        "failed": ["dtype"],
+        "sizes": {"train": 9, "val": 1, "test": 10},
+        "expectations": [
+            {"name": "dtype", "table": "images", "description": "arrays are uint8", "success": False, "error": evil},
+            {"name": "pixel_min", "table": "images", "description": "0..255", "success": True, "examples": [evil]},
+        ],
+        "skipped": [{"name": "channel_mean/channel_std", "reason": evil}],
+        "great_expectations_version": "1.0",
+    }
+    page = render_html(report)
+    assert "<script" not in page
+    assert "error: &lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in page
+    assert "examples: [&#34;&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&#34;]" in page
+    assert "<li>channel_mean/channel_std: &lt;script&gt;" in page
+    assert "FAILED: dtype" in page and "train: 9, val: 1, test: 10" in page
+
+
 def test_stage_exits_nonzero_and_writes_reports(prepared: Path, tmp_path: Path) -> None:
     """The entry point as DVC runs it: reports written, each failure named, exit 2, no traceback."""
     import subprocess
