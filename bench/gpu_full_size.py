@@ -205,7 +205,7 @@ def summarise(model: str, history: list[dict[str, Any]], test: dict[str, Any], m
         "precision_policy": meta.get("precision_policy"),
         "backend": meta["devices"]["keras_backend"],
         "devices": meta["devices"]["devices"],
-        "batch_size": meta["params"]["recipe"]["batch_size"],
+        "batch_size": meta["params"]["batch_size"],
         "epochs_run": len(history),
         "first_epoch_seconds": seconds[0] if seconds else None,
         "median_epoch_seconds": round(median_low(h["seconds"] for h in steady), 3) if steady else None,

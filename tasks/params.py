@@ -1,27 +1,252 @@
-"""``params.yaml`` -> typed, checked config objects: the one place where configuration is parsed.
+"""``params.yaml`` -> frozen pydantic models: the one place where configuration is parsed and checked.
 
-Every stage reads only its own section (DVC tracks params per stage), and every bad value is
-reported as a :class:`~tasks.errors.ParamsError` naming the key, before any work starts.
+Each stage loads its own sections (DVC tracks params per stage) before it does anything else, so a
+misspelt key, a wrong type, an out-of-range value or an inconsistent pair stops it at once with a
+:class:`~tasks.errors.ParamsError` naming the key -- one ``error:`` line, never a pydantic traceback.
+Every default lives in ``params.yaml``: no field here has one, so a key the file lacks is an error too.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+import difflib
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from tasks.errors import ParamsError
 from tasks.paths import PARAMS
 
-PARAMS_FILE = PARAMS
-
-T = TypeVar("T")
+_CLASSES = 10  # CIFAR-10's (tasks.preprocess imports this module, not the other way round)
 
 
-def load_section(name: str, path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+def _problem(why: str, key: str | None = None) -> PydanticCustomError:
+    """An error with our own wording; ``key`` names the field a cross-field check blames."""
+    return PydanticCustomError("params", "{why}", {"why": why, "key": key})
+
+
+def _no_number(value: Any) -> Any:
+    # Literal[True, False, "auto"] alone would take 1 and 0 (they equal True and False).
+    if not isinstance(value, (bool, str)):
+        raise _problem(f"must be one of true, false, auto; got {_show(value)}")
+    return value
+
+
+def _triple(value: Any) -> Any:
+    # YAML gives a list; strict mode takes only a tuple for a tuple field.
+    if not isinstance(value, list) or len(value) != 3:
+        raise _problem(f"must be a list of 3 numbers, got {_show(value)}")
+    return tuple(value)
+
+
+Auto = Annotated[Literal[True, False, "auto"], BeforeValidator(_no_number)]  # see tasks.precision
+Triple = Annotated[tuple[float, float, float], BeforeValidator(_triple)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+NonNegative = Annotated[float, Field(ge=0.0)]
+
+
+class _Section(BaseModel):
+    # strict: YAML already types its scalars, so a quoted "3" or a `true` where a number belongs is a
+    # mistake to report, not to coerce (a float still takes an int: 1 for 1.0). No inf/nan either.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class DataParams(_Section):
+    """Section ``data``: where the archive comes from and how it is split."""
+
+    url: str
+    sha256: str
+    val_fraction: Annotated[float, Field(ge=0.0, le=0.5)]
+    seed: Annotated[int, Field(ge=0)]
+    limit_train: Annotated[int, Field(ge=20)] | None
+    limit_test: Annotated[int, Field(ge=10)] | None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        if not url.strip():
+            raise _problem("must not be empty")
+        return url
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha256(cls, sha: str) -> str:
+        sha = sha.lower()
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise _problem(f"must be 64 hexadecimal digits, got {sha!r}")
+        return sha
+
+    @model_validator(mode="after")
+    def _val_split(self) -> DataParams:
+        # A subset too small for its validation share would make a stratified split of < 1 image per class.
+        if self.limit_train is not None and self.val_fraction > 0:
+            n_val = round(self.val_fraction * self.limit_train)
+            if n_val < _CLASSES:
+                raise _problem(
+                    f"({self.limit_train}) leaves {n_val} validation images at val_fraction {self.val_fraction}; "
+                    f"at least {_CLASSES} (one per class) are needed",
+                    "limit_train",
+                )
+        return self
+
+
+class ValidateParams(_Section):
+    """Section ``validate``: the tolerances of the data expectations."""
+
+    class_balance_tolerance: Fraction
+    channel_mean: Triple
+    channel_std: Triple
+    channel_stats_tolerance: NonNegative
+    max_constant_images: Annotated[int, Field(ge=0)]
+    max_leaked_images: Annotated[int, Field(ge=0)]
+
+
+class TrainParams(_Section):
+    """Section ``train``: what both training stages share."""
+
+    require_gpu: bool
+    checkpoint_dir: str
+
+
+class Recipe(_Section):
+    """How a model is trained: the keys every model section shares."""
+
+    epochs: Annotated[int, Field(ge=1)]
+    batch_size: Annotated[int, Field(ge=1)]
+    optimizer: Literal["adam", "adamw", "sgd"]
+    learning_rate: NonNegative
+    momentum: Fraction  # sgd only
+    nesterov: bool  # sgd only
+    schedule: Literal["constant", "student", "cosine", "onecycle"]
+    warmup_epochs: NonNegative
+    weight_decay: NonNegative
+    label_smoothing: Annotated[float, Field(ge=0.0, le=0.5)]
+    augmentation: Literal["none", "student", "crop_flip"]
+    early_stopping_patience: Annotated[int, Field(ge=1)] | None
+    restore_best: bool
+    mixed_precision: Auto
+    jit_compile: Auto
+    seed: Annotated[int, Field(ge=0)]
+    require_gpu: bool | None  # null: inherit train.require_gpu
+
+    @property
+    def recipe(self) -> Recipe:
+        """The recipe part of a model section (the section itself: its keys are flat in params.yaml)."""
+        return self
+
+    @model_validator(mode="after")
+    def _warmup(self) -> Recipe:
+        if self.warmup_epochs >= self.epochs:
+            raise _problem(f"({self.warmup_epochs}) must be less than epochs ({self.epochs})", "warmup_epochs")
+        return self
+
+
+class AlexNetParams(Recipe):
+    """Section ``alexnet``: architecture plus recipe."""
+
+    variant: Literal["seed", "paper"]
+    width: Annotated[float, Field(gt=0.0, le=4.0)]
+    batch_norm: bool
+
+
+class VGG16Params(Recipe):
+    """Section ``vgg16``: base weights, input size, head, the two fine-tuning phases, recipe."""
+
+    weights: str  # "imagenet", "none" or a path to a weights file
+    input_size: Annotated[int, Field(ge=32)]
+    dropout: Annotated[float, Field(ge=0.0, le=0.9)]
+    head_epochs: Annotated[int, Field(ge=0)]
+    unfreeze_from: Literal["block1", "block2", "block3", "block4", "block5"]
+    fine_tune_learning_rate: NonNegative
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, weights: str) -> str:
+        if weights not in ("imagenet", "none") and not Path(weights).is_file():
+            raise _problem(f"is neither 'imagenet', 'none' nor an existing weights file: {weights}")
+        return weights
+
+    @model_validator(mode="after")
+    def _phases(self) -> VGG16Params:
+        if self.head_epochs > self.epochs:
+            raise _problem(f"({self.head_epochs}) cannot exceed vgg16.epochs ({self.epochs})", "head_epochs")
+        # Each phase runs its own schedule, warmup included (tasks/train_vgg16.py).
+        for phase, epochs in (("head", self.head_epochs), ("fine-tune", self.epochs - self.head_epochs)):
+            if 0 < epochs <= self.warmup_epochs:
+                why = f"({self.warmup_epochs}) must be less than the {epochs} epochs of the {phase} phase"
+                raise _problem(why, "warmup_epochs")
+        return self
+
+
+class EvaluateParams(_Section):
+    """Section ``evaluate``: how the test set is scored and timed."""
+
+    batch_size: Annotated[int, Field(ge=1)]
+    latency_repeats: Annotated[int, Field(ge=1)]
+    worst_mistakes: Annotated[int, Field(ge=0)]
+
+
+# --------------------------------------------------------------------------- reading and errors
+
+S = TypeVar("S", bound=_Section)
+
+
+def _show(value: Any) -> str:
+    """A value as the person wrote it in YAML (true, null), strings quoted."""
+    if value is None:
+        return "null"
+    return ("true" if value else "false") if isinstance(value, bool) else repr(value)
+
+
+def _choices(model: type[_Section], key: str) -> str:
+    annotation = model.model_fields[key].annotation
+    while get_origin(annotation) is not Literal and get_args(annotation):
+        annotation = get_args(annotation)[0]  # Annotated[Literal[...], ...]
+    return ", ".join(_show(c) if not isinstance(c, str) else c for c in get_args(annotation))
+
+
+def _explain(model: type[_Section], error: ErrorDetails) -> tuple[str, str]:
+    """(key, problem) for one pydantic error, worded like the rest of the project's messages."""
+    kind, ctx, got = error["type"], error.get("ctx") or {}, _show(error["input"])
+    key = str(error["loc"][0]) if error["loc"] else str(ctx.get("key"))
+    if kind == "params":
+        return key, str(ctx["why"])
+    if kind == "extra_forbidden":
+        near = difflib.get_close_matches(key, model.model_fields, n=1)
+        return key, "is not a known key" + (f" (did you mean '{near[0]}'?)" if near else "")
+    bounds = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+    if kind in bounds:
+        limit = next(iter(ctx.values()))
+        return key, f"must be {bounds[kind]} {limit}, got {got}"
+    field = model.model_fields.get(key)
+    null = " (or null)" if field is not None and type(None) in get_args(field.annotation) else ""
+    words = {
+        "missing": "is missing",
+        "int_type": f"must be an integer{null}, got {got}",
+        "float_type": f"must be a finite number{null}, got {got}",
+        "finite_number": f"must be a finite number, got {got}",
+        "bool_type": f"must be true or false{null}, got {got}",
+        "string_type": f"must be a string, got {got}",
+        "literal_error": f"must be one of {_choices(model, key)}; got {got}",
+    }
+    return key, words.get(kind) or f"{error['msg'][0].lower()}{error['msg'][1:]}, got {got}"
+
+
+def parse_section(model: type[S], name: str, section: dict[str, Any]) -> S:
+    """Validate one section; the first problem becomes a :class:`ParamsError` naming ``name.key``."""
+    try:
+        return model.model_validate(section)
+    except ValidationError as exc:
+        # An unknown key first: a misspelling also makes the intended key "missing", and the
+        # suggestion says more than that does.
+        first = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        key, problem = _explain(model, first)
+        raise ParamsError(f"params.yaml: '{name}.{key}' {problem}") from None
+
+
+def load_section(name: str, path: str | Path = PARAMS) -> dict[str, Any]:
     """Read one top-level section of the params file as a plain dict."""
     path = Path(path)
     try:
@@ -34,311 +259,66 @@ def load_section(name: str, path: str | Path = PARAMS_FILE) -> dict[str, Any]:
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
     section = doc.get(name)
     if not isinstance(section, dict):
-        raise ParamsError(f"{path}: section '{name}' is missing or not a mapping")
+        near = difflib.get_close_matches(name, [str(k) for k in doc if k not in SECTIONS], n=1)
+        hint = f" (is '{near[0]}' a misspelling?)" if near else ""
+        raise ParamsError(f"{path}: section '{name}' is missing or not a mapping{hint}")
     return section
 
 
-class _Reader:
-    """Typed getters over one section that name the offending key in every error."""
-
-    def __init__(self, section: dict[str, Any], prefix: str) -> None:
-        self.section = section
-        self.prefix = prefix
-
-    def _raw(self, key: str, default: Any = ...) -> Any:
-        if key in self.section:
-            return self.section[key]
-        if default is ...:
-            raise ParamsError(f"params.yaml: '{self.prefix}.{key}' is missing")
-        return default
-
-    def fail(self, key: str, why: str) -> ParamsError:
-        return ParamsError(f"params.yaml: '{self.prefix}.{key}' {why}")
-
-    def str(self, key: str, default: Any = ..., choices: tuple[str, ...] | None = None) -> str:
-        value = self._raw(key, default)
-        if not isinstance(value, str):
-            raise self.fail(key, f"must be a string, got {value!r}")
-        if choices is not None and value not in choices:
-            raise self.fail(key, f"must be one of {', '.join(choices)}; got {value!r}")
-        return value
-
-    def int(self, key: str, default: Any = ..., minimum: int | None = None, optional: bool = False) -> Any:
-        value = self._raw(key, default)
-        if value is None and optional:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, f"must be an integer, got {value!r}")
-        if minimum is not None and value < minimum:
-            raise self.fail(key, f"must be >= {minimum}, got {value}")
-        return value
-
-    def float(
-        self, key: str, default: Any = ..., low: float | None = None, high: float | None = None, optional: bool = False
-    ) -> Any:
-        value = self._raw(key, default)
-        if value is None and optional:
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise self.fail(key, f"must be a finite number, got {value!r}")
-        if low is not None and value < low:
-            raise self.fail(key, f"must be >= {low}, got {value}")
-        if high is not None and value > high:
-            raise self.fail(key, f"must be <= {high}, got {value}")
-        return float(value)
-
-    def bool(self, key: str, default: Any = ...) -> bool:
-        value = self._raw(key, default)
-        if not isinstance(value, bool):
-            raise self.fail(key, f"must be true or false, got {value!r}")
-        return value
-
-    def floats(self, key: str, length: int, default: Any = ...) -> tuple[float, ...]:
-        value = self._raw(key, default)
-        if (
-            not isinstance(value, list)
-            or len(value) != length
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-        ):
-            raise self.fail(key, f"must be a list of {length} numbers, got {value!r}")
-        return tuple(float(v) for v in value)
-
-
-# --------------------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class DataParams:
-    """Section ``data``: where the archive comes from and how it is split."""
-
-    url: str
-    sha256: str
-    val_fraction: float
-    seed: int
-    limit_train: int | None
-    limit_test: int | None
+#: Which model checks each section of params.yaml.
+SECTIONS: dict[str, type[_Section]] = {
+    "data": DataParams,
+    "validate": ValidateParams,
+    "train": TrainParams,
+    "alexnet": AlexNetParams,
+    "vgg16": VGG16Params,
+    "evaluate": EvaluateParams,
+}
 
 
 def data_params(section: dict[str, Any]) -> DataParams:
-    r = _Reader(section, "data")
-    sha = r.str("sha256").lower()
-    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-        raise r.fail("sha256", f"must be 64 hexadecimal digits, got {sha!r}")
-    url = r.str("url")
-    if not url.strip():
-        raise r.fail("url", "must not be empty")
-    return DataParams(
-        url=url,
-        sha256=sha,
-        val_fraction=r.float("val_fraction", low=0.0, high=0.5),
-        seed=r.int("seed", minimum=0),
-        limit_train=r.int("limit_train", None, minimum=20, optional=True),
-        limit_test=r.int("limit_test", None, minimum=10, optional=True),
-    )
-
-
-def load_data_params(path: str | Path = PARAMS_FILE) -> DataParams:
-    return data_params(load_section("data", path))
-
-
-# --------------------------------------------------------------------------- validate
-
-
-@dataclass(frozen=True)
-class ValidateParams:
-    """Section ``validate``: the tolerances of the data expectations."""
-
-    class_balance_tolerance: float
-    channel_mean: tuple[float, float, float]
-    channel_std: tuple[float, float, float]
-    channel_stats_tolerance: float
-    max_constant_images: int
-    max_leaked_images: int
+    return parse_section(DataParams, "data", section)
 
 
 def validate_params(section: dict[str, Any]) -> ValidateParams:
-    r = _Reader(section, "validate")
-    return ValidateParams(
-        class_balance_tolerance=r.float("class_balance_tolerance", low=0.0, high=1.0),
-        channel_mean=r.floats("channel_mean", 3),  # type: ignore[arg-type]
-        channel_std=r.floats("channel_std", 3),  # type: ignore[arg-type]
-        channel_stats_tolerance=r.float("channel_stats_tolerance", low=0.0),
-        max_constant_images=r.int("max_constant_images", minimum=0),
-        max_leaked_images=r.int("max_leaked_images", minimum=0),
-    )
-
-
-def load_validate_params(path: str | Path = PARAMS_FILE) -> ValidateParams:
-    return validate_params(load_section("validate", path))
-
-
-# --------------------------------------------------------------------------- training
-
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "student", "cosine", "onecycle")
-AUGMENTATIONS = ("none", "student", "crop_flip")
-ALEXNET_VARIANTS = ("seed", "paper")
-VGG16_BLOCKS = ("block1", "block2", "block3", "block4", "block5")
-
-
-@dataclass(frozen=True)
-class TrainParams:
-    """Section ``train``: what both training stages share."""
-
-    require_gpu: bool
-    checkpoint_dir: str
+    return parse_section(ValidateParams, "validate", section)
 
 
 def train_params(section: dict[str, Any]) -> TrainParams:
-    r = _Reader(section, "train")
-    return TrainParams(require_gpu=r.bool("require_gpu", False), checkpoint_dir=r.str("checkpoint_dir", "checkpoints"))
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How a model is trained: the keys every model section shares."""
-
-    epochs: int
-    batch_size: int
-    optimizer: str
-    learning_rate: float
-    momentum: float
-    nesterov: bool
-    schedule: str
-    warmup_epochs: float
-    weight_decay: float
-    label_smoothing: float
-    augmentation: str
-    early_stopping_patience: int | None
-    restore_best: bool
-    mixed_precision: bool | str  # true | false | "auto" (see tasks.precision)
-    jit_compile: bool | str
-    seed: int
-    require_gpu: bool | None
-
-
-def recipe(r: _Reader) -> Recipe:
-    mixed = r._raw("mixed_precision", "auto")
-    if mixed not in (True, False, "auto"):
-        raise r.fail("mixed_precision", f"must be true, false or auto; got {mixed!r}")
-    jit = r._raw("jit_compile", "auto")
-    if jit not in (True, False, "auto"):
-        raise r.fail("jit_compile", f"must be true, false or auto; got {jit!r}")
-    require = r._raw("require_gpu", None)
-    if require is not None and not isinstance(require, bool):
-        raise r.fail("require_gpu", f"must be true, false or null; got {require!r}")
-    return Recipe(
-        epochs=r.int("epochs", minimum=0),
-        batch_size=r.int("batch_size", minimum=1),
-        optimizer=r.str("optimizer", choices=OPTIMIZERS),
-        learning_rate=r.float("learning_rate", low=0.0),
-        momentum=r.float("momentum", 0.9, low=0.0, high=1.0),
-        nesterov=r.bool("nesterov", False),
-        schedule=r.str("schedule", "constant", choices=SCHEDULES),
-        warmup_epochs=r.float("warmup_epochs", 0.0, low=0.0),
-        weight_decay=r.float("weight_decay", 0.0, low=0.0),
-        label_smoothing=r.float("label_smoothing", 0.0, low=0.0, high=0.5),
-        augmentation=r.str("augmentation", "none", choices=AUGMENTATIONS),
-        early_stopping_patience=r.int("early_stopping_patience", None, minimum=1, optional=True),
-        restore_best=r.bool("restore_best", True),
-        mixed_precision=mixed,
-        jit_compile=jit,
-        seed=r.int("seed", 0, minimum=0),
-        require_gpu=require,
-    )
-
-
-@dataclass(frozen=True)
-class AlexNetParams:
-    """Section ``alexnet``: architecture plus recipe."""
-
-    variant: str
-    width: float
-    batch_norm: bool
-    recipe: Recipe
+    return parse_section(TrainParams, "train", section)
 
 
 def alexnet_params(section: dict[str, Any]) -> AlexNetParams:
-    r = _Reader(section, "alexnet")
-    width = r.float("width", 1.0)
-    if not 0.0 < width <= 4.0:
-        raise r.fail("width", f"must be in (0, 4], got {width}")
-    return AlexNetParams(
-        variant=r.str("variant", choices=ALEXNET_VARIANTS),
-        width=width,
-        batch_norm=r.bool("batch_norm", False),
-        recipe=recipe(r),
-    )
-
-
-@dataclass(frozen=True)
-class VGG16Params:
-    """Section ``vgg16``: base weights, input size, head, the two fine-tuning phases, recipe."""
-
-    weights: str  # "imagenet", "none" or a path to a weights file
-    input_size: int
-    dropout: float
-    head_epochs: int
-    unfreeze_from: str
-    fine_tune_learning_rate: float
-    recipe: Recipe
+    return parse_section(AlexNetParams, "alexnet", section)
 
 
 def vgg16_params(section: dict[str, Any]) -> VGG16Params:
-    r = _Reader(section, "vgg16")
-    weights = r.str("weights")
-    if weights not in ("imagenet", "none"):
-        path = Path(weights)
-        if not path.is_file():
-            raise r.fail("weights", f"is neither 'imagenet', 'none' nor an existing weights file: {weights}")
-    size = r.int("input_size", 32, minimum=32)
-    rec = recipe(r)
-    head = r.int("head_epochs", 0, minimum=0)
-    if head > rec.epochs:
-        raise r.fail("head_epochs", f"({head}) cannot exceed vgg16.epochs ({rec.epochs})")
-    return VGG16Params(
-        weights=weights,
-        input_size=size,
-        dropout=r.float("dropout", 0.0, low=0.0, high=0.9),
-        head_epochs=head,
-        unfreeze_from=r.str("unfreeze_from", "block1", choices=VGG16_BLOCKS),
-        fine_tune_learning_rate=r.float("fine_tune_learning_rate", low=0.0),
-        recipe=rec,
-    )
-
-
-def load_train_params(path: str | Path = PARAMS_FILE) -> TrainParams:
-    return train_params(load_section("train", path))
-
-
-def load_alexnet_params(path: str | Path = PARAMS_FILE) -> AlexNetParams:
-    return alexnet_params(load_section("alexnet", path))
-
-
-def load_vgg16_params(path: str | Path = PARAMS_FILE) -> VGG16Params:
-    return vgg16_params(load_section("vgg16", path))
-
-
-# --------------------------------------------------------------------------- evaluate
-
-
-@dataclass(frozen=True)
-class EvaluateParams:
-    """Section ``evaluate``: how the test set is scored and timed."""
-
-    batch_size: int
-    latency_repeats: int
-    worst_mistakes: int
+    return parse_section(VGG16Params, "vgg16", section)
 
 
 def evaluate_params(section: dict[str, Any]) -> EvaluateParams:
-    r = _Reader(section, "evaluate")
-    return EvaluateParams(
-        batch_size=r.int("batch_size", minimum=1),
-        latency_repeats=r.int("latency_repeats", minimum=1),
-        worst_mistakes=r.int("worst_mistakes", minimum=0),
-    )
+    return parse_section(EvaluateParams, "evaluate", section)
 
 
-def load_evaluate_params(path: str | Path = PARAMS_FILE) -> EvaluateParams:
+def load_data_params(path: str | Path = PARAMS) -> DataParams:
+    return data_params(load_section("data", path))
+
+
+def load_validate_params(path: str | Path = PARAMS) -> ValidateParams:
+    return validate_params(load_section("validate", path))
+
+
+def load_train_params(path: str | Path = PARAMS) -> TrainParams:
+    return train_params(load_section("train", path))
+
+
+def load_alexnet_params(path: str | Path = PARAMS) -> AlexNetParams:
+    return alexnet_params(load_section("alexnet", path))
+
+
+def load_vgg16_params(path: str | Path = PARAMS) -> VGG16Params:
+    return vgg16_params(load_section("vgg16", path))
+
+
+def load_evaluate_params(path: str | Path = PARAMS) -> EvaluateParams:
     return evaluate_params(load_section("evaluate", path))

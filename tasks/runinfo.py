@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import sys
 import time
 from importlib import metadata
 from typing import Any
+
+from pydantic import BaseModel
 
 PACKAGES = (
     "keras",
@@ -19,6 +20,7 @@ PACKAGES = (
     "torch",
     "numpy",
     "pandas",
+    "pydantic",
     "dvc",
     "prefect",
     "great-expectations",
@@ -36,12 +38,13 @@ def package_versions() -> dict[str, str]:
 
 
 def as_dict(params: Any) -> dict[str, Any]:
-    return dataclasses.asdict(params) if dataclasses.is_dataclass(params) else dict(params)
+    """A params model (tasks.params) or a mapping as plain JSON-able data."""
+    return params.model_dump(mode="json") if isinstance(params, BaseModel) else dict(params)
 
 
 def fingerprint(*parts: Any) -> str:
     """A stable digest of JSON-able parts: equal fingerprints mean the same training problem."""
-    blob = json.dumps([as_dict(p) if dataclasses.is_dataclass(p) else p for p in parts], sort_keys=True, default=str)
+    blob = json.dumps([as_dict(p) if isinstance(p, BaseModel) else p for p in parts], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

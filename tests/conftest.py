@@ -75,6 +75,11 @@ def set_params(repo: Path, **sections: dict) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def params_section(name: str, **changes: object) -> dict:
+    """This checkout's ``params.yaml`` section ``name`` with ``changes``: complete, as a stage reads it."""
+    return {**yaml.safe_load((REPO / "params.yaml").read_text())[name], **changes}
+
+
 def copy_project(repo: Path) -> Path:
     """A new folder ``repo`` holding what this checkout's pipeline needs to run (code, dvc.yaml, params)."""
     repo.mkdir(parents=True)

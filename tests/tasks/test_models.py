@@ -11,13 +11,24 @@ import pytest
 from tasks.layers import LocalResponseNormalization, RandomPadCrop, VGGPreprocess
 from tasks.models import build_alexnet, build_vgg16, load_model, set_vgg_trainable, vgg16_base
 from tasks.params import alexnet_params, vgg16_params
+from tests.conftest import params_section
 
-RECIPE = {"epochs": 1, "batch_size": 8, "optimizer": "sgd", "learning_rate": 0.01}
+#: Over params.yaml's sections: a one-epoch recipe without augmentation (unless a test says otherwise).
+RECIPE = {
+    "epochs": 1,
+    "batch_size": 8,
+    "optimizer": "sgd",
+    "learning_rate": 0.01,
+    "warmup_epochs": 0,
+    "augmentation": "none",
+}
+ALEXNET = {"variant": "seed", "width": 1.0, "batch_norm": False, **RECIPE}
+VGG16 = {"weights": "none", "head_epochs": 1, "fine_tune_learning_rate": 1e-5, **RECIPE}
 MEAN, STD = [125.3, 123.0, 113.9], [63.0, 62.1, 66.7]
 
 
 def alexnet(**kw: object) -> keras.Model:
-    return build_alexnet(alexnet_params({"variant": "seed", **RECIPE, **kw}), MEAN, STD)
+    return build_alexnet(alexnet_params(params_section("alexnet", **ALEXNET | kw)), MEAN, STD)
 
 
 @pytest.mark.parametrize(("variant", "count"), [("seed", 29_983_114), ("paper", 24_740_234)])
@@ -84,8 +95,7 @@ def test_saved_model_round_trip(tmp_path: Path) -> None:
 
 
 def vgg(**kw: object) -> keras.Model:
-    section = {"weights": "none", "head_epochs": 1, "fine_tune_learning_rate": 1e-5, **RECIPE, **kw}
-    return build_vgg16(vgg16_params(section))
+    return build_vgg16(vgg16_params(params_section("vgg16", **VGG16 | kw)))
 
 
 def test_vgg16_weights_file_is_loaded(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import keras
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 
 from tasks.params import alexnet_params
 from tasks.recipe import EpochSchedule, make_loss, make_optimizer, make_schedule
+from tests.conftest import params_section
 
 STEPS = 10
 
@@ -57,20 +57,22 @@ def test_schedule_round_trips_through_config() -> None:
 
 def test_optimizer_and_loss_follow_params() -> None:
     params = alexnet_params(
-        {
-            "variant": "seed",
-            "epochs": 3,
-            "batch_size": 8,
-            "optimizer": "sgd",
-            "learning_rate": 0.05,
-            "nesterov": True,
-            "weight_decay": 5e-4,
-            "label_smoothing": 0.1,
-        }
+        params_section(
+            "alexnet",
+            epochs=3,
+            batch_size=8,
+            optimizer="sgd",
+            learning_rate=0.05,
+            momentum=0.9,
+            nesterov=True,
+            warmup_epochs=0,
+            weight_decay=5e-4,
+            label_smoothing=0.1,
+        )
     )
     opt = make_optimizer(params.recipe, make_schedule(params.recipe, STEPS))
     assert isinstance(opt, keras.optimizers.SGD) and opt.nesterov and opt.momentum == pytest.approx(0.9)
     assert opt.weight_decay == pytest.approx(5e-4)
-    adam = make_optimizer(dataclasses.replace(params.recipe, optimizer="adam"), make_schedule(params.recipe, STEPS))
+    adam = make_optimizer(params.recipe.model_copy(update={"optimizer": "adam"}), make_schedule(params.recipe, STEPS))
     assert isinstance(adam, keras.optimizers.Adam)
     assert make_loss(params.recipe).get_config()["label_smoothing"] == pytest.approx(0.1)

@@ -20,7 +20,7 @@ from tasks.models import build_alexnet, load_model
 from tasks.params import alexnet_params
 from tasks.precision import cpu_flags, decide
 from tasks.train import one_hot
-from tests.conftest import REPO, copy_of, finish, stage, subprocess_env
+from tests.conftest import REPO, copy_of, finish, params_section, stage, subprocess_env
 
 
 def test_alexnet_overfits_64_images() -> None:
@@ -29,7 +29,18 @@ def test_alexnet_overfits_64_images() -> None:
     x = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
     y = np.arange(64) % 10
     params = alexnet_params(
-        {"variant": "seed", "width": 0.25, "epochs": 1, "batch_size": 16, "optimizer": "adam", "learning_rate": 1e-3}
+        params_section(
+            "alexnet",
+            variant="seed",
+            width=0.25,
+            batch_norm=False,
+            epochs=1,
+            batch_size=16,
+            optimizer="adam",
+            learning_rate=1e-3,
+            warmup_epochs=0,
+            augmentation="none",
+        )
     )
     keras.utils.set_random_seed(0)
     model = build_alexnet(params, [127.5] * 3, [64.0] * 3)
@@ -132,7 +143,7 @@ def test_checkpoint_for_other_params_is_not_reused(workspace: Path, tmp_path: Pa
     ("section", "changes", "message"),
     [
         ("alexnet", {"optimizer": "rmsprop"}, "'alexnet.optimizer' must be one of adam, adamw, sgd; got 'rmsprop'"),
-        ("alexnet", {"epochs": -3}, "'alexnet.epochs' must be >= 0, got -3"),
+        ("alexnet", {"epochs": -3}, "'alexnet.epochs' must be >= 1, got -3"),
         ("alexnet", {"variant": "resnet"}, "'alexnet.variant' must be one of seed, paper"),
         (
             "vgg16",
@@ -140,7 +151,11 @@ def test_checkpoint_for_other_params_is_not_reused(workspace: Path, tmp_path: Pa
             "'vgg16.weights' is neither 'imagenet', 'none' nor an existing weights file: missing/vgg16_notop.h5",
         ),
         ("vgg16", {"head_epochs": 5, "epochs": 2}, "'vgg16.head_epochs' (5) cannot exceed vgg16.epochs (2)"),
-        ("alexnet", {"mixed_precision": "yes"}, "'alexnet.mixed_precision' must be true, false or auto; got 'yes'"),
+        (
+            "alexnet",
+            {"mixed_precision": "yes"},
+            "'alexnet.mixed_precision' must be one of true, false, auto; got 'yes'",
+        ),
     ],
 )
 def test_bad_params_fail_before_any_work(

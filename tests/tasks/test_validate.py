@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -141,7 +140,7 @@ def test_each_expectation_catches_its_breakage(
 
 def test_missing_class(prepared: Path, tmp_path: Path) -> None:
     # A lenient balance tolerance isolates the presence check from the balance check.
-    lenient = dataclasses.replace(VALIDATE, class_balance_tolerance=1.0)
+    lenient = VALIDATE.model_copy(update={"class_balance_tolerance": 1.0})
     report = validate(broken(prepared, tmp_path, "val", _drop_class), DATA, lenient)
     assert report["failed"] == ["all_classes_present"]
     entry = next(e for e in report["expectations"] if e["name"] == "all_classes_present")
@@ -149,7 +148,7 @@ def test_missing_class(prepared: Path, tmp_path: Path) -> None:
 
 
 def test_split_sizes_follow_params(prepared: Path) -> None:
-    report = validate(prepared, dataclasses.replace(DATA, val_fraction=0.2), VALIDATE)
+    report = validate(prepared, DATA.model_copy(update={"val_fraction": 0.2}), VALIDATE)
     assert report["failed"] == ["split_sizes"]
 
 
