@@ -8,10 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import jinja2
-
 from flows.nightly_workspace import RecordedRun
 from tasks.paths import MODELS
+from tasks.templating import render as render_template
 
 
 @dataclass(frozen=True)
@@ -24,6 +23,12 @@ class AccuracyRow:
     def change(self) -> float | None:
         """In percentage points."""
         return None if self.before is None or self.after is None else 100 * (self.after - self.before)
+
+    @property
+    def cells(self) -> tuple[str, str, str]:
+        """How the table shows it: both accuracies in percent and the change in points."""
+        pct = ["-" if v is None else f"{100 * v:.2f} %" for v in (self.before, self.after)]
+        return pct[0], pct[1], "-" if self.change is None else f"{self.change:+.2f} pp"
 
 
 def accuracies_from(evaluate_json: str | None) -> dict[str, float]:
@@ -47,25 +52,6 @@ def accuracy_rows(before: str | None, after: str | None) -> list[AccuracyRow]:
     return [AccuracyRow(m, old.get(m), new.get(m)) for m in models or MODELS]
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f} %"
-
-
-def _points(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.2f} pp"
-
-
-_ENV = jinja2.Environment(
-    loader=jinja2.PackageLoader("flows", "templates"),
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=True,
-    autoescape=False,  # markdown for Prefect's artifact page, which renders it without raw HTML
-)
-_ENV.filters.update(pct=_pct, points=_points)
-
-
 def render(
     *,
     run_name: str,
@@ -87,7 +73,9 @@ def render(
     metrics_diff: str = "",
 ) -> str:
     restored = [r["stage"] for r in stages if r.get("outcome") == "restored"]
-    return _ENV.get_template("nightly_summary.md.j2").render(
+    return render_template(
+        "nightly_summary.md.j2",
+        package="flows",
         run_name=run_name,
         branch=branch,
         git_url=git_url,
