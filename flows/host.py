@@ -3,7 +3,8 @@ Keras backend that training will use can see.
 
 Cheap on purpose: ``nvidia-smi`` takes milliseconds; the backend probe imports Keras and its
 backend (a few seconds with TensorFlow), so it runs in a subprocess and only where a GPU matters:
-when ``require_gpu`` is set or the driver reports a GPU.
+when ``require_gpu`` is set or the driver reports a GPU. Which devices count as a GPU is not
+decided here but in :mod:`tasks.devices`, the module the training stages use.
 """
 
 from __future__ import annotations
@@ -15,33 +16,17 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
-#: Device kinds that count as an accelerator, as the backends name them.
-GPU_KINDS = ("gpu", "cuda", "rocm", "mps", "metal", "tpu")
+from tasks import devices
 
-#: Run in a child process: prints one JSON line with the Keras backend and its devices.
-_PROBE = r"""
-import json, os
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import keras
-name = keras.backend.backend()
-if name == "tensorflow":
-    import tensorflow as tf
-    devices = [f"{d.device_type}:{d.name.rsplit(':', 1)[-1]}" for d in tf.config.list_physical_devices()]
-elif name == "jax":
-    import jax
-    devices = [f"{d.platform}:{d.id}" for d in jax.devices()]
-elif name == "torch":
-    import torch
-    devices = [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        devices.append("mps:0")
-    devices = devices or ["cpu:0"]
-else:
-    devices = []
-print(json.dumps({"backend": name, "keras": keras.__version__, "devices": devices}))
-"""
+#: The repository root: the child process imports ``tasks`` from here, whatever the flow's working directory.
+ROOT = Path(__file__).resolve().parent.parent
+#: The backend probe, run in a child process with this interpreter: the stages' own device check
+#: (:func:`tasks.devices.report`), printed as one JSON line -- so the flow judges the GPU by the
+#: same rule as the training stage it is about to run.
+_PROBE = ["-m", "tasks.devices", "--json"]
 
 
 class GPUUnavailable(RuntimeError):
@@ -73,10 +58,18 @@ def nvidia_gpus(timeout: float = 20) -> tuple[list[str], str]:
 
 
 def backend_devices(timeout: float = 120) -> dict[str, Any]:
-    """``{"backend", "keras", "devices"}`` as the Keras backend sees them, or ``{"error": ...}``."""
+    """``{"backend", "keras", "devices", "gpus"}`` as the Keras backend sees them (:func:`tasks.devices.report`),
+    or ``{"error": ...}``."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+            [sys.executable, *_PROBE],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired:
         return {"error": f"backend probe timed out after {timeout:.0f} s"}
@@ -85,10 +78,6 @@ def backend_devices(timeout: float = 120) -> dict[str, Any]:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return {"error": f"backend probe exited with {proc.returncode}: {tail}"}
     return json.loads(last[0])
-
-
-def accelerators(devices: list[str]) -> list[str]:
-    return [d for d in devices if d.split(":")[0].lower() in GPU_KINDS]
 
 
 def describe(require_gpu: bool) -> dict[str, Any]:
@@ -111,7 +100,7 @@ def describe(require_gpu: bool) -> dict[str, Any]:
     if require_gpu or info["nvidia_gpus"]:
         probe = backend_devices()
         info["backend"] = probe
-        info["gpus"] = accelerators(probe.get("devices", []))
+        info["gpus"] = devices.gpus(probe.get("devices", []))
     else:
         info["backend"] = {"skipped": "no GPU reported by nvidia-smi and require_gpu is off"}
         info["gpus"] = []

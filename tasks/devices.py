@@ -1,25 +1,39 @@
-"""Which accelerators the active Keras backend sees, and a fail-fast check for ``require_gpu``."""
+"""Which accelerators the active Keras backend sees, and a fail-fast check for ``require_gpu``.
+
+The one place that decides whether a GPU is usable: the training stages ask it in-process
+(:func:`describe`), and the flow's host report (flows/host.py) asks it in a child process
+(:func:`report`, printed by ``python -m tasks.devices --json``), so a flow and the stage it runs
+cannot disagree about the same backend's devices. Keras is imported only when a backend is
+asked, so the flow can import the rule (:func:`gpus`) without paying for Keras.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
 import sys
+from importlib.metadata import version
 from typing import Any
-
-import keras
 
 from tasks.errors import DeviceError
 from tasks.precision import Gpu
 
+#: Device kinds that count as an accelerator, as the backends name them (TensorFlow ``GPU``/``TPU``,
+#: JAX ``gpu``/``rocm``/``tpu``/``METAL``, torch ``cuda``/``mps``): Keras trains on any of them.
+GPU_KINDS = ("gpu", "cuda", "rocm", "mps", "metal", "tpu")
+
 
 def backend() -> str:
+    import keras  # here, not at the top: importing the rule (gpus) must not load a backend
+
     return keras.backend.backend()
 
 
 def visible_devices() -> list[str]:
-    """Device names as the active backend lists them, e.g. ``['CPU:0']`` or ``['cuda:0', 'cuda:1']``."""
+    """Device names as the active backend lists them, e.g. ``['CPU:0']``, ``['cuda:0', 'cuda:1']``
+    or ``['mps:0']``."""
     name = backend()
     if name == "tensorflow":
         import tensorflow as tf
@@ -32,13 +46,24 @@ def visible_devices() -> list[str]:
     if name == "torch":
         import torch
 
-        gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-        return gpus or ["cpu:0"]
+        found = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            found.append("mps:0")
+        return found or ["cpu:0"]
     return [f"{name}:unknown"]
 
 
 def gpus(devices: list[str]) -> list[str]:
-    return [d for d in devices if d.split(":")[0].lower() in ("gpu", "cuda", "rocm")]
+    """The accelerators among ``devices`` (names as :func:`visible_devices` gives them): the one
+    rule for "a GPU is usable", for the stages' ``require_gpu`` and the flow's host report alike."""
+    return [d for d in devices if d.split(":")[0].lower() in GPU_KINDS]
+
+
+def report() -> dict[str, Any]:
+    """``{"backend", "keras", "devices", "gpus"}``: what the active backend sees and which of it
+    is an accelerator; the flow's host report runs this in a child process."""
+    devices = visible_devices()
+    return {"backend": backend(), "keras": version("keras"), "devices": devices, "gpus": gpus(devices)}
 
 
 def gpu_details() -> list[Gpu]:
@@ -84,14 +109,14 @@ def _capability(text: str | None) -> tuple[int, int] | None:
 
 def describe() -> dict[str, Any]:
     """What the run log and the run metadata record about where training ran."""
-    devices = visible_devices()
+    seen = report()
     return {
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
-        "keras_backend": backend(),
-        "devices": devices,
-        "gpus": gpus(devices),
+        "keras_backend": seen["backend"],
+        "devices": seen["devices"],
+        "gpus": seen["gpus"],
     }
 
 
@@ -112,8 +137,15 @@ CPU_ONLY_NOTE = (
 )
 
 
-def main() -> None:
-    """``python -m tasks.devices``: what training would run on here, and a note when that is only a CPU."""
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tasks.devices``: what training would run on here, and a note when that is only a CPU.
+    ``--json``: :func:`report` as one JSON line, for a caller in another process (the flow's host report)."""
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["--json"]:
+        print(json.dumps(report()))
+        return
+    if args:
+        sys.exit("usage: python -m tasks.devices [--json]")
     info = describe()
     print(f"training devices: keras backend {info['keras_backend']}: {', '.join(info['devices'])}")
     if not info["gpus"]:

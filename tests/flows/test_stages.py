@@ -25,6 +25,8 @@ from flows.stages import (
     run_dvc,
     stage_graph,
 )
+from tasks import devices
+from tasks.errors import DeviceError
 from tests.conftest import dvc, run
 
 #: A pipeline shaped like the project's once training lands: a diamond after validate.
@@ -181,10 +183,55 @@ def test_require_gpu_trusts_the_backend_not_the_driver(monkeypatch: pytest.Monke
 
 
 def test_backend_probe_reports_errors_instead_of_raising(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(host, "_PROBE", "import sys; sys.exit('no keras here')")
+    monkeypatch.setattr(host, "_PROBE", ["-c", "import sys; sys.exit('no keras here')"])
     assert "no keras here" in host.backend_devices()["error"]
-    monkeypatch.setattr(host, "_PROBE", 'print(\'{"backend": "torch", "devices": ["cpu:0"]}\')')
+    monkeypatch.setattr(host, "_PROBE", ["-c", 'print(\'{"backend": "torch", "devices": ["cpu:0"]}\')'])
     assert host.backend_devices() == {"backend": "torch", "devices": ["cpu:0"]}
+
+
+def test_backend_probe_is_the_stages_device_check() -> None:
+    """The real probe: a child process running tasks.devices, whatever the working directory."""
+    seen = host.backend_devices()
+    assert set(seen) == {"backend", "keras", "devices", "gpus"}, seen
+    assert seen["devices"] and seen["gpus"] == devices.gpus(seen["devices"])
+
+
+@pytest.mark.parametrize(
+    ("backend", "seen"),
+    [
+        ("tensorflow", ["CPU:0"]),
+        ("tensorflow", ["CPU:0", "GPU:0"]),
+        ("tensorflow", ["CPU:0", "TPU:0"]),
+        ("jax", ["cpu:0"]),
+        ("jax", ["gpu:0", "gpu:1"]),
+        ("jax", ["rocm:0"]),
+        ("jax", ["METAL:0"]),
+        ("torch", ["cpu:0"]),
+        ("torch", ["cuda:0"]),
+        ("torch", ["mps:0"]),
+        ("numpy", ["numpy:unknown"]),
+    ],
+)
+def test_flow_and_stage_agree_on_the_gpu(monkeypatch: pytest.MonkeyPatch, backend: str, seen: list[str]) -> None:
+    """Given the same backend devices, the flow's host report (require_gpu=True) and a training
+    stage's device check (tasks.devices) find the same GPUs, and pass or fail together."""
+    monkeypatch.setattr(devices, "backend", lambda: backend)
+    monkeypatch.setattr(devices, "visible_devices", lambda: list(seen))
+    monkeypatch.setattr(host, "nvidia_gpus", lambda: ([], "nvidia-smi not found"))
+    monkeypatch.setattr(host, "backend_devices", devices.report)  # what the child process prints
+
+    stage = devices.describe()
+    try:
+        devices.require_gpu(stage, "train_alexnet")
+        stage_ok = True
+    except DeviceError:
+        stage_ok = False
+    try:
+        flow_gpus = host.describe(require_gpu=True)["gpus"]
+    except host.GPUUnavailable:
+        flow_gpus = []
+    assert flow_gpus == stage["gpus"]
+    assert bool(flow_gpus) is stage_ok
 
 
 def test_error_messages_keep_their_indented_details() -> None:
