@@ -38,11 +38,17 @@ from prefect.runtime import task_run as current_task_run
 from flows import host as host_info
 from flows.stages import (
     DeterministicFailure,
+    OverrideError,
     PlanError,
+    apply_overrides,
     classify,
+    log_lines,
     outcome,
     plan,
     push_uncached_outputs,
+    restore_files,
+    retry_options,
+    retry_unless_deterministic,
     run_dvc,
     stage_graph,
     uncached_outputs,
@@ -56,12 +62,6 @@ ARTIFACT_SUMMARY = "cifar10-pipeline-summary"
 ARTIFACT_REPORT = "cifar10-report"
 
 
-def _no_retry_for_deterministic(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect's retry condition: retry anything but a failure the stage itself called final."""
-    exc = state.result(raise_on_failure=False) if state is not None else None
-    return not isinstance(exc, DeterministicFailure)
-
-
 def _run_logger() -> Any:
     """The run logger inside a flow or task; the module logger elsewhere."""
     from prefect.exceptions import MissingContextError
@@ -72,13 +72,6 @@ def _run_logger() -> Any:
         import logging
 
         return logging.getLogger(__name__)
-
-
-def _logger_line(logger: Any):
-    def log(line: str) -> None:
-        (logger.error if line.startswith(("error: ", "ERROR")) else logger.info)(line)
-
-    return log
 
 
 # -- tasks -------------------------------------------------------------------------------------------
@@ -120,7 +113,7 @@ def plan_stages(repo: str, stages: list[str] | None) -> list[str]:
     task_run_name="{stage}",
     cache_policy=NO_CACHE,
     persist_result=False,
-    retry_condition_fn=_no_retry_for_deterministic,
+    retry_condition_fn=retry_unless_deterministic,
     retry_jitter_factor=0.2,
 )
 def run_stage(stage: str, repo: str, pull: bool = False) -> dict[str, Any]:
@@ -129,7 +122,7 @@ def run_stage(stage: str, repo: str, pull: bool = False) -> dict[str, Any]:
     logger = get_run_logger()
     started = time.monotonic()
     args = ["repro", "--single-item", stage, *(["--pull"] if pull else [])]
-    result = run_dvc(args, Path(repo), _logger_line(logger))
+    result = run_dvc(args, Path(repo), log_lines(logger))
     if result.returncode != 0:
         failure = classify(f"stage '{stage}'", result.returncode, result.lines)
         logger.error("%s", failure)
@@ -149,12 +142,12 @@ def run_stage(stage: str, repo: str, pull: bool = False) -> dict[str, Any]:
     task_run_name="dvc {command}",
     cache_policy=NO_CACHE,
     persist_result=False,
-    retry_condition_fn=_no_retry_for_deterministic,
+    retry_condition_fn=retry_unless_deterministic,
 )
 def dvc_command(command: str, args: list[str], repo: str) -> str:
     """A DVC housekeeping command (pull, push, exp save, ...) with its output in the run log."""
     logger = get_run_logger()
-    result = run_dvc([command, *args], Path(repo), _logger_line(logger))
+    result = run_dvc([command, *args], Path(repo), log_lines(logger))
     if result.returncode != 0:
         raise classify(f"dvc {command}", result.returncode, result.lines)
     return result.output
@@ -196,32 +189,12 @@ def push_uncached(repo: str, stages: list[str]) -> int:
 
 @task(name="set-params", cache_policy=NO_CACHE, persist_result=False)
 def apply_params(repo: str, overrides: list[str]) -> dict[str, str | None]:
-    """Apply ``-S`` overrides exactly as ``dvc exp run -S`` does (same syntax, same code); return
-    the original text of each file touched so the flow can put it back."""
-    from dvc.utils.cli_parse import to_path_overrides
-    from dvc.utils.hydra import apply_overrides
-
-    logger = get_run_logger()
-    originals: dict[str, str | None] = {}
-    for path, items in to_path_overrides(overrides).items():
-        target = Path(repo) / path
-        originals[path] = target.read_text() if target.exists() else None
-        try:
-            apply_overrides(target, items)
-        except Exception as exc:  # bad syntax or an unknown key: the user's to fix
-            for name, text in originals.items():
-                _restore(Path(repo) / name, text)
-            cause = f" ({exc.__cause__})" if exc.__cause__ else ""
-            raise DeterministicFailure(f"set_params {items}", [f"error: {exc}{cause}"]) from None
-        logger.info("%s: %s", path, ", ".join(items))
-    return originals
-
-
-def _restore(path: Path, text: str | None) -> None:
-    if text is None:
-        path.unlink(missing_ok=True)
-    else:
-        path.write_text(text)
+    """Apply ``-S`` overrides exactly as ``dvc exp run -S`` does (:func:`flows.stages.apply_overrides`);
+    return the original text of each file touched so the flow can put it back."""
+    try:
+        return apply_overrides(Path(repo), overrides, get_run_logger().info)
+    except OverrideError as exc:  # bad syntax or an unknown key: the user's to fix
+        raise DeterministicFailure(f"set_params {exc.items}", [f"error: {exc}"]) from None
 
 
 @task(name="publish", cache_policy=NO_CACHE, persist_result=False)
@@ -382,8 +355,7 @@ def pipeline(
         raise FileNotFoundError(f"{repo} holds no dvc.yaml; set repo_dir or the deployment's working directory")
     host = report_host(require_gpu)
 
-    delays = [retry_delay_seconds * 2**i for i in range(max(stage_retries, 0))]
-    stage_task = run_stage.with_options(retries=max(stage_retries, 0), retry_delay_seconds=delays or 0)
+    stage_task = run_stage.with_options(**retry_options(stage_retries, retry_delay_seconds))
     experiment = (experiment_name or current_flow_run.get_name() or "prefect-run") if set_params else None
     results: list[dict[str, Any]] = []
 
@@ -412,8 +384,7 @@ def pipeline(
                 save_experiment(str(repo), experiment, order)
             publish(str(repo), results, experiment, host["host"])
         finally:
-            for path, text in originals.items():
-                _restore(repo / path, text)
+            restore_files(repo, originals)
             if originals:
                 logger.info("restored %s to its state before the run", ", ".join(originals))
             if share_cache and results:

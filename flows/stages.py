@@ -1,7 +1,9 @@
-"""DVC plumbing for the Prefect flow: the stage graph, running a ``dvc`` command with its output
-streamed line by line, and telling a transient failure from a deterministic one.
+"""DVC plumbing for the Prefect flows: the stage graph, running a ``dvc`` command with its output
+streamed line by line, reading what it did to each stage, applying ``-S`` overrides, and telling
+a transient failure from a deterministic one (and so whether a task retries).
 
-Nothing here imports Prefect, so it can be tested and reused on its own. DVC stays the judge of
+Nothing here imports Prefect, so it can be tested and reused on its own; the pipeline, sweep and
+nightly flows all take these from here rather than keep copies that could drift apart. DVC stays the judge of
 what reruns: every stage goes through ``dvc repro --single-item``, which skips an unchanged stage
 (or restores it from the run-cache) and keeps ``dvc.lock`` the record of what ran.
 """
@@ -18,6 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 #: Exit status of a stage that failed for a reason its message explains (tasks/cli.py): bad input,
 #: bad params, failed validation. Another attempt would fail the same way.
@@ -29,6 +32,7 @@ TRANSIENT_ERROR_MARKERS = ("giving up after",)
 TAIL_LINES = 40
 
 _STAGE_EXIT = re.compile(r"failed to run: .*, exited with (-?\d+)")
+#: The lines ``dvc repro`` and ``dvc exp run`` print about each stage, and what each means.
 _OUTCOMES = (
     (re.compile(r"^Running stage '(?P<stage>[^']+)'"), "ran"),
     (re.compile(r"^Stage '(?P<stage>[^']+)' is cached - skipping run"), "restored"),
@@ -38,6 +42,14 @@ _OUTCOMES = (
 
 class PlanError(ValueError):
     """The requested stages are not in the pipeline."""
+
+
+class OverrideError(ValueError):
+    """DVC refused a ``-S`` override (an unknown key, bad syntax); the message is DVC's, with its cause."""
+
+    def __init__(self, message: str, path: str, items: list[str]):
+        self.path, self.items = path, items
+        super().__init__(message)
 
 
 class StageFailure(RuntimeError):
@@ -123,14 +135,95 @@ def error_messages(lines: Sequence[str], limit: int = 1500) -> list[str]:
     return [e if len(e) <= limit else e[:limit] + " ..." for e in found]
 
 
-def outcome(stage: str, lines: Iterable[str]) -> str:
-    """What ``dvc repro --single-item <stage>`` did: ``ran``, ``restored`` (run-cache) or ``skipped``."""
+def stage_outcomes(lines: Iterable[str]) -> dict[str, str]:
+    """What DVC did with each stage it names in ``lines``: ``ran``, ``restored`` (run-cache) or
+    ``skipped`` (unchanged), in the order it got to them. DVC prints one such line a stage; should
+    there be more, the first counts."""
+    found: dict[str, str] = {}
     for line in lines:
         for pattern, name in _OUTCOMES:
-            m = pattern.match(line)
-            if m and m.group("stage") == stage:
-                return name
-    return "skipped"
+            if m := pattern.match(line):
+                found.setdefault(m.group("stage"), name)
+    return found
+
+
+def outcome(stage: str, lines: Iterable[str]) -> str:
+    """What ``dvc repro --single-item <stage>`` did: ``ran``, ``restored`` (run-cache) or ``skipped``."""
+    return stage_outcomes(lines).get(stage, "skipped")
+
+
+def retry_unless_deterministic(task: Any, task_run: Any, state: Any) -> bool:
+    """A Prefect ``retry_condition_fn`` for every task that runs ``dvc``: retry anything but a
+    failure the stage itself called final (:class:`DeterministicFailure`). Only the state is read,
+    so Prefect need not be imported here."""
+    exc = state.result(raise_on_failure=False) if state is not None else None
+    return not isinstance(exc, DeterministicFailure)
+
+
+def log_lines(logger: Any) -> Callable[[str], None]:
+    """``run_dvc``'s ``log`` for a logger: the stages' ``error:`` lines and DVC's ``ERROR`` lines at
+    error level, everything else at info."""
+
+    def log(line: str) -> None:
+        (logger.error if line.startswith(("error: ", "ERROR")) else logger.info)(line)
+
+    return log
+
+
+def retry_options(retries: int, first_delay: float) -> dict[str, Any]:
+    """``Task.with_options`` arguments for ``retries`` attempts after the first, the first after
+    ``first_delay`` seconds and each further one after twice the one before."""
+    retries = max(retries, 0)
+    return {"retries": retries, "retry_delay_seconds": [first_delay * 2**i for i in range(retries)] or 0}
+
+
+# -- params overrides (-S) -------------------------------------------------------------------------
+
+
+def override_files(overrides: Sequence[str]) -> list[str]:
+    """The params files (relative paths) that ``-S`` ``overrides`` change: ``params.yaml`` unless an
+    override names another (``path/params.yaml:key=value``)."""
+    from dvc.utils.cli_parse import to_path_overrides
+
+    return list(to_path_overrides(list(overrides)))
+
+
+def apply_overrides(
+    root: Path, overrides: Sequence[str], log: Callable[[str], None] | None = None
+) -> dict[str, str | None]:
+    """Apply ``-S`` overrides to the params files under ``root`` exactly as ``dvc exp run -S`` does
+    (same syntax, same code); return the original text of each file touched (None where it did not
+    exist), so a caller can put it back with :func:`restore_files`.
+
+    An override DVC refuses raises :class:`OverrideError` with DVC's message, after the files
+    already changed are put back. ``log`` hears ``<file>: <overrides>`` for each file changed.
+    """
+    from dvc.utils.cli_parse import to_path_overrides
+    from dvc.utils.hydra import apply_overrides as dvc_apply_overrides
+
+    originals: dict[str, str | None] = {}
+    for path, items in to_path_overrides(list(overrides)).items():
+        target = root / path
+        originals[path] = target.read_text() if target.exists() else None
+        try:
+            dvc_apply_overrides(target, items)
+        except Exception as exc:  # bad syntax or an unknown key: the user's to fix
+            restore_files(root, originals)
+            cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+            raise OverrideError(f"{exc}{cause}", path, items) from None
+        if log is not None:
+            log(f"{path}: {', '.join(items)}")
+    return originals
+
+
+def restore_files(root: Path, originals: dict[str, str | None]) -> None:
+    """Put back files under ``root`` as :func:`apply_overrides` found them (None: remove it)."""
+    for path, text in originals.items():
+        target = root / path
+        if text is None:
+            target.unlink(missing_ok=True)
+        else:
+            target.write_text(text)
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -254,7 +347,7 @@ def stage_graph(repo: Path) -> dict[str, list[str]]:
     with Repo(str(repo)) as dvc_repo:
         graph = dvc_repo.index.graph
         stages = [s for s in dvc_repo.index.stages if s.cmd]
-        names = {s: _target(s, dvc_repo.root_dir) for s in stages}
+        names = {s: stage_name(s, dvc_repo.root_dir) for s in stages}
 
         def upstream(stage: object) -> list[str]:
             found: list[str] = []
@@ -279,30 +372,36 @@ def uncached_outputs(repo: Path, stages: Sequence[str]) -> list[str]:
         return [
             os.path.relpath(out.fs_path, dvc_repo.root_dir)
             for stage in dvc_repo.index.stages
-            if stage.cmd and _target(stage, dvc_repo.root_dir) in wanted
+            if stage.cmd and stage_name(stage, dvc_repo.root_dir) in wanted
             for out in stage.outs
             if not out.use_cache
         ]
 
 
-def push_uncached_outputs(repo: Path, stages: Sequence[str]) -> int:
-    """Push the ``cache: false`` outputs of ``stages`` to the default remote; return how many objects went.
+def push_uncached_outputs(repo: Path, stages: Sequence[str] | None = None) -> int:
+    """Push the ``cache: false`` outputs (metrics, plots) of ``stages`` (default: every stage) to
+    the default remote; return how many objects went.
 
     DVC's run-cache records them (and keeps a copy in the local cache) so a stage with metrics in
-    git can still be restored, but ``dvc push --run-cache`` sends only the cached outputs: another
-    host would find the run-cache entry, miss the metrics file, and run the stage again. This
-    pushes those objects the way ``repro --pull`` later looks for them.
+    git can still be restored, but ``dvc push --run-cache`` sends only the records and the cached
+    outputs: another host would find the run-cache entry, miss the metrics file, and run the stage
+    again. This pushes those objects the way ``repro --pull`` later looks for them. An output whose
+    object is not in the local cache (the stage never ran with this cache: its run-cache record
+    is elsewhere, if anywhere) has nothing to send and is passed over; an upload that fails raises
+    :class:`TransientFailure`.
     """
     from dvc.repo import Repo
 
-    wanted = set(stages)
+    wanted = None if stages is None else set(stages)
     objs: set = set()
     with Repo(str(repo)) as dvc_repo:
         for stage in dvc_repo.index.stages:
-            if not stage.cmd or _target(stage, dvc_repo.root_dir) not in wanted:
+            if not stage.cmd or (wanted is not None and stage_name(stage, dvc_repo.root_dir) not in wanted):
                 continue
             for out in stage.outs:
-                if out.use_cache or not out.hash_info:
+                if out.use_cache or not out.hash_info or not out.hash_info.value:
+                    continue
+                if not dvc_repo.cache.local.exists(out.hash_info.value):
                     continue
                 out.use_cache = True  # as the run-cache's copy of the stage sees it
                 try:
@@ -318,7 +417,7 @@ def push_uncached_outputs(repo: Path, stages: Sequence[str]) -> int:
     return len(result.transferred)
 
 
-def _target(stage: object, root: str) -> str:
+def stage_name(stage: object, root: str) -> str:
     """How ``dvc repro`` run from the repository root names the stage: ``name`` for the root
     dvc.yaml, ``path/to/dvc.yaml:name`` for another."""
     dvcfile = os.path.relpath(stage.path, root)  # type: ignore[attr-defined]

@@ -45,7 +45,20 @@ from prefect.states import Completed, Failed
 
 from flows import sweep_spec, sweep_table, sweep_workspace
 from flows.pipeline import report_host
-from flows.stages import DeterministicFailure, StageFailure, classify, run_dvc
+from flows.stages import (
+    DeterministicFailure,
+    OverrideError,
+    StageFailure,
+    apply_overrides,
+    classify,
+    log_lines,
+    override_files,
+    push_uncached_outputs,
+    retry_options,
+    retry_unless_deterministic,
+    run_dvc,
+    stage_outcomes,
+)
 from flows.sweep_table import DONE, DONE_EARLIER, FAILED, FAILED_EARLIER, Outcome
 
 #: The deployment (prefect.yaml) whose flow runs execute the experiments on the pool's workers.
@@ -56,12 +69,6 @@ RESULTS_DIR = Path("reports/sweeps")
 WORKSPACES = Path(".dvc/tmp/sweeps")
 #: The last word of a failed experiment's message: whether running it again could change anything.
 DETERMINISTIC, TRANSIENT = "[deterministic]", "[transient]"
-
-_STAGE_LINE = (
-    (re.compile(r"^Running stage '(?P<stage>[^']+)'"), "ran"),
-    (re.compile(r"^Stage '(?P<stage>[^']+)' is cached - skipping run"), "restored"),
-    (re.compile(r"^Stage '(?P<stage>[^']+)' didn't change, skipping"), "skipped"),
-)
 
 
 class PointFailure(RuntimeError):
@@ -78,28 +85,6 @@ class SweepFailed(RuntimeError):
     def __init__(self, message: str, summary: dict[str, Any]):
         super().__init__(message)
         self.summary = summary
-
-
-def _log_line(logger: Any):
-    def log(line: str) -> None:
-        (logger.error if line.startswith(("error: ", "ERROR")) else logger.info)(line)
-
-    return log
-
-
-def _no_retry_for_deterministic(task: Any, task_run: Any, state: Any) -> bool:
-    exc = state.result(raise_on_failure=False) if state is not None else None
-    return not isinstance(exc, DeterministicFailure)
-
-
-def stage_outcomes(lines: list[str]) -> dict[str, str]:
-    """What DVC did with each stage: ``ran``, ``restored`` (run-cache) or ``skipped`` (unchanged)."""
-    found: dict[str, str] = {}
-    for line in lines:
-        for pattern, what in _STAGE_LINE:
-            if m := pattern.match(line):
-                found[m.group("stage")] = what
-    return found
 
 
 # -- one experiment: the point flow --------------------------------------------------------------------
@@ -126,7 +111,7 @@ def prepare_workspace(ws: str, git_url: str, rev: str, cache_dir: str | None, dv
     task_run_name="dvc exp run {experiment}",
     cache_policy=NO_CACHE,
     persist_result=False,
-    retry_condition_fn=_no_retry_for_deterministic,
+    retry_condition_fn=retry_unless_deterministic,
     retry_jitter_factor=0.2,
 )
 def exp_run(experiment: str, overrides: list[str], stages: list[str] | None, ws: str, pull: bool) -> dict[str, str]:
@@ -135,7 +120,7 @@ def exp_run(experiment: str, overrides: list[str], stages: list[str] | None, ws:
     args = ["exp", "run", *(["--pull"] if pull else []), "-n", experiment]
     for item in overrides:
         args += ["-S", item]
-    result = run_dvc([*args, *(stages or [])], Path(ws), _log_line(logger))
+    result = run_dvc([*args, *(stages or [])], Path(ws), log_lines(logger))
     if result.returncode != 0:
         raise classify(f"dvc exp run {experiment}", result.returncode, result.lines)
     outcomes = stage_outcomes(result.lines)
@@ -148,21 +133,18 @@ def exp_run(experiment: str, overrides: list[str], stages: list[str] | None, ws:
     task_run_name="shared stages",
     cache_policy=NO_CACHE,
     persist_result=False,
-    retry_condition_fn=_no_retry_for_deterministic,
+    retry_condition_fn=retry_unless_deterministic,
     retry_jitter_factor=0.2,
 )
 def repro_shared(overrides: list[str], stages: list[str], ws: str, pull: bool) -> dict[str, str]:
-    """The stages every experiment shares, once, with the sweep's common overrides applied."""
-    from dvc.utils.cli_parse import to_path_overrides
-    from dvc.utils.hydra import apply_overrides
-
+    """The stages every experiment shares, once, with the sweep's common overrides applied (the
+    workspace is a clone that is checked out afresh each attempt, so nothing is put back)."""
     logger = get_run_logger()
-    for path, items in to_path_overrides(overrides).items():
-        try:
-            apply_overrides(Path(ws) / path, items)
-        except Exception as exc:  # an unknown key or bad syntax: the sweep file's to fix
-            raise DeterministicFailure("the sweep's overrides", [f"error: {exc}"]) from None
-    result = run_dvc(["repro", *(["--pull"] if pull else []), *stages], Path(ws), _log_line(logger))
+    try:
+        apply_overrides(Path(ws), overrides)
+    except OverrideError as exc:  # an unknown key or bad syntax: the sweep file's to fix
+        raise DeterministicFailure("the sweep's overrides", [f"error: {exc}"]) from None
+    result = run_dvc(["repro", *(["--pull"] if pull else []), *stages], Path(ws), log_lines(logger))
     if result.returncode != 0:
         raise classify("the shared stages", result.returncode, result.lines)
     return stage_outcomes(result.lines)
@@ -173,7 +155,7 @@ def share_results(ws: str, experiment: str | None, git_url: str, remote: bool) -
     """The experiment's git ref to the sweep's repository, its outputs and run-cache to the DVC remote."""
     logger = get_run_logger()
     if remote:
-        sent = sweep_workspace.push_run_cache_objects(Path(ws))
+        sent = push_uncached_outputs(Path(ws))
         logger.info("pushed %d object(s) of cache: false outputs that the run-cache refers to", sent)
     if experiment:
         args = ["exp", "push", *(["--run-cache"] if remote else ["--no-cache"]), git_url, experiment]
@@ -181,7 +163,7 @@ def share_results(ws: str, experiment: str | None, git_url: str, remote: bool) -
         args = ["push", "--run-cache"]
     else:
         return
-    result = run_dvc(args, Path(ws), _log_line(logger))
+    result = run_dvc(args, Path(ws), log_lines(logger))
     if result.returncode != 0:
         raise classify(f"dvc {' '.join(args[:2])}", result.returncode, result.lines)
 
@@ -240,8 +222,7 @@ def sweep_point(
         prepare_workspace(str(ws), git_url, rev, shared, dvc_remote)
     except Exception as exc:
         raise PointFailure(f"{what}: preparing the workspace failed: {exc}", deterministic=False) from None
-    delays = [retry_delay_seconds * 2**i for i in range(max(retries, 0))]
-    options = {"retries": max(retries, 0), "retry_delay_seconds": delays or 0}
+    options = retry_options(retries, retry_delay_seconds)
     outcomes: dict[str, str] = {}
     try:
         if experiment and sweep_workspace.has_experiment(ws, rev, experiment):
@@ -280,21 +261,17 @@ def _invalid_override(
     key = tuple(overrides)
     if key in cache:
         return cache[key]
-    from dvc.utils.cli_parse import to_path_overrides
-    from dvc.utils.hydra import apply_overrides
-
     problem = None
     with tempfile.TemporaryDirectory() as tmp:
+        for path in override_files(overrides):
+            target = Path(tmp) / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shown = sweep_workspace.git(["show", f"{rev}:{path}"], repo, check=False)
+            target.write_text(shown.stdout if shown.returncode == 0 else "")
         try:
-            for path, items in to_path_overrides(list(overrides)).items():
-                target = Path(tmp) / path
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shown = sweep_workspace.git(["show", f"{rev}:{path}"], repo, check=False)
-                target.write_text(shown.stdout if shown.returncode == 0 else "")
-                apply_overrides(target, items)
-        except Exception as exc:
-            cause = f" ({exc.__cause__})" if exc.__cause__ else ""
-            problem = f"bad override: {exc}{cause}"
+            apply_overrides(Path(tmp), overrides)
+        except OverrideError as exc:
+            problem = f"bad override: {exc}"
     cache[key] = problem
     return problem
 
@@ -653,7 +630,7 @@ def run_sweep(
     if url != str(repo):
         names = [e.name for e in experiments if outcomes[e.name].status == DONE]
         if names:
-            result = run_dvc(["exp", "pull", "--no-cache", url, *names], repo, _log_line(logger))
+            result = run_dvc(["exp", "pull", "--no-cache", url, *names], repo, log_lines(logger))
             if result.returncode != 0:
                 logger.warning("dvc exp pull from %s failed; the experiments are there", url)
     summary = publish_sweep(str(repo), spec, baseline, outcomes)

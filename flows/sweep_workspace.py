@@ -1,4 +1,6 @@
 """Per-experiment workspaces for sweeps, and the DVC plumbing around them. No Prefect here.
+The DVC plumbing the flows share (stage names and graph, pushing ``cache: false`` outputs) is
+:mod:`flows.stages`; this module adds what only sweeps need.
 
 Each experiment of a sweep runs in a git clone of its own (``<root>/<sweep>/<experiment>``) at the
 sweep's baseline commit, so concurrent ``dvc exp run``s never contend for one repository's lock.
@@ -10,13 +12,12 @@ in one workspace is restored, not rerun, in the next.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from flows.stages import child_env
+from flows.stages import child_env, plan, stage_graph, stage_name
 
 REMOTE_NAME = "sweep"
 
@@ -141,41 +142,6 @@ def cache_dir_of(repo: Path) -> str | None:
         return dvc_repo.cache.local_cache_dir
 
 
-def push_run_cache_objects(ws: Path) -> int:
-    """Push the objects of the workspace's ``cache: false`` outputs (metrics, plots) to the
-    default remote; returns how many were sent.
-
-    DVC's run-cache records every output of a stage, and saves the ``cache: false`` ones into the
-    local cache for that purpose, but ``dvc push --run-cache`` sends only the records: on another
-    host the record then points at objects that are not there, and the stage runs again. Pushing
-    them here makes the records restorable everywhere.
-    """
-    from dvc.repo import Repo
-
-    with Repo(str(ws)) as dvc_repo:
-        objs = {
-            out.hash_info
-            for stage in dvc_repo.index.stages
-            for out in stage.outs
-            if not out.use_cache
-            and out.hash_info
-            and out.hash_info.value
-            and dvc_repo.cache.local.exists(out.hash_info.value)
-        }
-        if not objs:
-            return 0
-        result = dvc_repo.cloud.push(objs)
-        return len(result.transferred)
-
-
-def _stage_name(stage: object, root: str) -> str:
-    dvcfile = os.path.relpath(stage.path, root)  # type: ignore[attr-defined]
-    name = getattr(stage, "name", None)
-    if name is None:
-        return dvcfile
-    return name if dvcfile == "dvc.yaml" else f"{dvcfile}:{name}"
-
-
 def _touches(key: str, stage_keys: Iterable[str]) -> bool:
     return any(key == k or key.startswith(f"{k}.") or k.startswith(f"{key}.") for k in stage_keys)
 
@@ -188,8 +154,6 @@ def shared_stages(repo: Path, varied: Iterable[str], targets: Sequence[str] | No
     from dvc.dependency.param import ParamsDependency
     from dvc.repo import Repo
 
-    from flows.stages import plan, stage_graph
-
     varied = [k.split(":", 1)[1] if ":" in k else k for k in varied]
     graph = stage_graph(repo)
     with Repo(str(repo)) as dvc_repo:
@@ -199,7 +163,7 @@ def shared_stages(repo: Path, varied: Iterable[str], targets: Sequence[str] | No
                 continue
             keys = [p for dep in stage.deps if isinstance(dep, ParamsDependency) for p in (dep.params or [""])]
             if any(k == "" or _touches(v, [k]) for k in keys for v in varied):
-                touched.add(_stage_name(stage, dvc_repo.root_dir))
+                touched.add(stage_name(stage, dvc_repo.root_dir))
     order = plan(graph, list(targets) if targets else None)
     changed: set[str] = set()
     for stage in order:  # upstream first: a stage downstream of a changed one changes too

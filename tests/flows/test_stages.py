@@ -1,5 +1,6 @@
 """The flow's DVC plumbing without Prefect: stage graph and order, failure classification, outcomes,
-the artifact markdown, the host report."""
+retry condition, ``-S`` overrides, the artifact markdown, the host report (and its agreement with
+the training stages' device check)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,21 @@ import yaml
 from flows import host, summary
 from flows.stages import (
     DeterministicFailure,
+    OverrideError,
     PlanError,
     TransientFailure,
+    apply_overrides,
     classify,
+    log_lines,
     outcome,
+    override_files,
     plan,
+    restore_files,
+    retry_options,
+    retry_unless_deterministic,
     run_dvc,
     stage_graph,
+    stage_outcomes,
 )
 from tasks import devices
 from tasks.errors import DeviceError
@@ -123,6 +132,72 @@ def test_outcome() -> None:
     assert outcome("a", ["Running stage 'a':", "> echo"]) == "ran"
     assert outcome("a", ["Stage 'a' is cached - skipping run, checking out outputs"]) == "restored"
     assert outcome("a", ["Stage 'a' didn't change, skipping", "Data and pipelines are up to date."]) == "skipped"
+
+
+def test_stage_outcomes_read_every_stage_with_the_same_patterns_as_outcome() -> None:
+    lines = [
+        "Stage 'download' didn't change, skipping",
+        "Stage 'preprocess' is cached - skipping run, checking out outputs",
+        "Running stage 'train_alexnet':",
+        "> python -m tasks.train_alexnet",
+    ]
+    found = stage_outcomes(lines)
+    assert found == {"download": "skipped", "preprocess": "restored", "train_alexnet": "ran"}
+    assert all(outcome(stage, lines) == what for stage, what in found.items())
+    assert outcome("evaluate", lines) == "skipped"  # not named: DVC had nothing to do
+
+
+class _State:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def result(self, raise_on_failure: bool = True) -> BaseException:
+        return self.exc
+
+
+def test_only_a_deterministic_failure_is_not_retried() -> None:
+    final = DeterministicFailure("stage 'validate'", ["error: bad"])
+    assert not retry_unless_deterministic(None, None, _State(final))
+    assert retry_unless_deterministic(None, None, _State(TransientFailure("stage 'download'", [])))
+    assert retry_unless_deterministic(None, None, None)
+    assert retry_options(2, 30.0) == {"retries": 2, "retry_delay_seconds": [30.0, 60.0]}
+    assert retry_options(-1, 30.0) == {"retries": 0, "retry_delay_seconds": 0}
+
+
+def test_log_lines_sends_errors_to_error_level() -> None:
+    heard: list[tuple[str, str]] = []
+
+    class Logger:
+        def info(self, line: str) -> None:
+            heard.append(("info", line))
+
+        def error(self, line: str) -> None:
+            heard.append(("error", line))
+
+    log = log_lines(Logger())
+    for line in ("Running stage 'a':", "error: bad input", "ERROR: failed to reproduce 'a'"):
+        log(line)
+    assert [level for level, _ in heard] == ["info", "error", "error"]
+
+
+def test_apply_overrides_returns_the_originals_and_puts_them_back_on_a_bad_key(tmp_path: Path) -> None:
+    params = tmp_path / "params.yaml"
+    params.write_text("data:\n  limit_train: 0\n  seed: 1\n")
+    before = params.read_text()
+    heard: list[str] = []
+    originals = apply_overrides(tmp_path, ["data.limit_train=5000", "extra.yaml:+a.b=2"], heard.append)
+    assert originals == {"params.yaml": before, "extra.yaml": None}
+    assert yaml.safe_load(params.read_text())["data"]["limit_train"] == 5000
+    assert yaml.safe_load((tmp_path / "extra.yaml").read_text()) == {"a": {"b": 2}}
+    assert heard == ["params.yaml: data.limit_train=5000", "extra.yaml: +a.b=2"]
+    restore_files(tmp_path, originals)
+    assert params.read_text() == before and not (tmp_path / "extra.yaml").exists()
+
+    with pytest.raises(OverrideError, match="Could not override 'data.nokey'") as caught:
+        apply_overrides(tmp_path, ["data.seed=7", "data.nokey=3"])
+    assert caught.value.path == "params.yaml" and caught.value.items == ["data.seed=7", "data.nokey=3"]
+    assert params.read_text() == before  # nothing half-applied
+    assert override_files(["a=1", "sub/params.yaml:b=2"]) == ["params.yaml", "sub/params.yaml"]
 
 
 def test_run_dvc_streams_lines_as_they_come(tmp_path: Path) -> None:
