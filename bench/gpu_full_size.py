@@ -224,7 +224,8 @@ def score(model: str) -> None:
     the run's ``metrics/summary.json``."""
     import logging
 
-    from tasks.evaluate import evaluate_model, metrics_entry, read_history
+    from tasks.epoch_log import read_history
+    from tasks.evaluate import evaluate_model, metrics_entry
     from tasks.params import load_evaluate_params
     from tasks.paths import PREPARED
     from tasks.preprocess import load_split
@@ -243,7 +244,14 @@ def score(model: str) -> None:
 def pack(folder: Path, dest: Path) -> None:
     """The run's small records (metrics, history, run metadata, params, log) as one archive."""
     with tarfile.open(dest, "w:gz") as tar:
-        for pattern in ("params.yaml", "stage.log", "metrics/*.json", "plots/train/*.csv", "models/*.meta.json"):
+        for pattern in (
+            "params.yaml",
+            "stage.log",
+            "metrics/*.json",
+            "dvclive/*/metrics.json",
+            "dvclive/*/plots/metrics/*.tsv",
+            "models/*.meta.json",
+        ):
             for path in sorted(folder.glob(pattern)):
                 tar.add(path, arcname=f"{folder.name}/{path.relative_to(folder)}")
 

@@ -15,7 +15,6 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import keras
@@ -24,6 +23,7 @@ import numpy as np
 from tasks import classification, devices, report, runinfo
 from tasks.atomic import write_json, write_text
 from tasks.cli import run_stage
+from tasks.epoch_log import read_history
 from tasks.errors import StageError
 from tasks.models import load_model
 from tasks.params import EvaluateParams, load_evaluate_params
@@ -71,12 +71,6 @@ def timed_predictions(
         "throughput_images_per_second": round(throughput, 1),
         "latency_ms_batch1": round(1000 * float(np.median(latencies)), 3),
     }
-
-
-def read_history(path: Path) -> list[dict[str, Any]]:
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    return [{k: (v if k == "phase" else float(v)) for k, v in row.items()} for row in rows]
 
 
 def evaluate_model(name: str, test: Split, class_names: list[str], params: EvaluateParams) -> Evaluated:

@@ -34,15 +34,25 @@ class Outputs:
     """What a training stage writes for one model."""
 
     model: Path
+    #: The run's summary, written once it ends (best and final scores, time, size).
     metrics: Path
-    history: Path
     meta: Path
+    #: DVCLive's folder (tasks.epoch_log), rewritten after every epoch so DVC follows a running stage.
+    live: Path
+    #: In ``live``: the latest epoch's numbers (``dvc exp show``, ``dvc metrics show``).
+    live_metrics: Path
+    #: In ``live``: one ``<name>.tsv`` per number, a row per epoch (``dvc plots``, the report's curves).
+    history: Path
 
 
 def outputs_for(name: str) -> Outputs:
+    live = Path(f"dvclive/{name}")
     return Outputs(
-        Path(f"models/{name}.keras"),
-        Path(f"metrics/{name}.json"),
-        Path(f"plots/train/{name}.csv"),
-        Path(f"models/{name}.meta.json"),
+        model=Path(f"models/{name}.keras"),
+        metrics=Path(f"metrics/{name}.json"),
+        meta=Path(f"models/{name}.meta.json"),
+        live=live,
+        # DVCLive's own layout inside its folder (tasks.epoch_log writes it).
+        live_metrics=live / "metrics.json",
+        history=live / "plots/metrics",
     )

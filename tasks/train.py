@@ -4,8 +4,9 @@ One ``model.fit`` call per epoch over a permutation seeded by (seed, epoch), so 
 from a checkpoint sees exactly the batches an uninterrupted run would. After every epoch the
 whole model -- weights *and* optimizer state, including its step counter that drives the
 learning-rate schedule -- is saved to ``checkpoints/<model>/`` (outside DVC's outs, which DVC
-wipes before rerunning a stage) together with the history so far. A killed or retried stage
-picks up after the last finished epoch.
+wipes before rerunning a stage) together with the history so far, and the epoch goes to the DVCLive
+log ``dvclive/<model>/`` (:mod:`tasks.epoch_log`), which DVC reads while the stage runs. A killed or
+retried stage picks up after the last finished epoch and continues the same log.
 
 Decisions (early stopping, the best epoch) use the validation split only; the test split is
 read by the evaluate stage alone.
@@ -27,7 +28,8 @@ import keras
 import numpy as np
 
 from tasks import devices, precision, runinfo
-from tasks.atomic import atomic_path, write_json, write_text
+from tasks.atomic import atomic_path, write_json
+from tasks.epoch_log import EpochLog
 from tasks.errors import StageError
 from tasks.models import load_model
 from tasks.params import Recipe
@@ -37,18 +39,6 @@ from tasks.preprocess import NUM_CLASSES, Split, load_split
 from tasks.recipe import make_loss
 
 log = logging.getLogger(__name__)
-
-HISTORY_FIELDS = (
-    "epoch",
-    "phase",
-    "learning_rate",
-    "train_loss",
-    "train_accuracy",
-    "val_loss",
-    "val_accuracy",
-    "seconds",
-    "images_per_second",
-)
 
 
 @dataclass(frozen=True)
@@ -172,14 +162,17 @@ def fit(
     checkpoints: Checkpoints,
     fingerprint: str,
     budget_seconds: float | None = None,
+    epoch_log: EpochLog | None = None,
 ) -> tuple[keras.Model, State]:
     """Train through ``phases``; resume from ``checkpoints`` when they match ``fingerprint``.
 
     ``budget_seconds`` (benchmarks) stops after the first epoch that brings the summed training
-    time to the budget or past it.
+    time to the budget or past it. ``epoch_log`` gets every finished epoch, the checkpoint's first.
     """
     total = sum(p.epochs for p in phases)
     model, state = checkpoints.load(fingerprint)
+    if epoch_log is not None:
+        epoch_log.open(state.history)
     steps = steps_per_epoch(len(train.y), recipe.batch_size)
     if model is None:
         keras.utils.set_random_seed(recipe.seed)
@@ -250,6 +243,9 @@ def fit(
                 record["val_loss"],
             )
         checkpoints.save(model, state, is_best)
+        # After the checkpoint: a log one epoch behind it (killed in between) is rebuilt on resume.
+        if epoch_log is not None:
+            epoch_log.record(record)
         log.info(
             "%s epoch %d/%d [%s] lr %.2e  loss %.4f acc %.4f  val_loss %.4f val_acc %.4f  %.1f s  %.0f img/s",
             name,
@@ -312,13 +308,6 @@ def metrics(model: keras.Model, state: State, n_train: int) -> dict[str, Any]:
     }
 
 
-def history_csv(state: State) -> str:
-    lines = [",".join(HISTORY_FIELDS)]
-    for h in state.history:
-        lines.append(",".join(str(h[k]) for k in HISTORY_FIELDS))
-    return "\n".join(lines) + "\n"
-
-
 def write_outputs(
     out: Outputs, model: keras.Model, recipe: Recipe, state: State, meta: dict[str, Any], n_train: int
 ) -> None:
@@ -326,7 +315,6 @@ def write_outputs(
     compile_model(model, recipe, keras.optimizers.SGD())
     with atomic_path(out.model) as tmp:
         model.save(tmp)
-    write_text(out.history, history_csv(state))
     write_json(out.meta, {**meta, "finished": runinfo.now(), "resumed_from_epochs": state.resumed_from})
     write_json(out.metrics, metrics(model, state, n_train))
 
@@ -375,9 +363,21 @@ def run(
     train_split, val_split, facts = load_data()
     checkpoints = Checkpoints(checkpoint_root, name)
     fingerprint = runinfo.fingerprint(params, facts["sha256"], info["keras_backend"], choice.policy)
-    model, state = fit(name, lambda: build(facts), phases, recipe, train_split, val_split, checkpoints, fingerprint)
+    out = outputs_for(name)
+    with EpochLog(out.live) as epoch_log:
+        model, state = fit(
+            name,
+            lambda: build(facts),
+            phases,
+            recipe,
+            train_split,
+            val_split,
+            checkpoints,
+            fingerprint,
+            epoch_log=epoch_log,
+        )
     finish(
-        outputs_for(name),
+        out,
         model,
         recipe,
         state,

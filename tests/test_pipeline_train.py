@@ -21,6 +21,11 @@ def test_dvc_repro_through_both_training_stages(dvc_repo: Path, tmp_path: Path) 
         assert metrics["epochs_run"] == 2
     shown = dvc("metrics", "show", "--json", cwd=dvc_repo).stdout
     assert "best_val_accuracy" in shown and "metrics/alexnet.json" in shown
+    # DVCLive's log is a stage output DVC reads: the latest epoch as metrics, every epoch as plots.
+    latest = json.loads(shown)[""]["data"]["dvclive/vgg16/metrics.json"]["data"]
+    assert latest["step"] == 2 and latest["phase"] == "fine_tune"
+    plots = json.loads(dvc("plots", "show", "--json", cwd=dvc_repo).stdout)["data"]
+    assert len(plots["Accuracy"][0]["content"]["data"]["values"]) == 2 * 2 * 2  # models x train/val x epochs
     again = dvc("repro", "train_alexnet", "train_vgg16", cwd=dvc_repo)
     assert "Running stage" not in again.stdout
 

@@ -101,7 +101,8 @@ def test_rehearsal_on_jax_trains_scores_and_packs(tmp_path: Path) -> None:
             names = set(tar.getnames())
         assert {
             f"{name}/metrics/test_alexnet.json",
-            f"{name}/plots/train/alexnet.csv",
+            f"{name}/dvclive/alexnet/metrics.json",
+            f"{name}/dvclive/alexnet/plots/metrics/val_accuracy.tsv",
             f"{name}/models/alexnet.meta.json",
             f"{name}/stage.log",
             f"{name}/params.yaml",

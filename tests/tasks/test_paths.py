@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from tasks import paths
+from tasks import epoch_log, paths
 from tests.conftest import REPO
 
 DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
@@ -41,3 +41,11 @@ def test_every_model_has_its_training_stage_and_registry_entry() -> None:
         assert f"train_{model}" in stages
         assert DVC_YAML["artifacts"][model]["path"] == paths.outputs_for(model).model.as_posix()
     assert {s.removeprefix("train_") for s in stages if s.startswith("train_")} == set(paths.MODELS)
+
+
+def test_training_log_paths_are_dvclives_layout() -> None:
+    """tasks.paths names the files inside DVCLive's folder that tasks.epoch_log writes there."""
+    for model in paths.MODELS:
+        out = paths.outputs_for(model)
+        assert out.live_metrics == epoch_log.metrics_file(out.live)
+        assert out.history == epoch_log.plots_dir(out.live)

@@ -10,12 +10,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
 import pytest
 
 from tasks.atomic import write_json
+from tasks.epoch_log import read_history
 from tasks.models import build_alexnet, load_model
 from tasks.params import alexnet_params
 from tasks.precision import cpu_flags, decide
@@ -66,8 +68,13 @@ def test_tiny_training_on_each_backend(workspace: Path, tmp_path: Path, backend:
     expected = decide("auto", [], cpu_flags())
     assert (meta["precision_policy"], meta["precision_reason"]) == (expected.policy, expected.reason)
     assert f"precision {expected.policy} ({expected.reason})" in log
-    history = (work / "plots/train/alexnet.csv").read_text().splitlines()
-    assert history[0].startswith("epoch,phase,learning_rate,train_loss") and len(history) == 3
+    # The DVCLive log: a row per epoch in each per-number file, the latest epoch in its metrics.json.
+    history = _history(work)
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert {"learning_rate", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"} <= set(history[0])
+    latest = json.loads((work / "dvclive/alexnet/metrics.json").read_text())
+    assert latest["step"] == 2 and latest["val_accuracy"] == history[-1]["val_accuracy"] == metrics["val_accuracy"]
+    assert not (work / "dvclive/alexnet/report.html").exists() and not (work / "dvclive/alexnet/dvc.yaml").exists()
     assert not (work / "checkpoints/alexnet").exists(), "a finished run leaves no checkpoint behind"
 
 
@@ -83,19 +90,29 @@ def test_vgg16_two_phases(workspace: Path, tmp_path: Path) -> None:
     work = copy_of(workspace, tmp_path, vgg16={"epochs": 2, "head_epochs": 1}, data={})
     code, log = finish(stage("tasks.train_vgg16", work))
     assert code == 0, log
-    history = (work / "plots/train/vgg16.csv").read_text().splitlines()[1:]
-    assert [row.split(",")[1] for row in history] == ["head", "fine_tune"]
-    assert [float(row.split(",")[2]) for row in history] == pytest.approx([1e-3, 1e-4])
+    history = _history(work, "vgg16")
+    assert [h["learning_rate"] for h in history] == pytest.approx([1e-3, 1e-4])
+    assert "epoch 1/2 [head]" in log and "epoch 2/2 [fine_tune]" in log
+    assert json.loads((work / "dvclive/vgg16/metrics.json").read_text())["phase"] == "fine_tune"
 
 
-def _history(work: Path) -> list[dict[str, str]]:
-    lines = (work / "plots/train/alexnet.csv").read_text().splitlines()
-    keys = lines[0].split(",")
-    return [dict(zip(keys, line.split(","))) for line in lines[1:]]
+def _history(work: Path, model: str = "alexnet") -> list[dict[str, Any]]:
+    return read_history(work / f"dvclive/{model}/plots/metrics")
+
+
+def _logged_step(work: Path) -> int:
+    """The last epoch in the running stage's DVCLive log (0 before the first, or while it is rewritten)."""
+    try:
+        return json.loads((work / "dvclive/alexnet/metrics.json").read_text())["step"]
+    except (FileNotFoundError, ValueError, KeyError):
+        return 0
 
 
 def test_killed_training_resumes_from_last_epoch(workspace: Path, tmp_path: Path) -> None:
-    """SIGKILL after an epoch; the rerun continues from the checkpoint and matches an uninterrupted run."""
+    """SIGKILL after an epoch; the rerun continues from the checkpoint and matches an uninterrupted run.
+
+    The DVCLive log is on disk while the stage runs, and the resumed stage continues it: every
+    epoch in it exactly once."""
     settings = {"alexnet": {"width": 0.25, "epochs": 6, "augmentation": "none", "variant": "seed"}}
     reference = copy_of(workspace, tmp_path / "ref", **settings)
     code, log = finish(stage("tasks.train_alexnet", reference))
@@ -105,15 +122,15 @@ def test_killed_training_resumes_from_last_epoch(workspace: Path, tmp_path: Path
     state = work / "checkpoints/alexnet/state.json"
     proc = stage("tasks.train_alexnet", work)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if state.is_file() and json.loads(state.read_text())["epochs_done"] >= 2:
-            break
+    # The log is written after the checkpoint, so two epochs logged means two checkpointed.
+    while time.monotonic() < deadline and _logged_step(work) < 2:
         assert proc.poll() is None, "training ended before it could be killed"
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()
     done = json.loads(state.read_text())["epochs_done"]
     assert 2 <= done < 6 and not (work / "models/alexnet.keras").exists()
+    assert [h["epoch"] for h in _history(work)] in ([*range(1, done + 1)], [*range(1, done)])
 
     code, log = finish(stage("tasks.train_alexnet", work))
     assert code == 0, log
@@ -122,10 +139,13 @@ def test_killed_training_resumes_from_last_epoch(workspace: Path, tmp_path: Path
     meta = json.loads((work / "models/alexnet.meta.json").read_text())
     assert meta["resumed_from_epochs"] == [done]
     resumed, uninterrupted = _history(work), _history(reference)
-    assert [h["epoch"] for h in resumed] == [str(e) for e in range(1, 7)]
+    assert [h["epoch"] for h in resumed] == [*range(1, 7)]
     for a, b in zip(resumed, uninterrupted):
-        assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), rel=1e-3, abs=1e-4)
-        assert float(a["val_loss"]) == pytest.approx(float(b["val_loss"]), rel=1e-3, abs=1e-4)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3, abs=1e-4)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3, abs=1e-4)
+    for name in ("train_loss", "val_accuracy", "learning_rate"):
+        steps = (work / f"dvclive/alexnet/plots/metrics/{name}.tsv").read_text().split()[2::2]
+        assert steps == [str(e) for e in range(1, 7)], f"{name}.tsv: each epoch once, in order"
 
 
 def test_checkpoint_for_other_params_is_not_reused(workspace: Path, tmp_path: Path) -> None:
