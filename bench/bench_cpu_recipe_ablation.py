@@ -1,6 +1,7 @@
 """Where the CPU recipe's time goes: one training step of configs/quick-cpu.yaml with one thing changed at a time.
 
-Each row times ``model.fit`` on random uint8 images (after a warm-up) with the quick CPU recipe and
+Each row times the training steps of ``model.fit`` on random uint8 images (after a warm-up; see
+bench/bench_throughput.py) with the quick CPU recipe and
 a single change -- augmentation off, batch norm off, XLA on, float32 or bfloat16, batch size -- and
 states achieved FLOP/s against this machine's matmul rate in the row's precision, measured in the
 same run. The difference between a row and the first one is what that part costs.
@@ -16,7 +17,7 @@ import argparse
 import json
 
 import numpy as np
-from bench_throughput import project_step
+from bench_throughput import images_needed, project_step
 from common import REPO, describe_machine, machine, one_hot, table, throughput_row
 
 VARIANTS: list[tuple[str, dict[str, object]]] = [
@@ -38,7 +39,7 @@ def main() -> None:
     print(describe_machine(host), flush=True)
     rates = host["matmul_gflops"]
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (max(args.images, 4096), 32, 32, 3), dtype=np.uint8)
+    x = rng.integers(0, 256, (images_needed(args.images, 512), 32, 32, 3), dtype=np.uint8)
     y = one_hot(rng.integers(0, 10, len(x)))
     rows = []
     for name, changes in VARIANTS:

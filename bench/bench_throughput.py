@@ -5,8 +5,14 @@ Same model (AlexNet ``seed`` stack), same batch size, same machine, same run:
 * ``student script``: ``tf.keras`` ``ImageDataGenerator`` (rotation 20, shifts 0.2, flip) on the
   CPU feeding ``model.fit`` -- how the notebook trained;
 * ``project``: the pipeline's model with its augmentation as layers inside the model, fed numpy
-  arrays, compiled by :mod:`tasks.train` -- once with the student's augmentation, once with
-  crop+flip, and for the project's CPU recipe (``configs/quick-cpu.yaml``).
+  arrays the way the training loop feeds them (:func:`tasks.feed.feed`), compiled by
+  :mod:`tasks.train` -- once with the student's augmentation, once with crop+flip, and for the
+  project's CPU recipe (``configs/quick-cpu.yaml``).
+
+Each row times the training steps themselves, inside one ``model.fit``: from the end of the third
+batch (compilation and warm-up done) to the end of the last. The seconds ``fit`` spends setting up
+and tearing down its input pipeline are left out -- they are per call, not per step, and the
+training loop's feed keeps them near zero (see tasks/feed.py).
 
 Achieved FLOP/s (conv and dense multiply-adds x 2 x 3 for forward + backward) is reported as a
 fraction of this machine's own matmul rate in the row's precision (float32, or bfloat16 where
@@ -31,18 +37,38 @@ import keras
 from tasks.models import build_alexnet
 from tasks.recipe import make_optimizer, make_schedule
 from tasks.devices import describe
+from tasks.feed import feed
 from tasks.train import compile_model, set_precision
 
 MEAN, STD = [125.3, 123.0, 113.9], [63.0, 62.1, 66.7]
 
 
-def timed_fit(model: keras.Model, feed: object, images: int, batch: int, **kw: object) -> float:
-    """Images per second of ``model.fit`` over ``images`` images, after a two-batch warm-up."""
+WARMUP_BATCHES = 3
+
+
+class StepClock(keras.callbacks.Callback):
+    """The end time of every training batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ends: list[float] = []
+
+    def on_train_batch_end(self, batch: int, logs: object = None) -> None:
+        self.ends.append(time.perf_counter())
+
+
+def timed_fit(model: keras.Model, data: dict[str, object], images: int, batch: int) -> float:
+    """Images per second of the training steps of one ``model.fit`` over ``data`` (``fit``'s keyword
+    arguments), counting ``images`` images after ``WARMUP_BATCHES`` warm-up batches."""
     steps = max(1, images // batch)
-    model.fit(feed, epochs=1, steps_per_epoch=2, verbose=0, **kw)
-    start = time.perf_counter()
-    model.fit(feed, epochs=1, steps_per_epoch=steps, verbose=0, **kw)
-    return steps * batch / (time.perf_counter() - start)
+    clock = StepClock()
+    model.fit(**data, epochs=1, steps_per_epoch=steps + WARMUP_BATCHES, verbose=0, callbacks=[clock])
+    return steps * batch / (clock.ends[-1] - clock.ends[WARMUP_BATCHES - 1])
+
+
+def images_needed(images: int, batch: int) -> int:
+    """How many images a timed row reads: the timed ones and the warm-up batches."""
+    return (max(1, images // batch) + WARMUP_BATCHES) * batch
 
 
 def student_script(x: np.ndarray, y: np.ndarray, width: float, batch: int, images: int) -> tuple[float, float]:
@@ -57,7 +83,7 @@ def student_script(x: np.ndarray, y: np.ndarray, width: float, batch: int, image
         rotation_range=20, width_shift_range=0.2, height_shift_range=0.2, horizontal_flip=True
     )
     flow = gen.flow(x.astype("float32"), y, batch_size=batch, seed=0)
-    return timed_fit(model, flow, images, batch), train_flops_per_image(model)
+    return timed_fit(model, {"x": flow}, images, batch), train_flops_per_image(model)
 
 
 def project_step(
@@ -69,13 +95,10 @@ def project_step(
     steps = max(1, len(x) // params.recipe.batch_size)
     compile_model(model, params.recipe, make_optimizer(params.recipe, make_schedule(params.recipe, steps)))
     batch = params.recipe.batch_size
-
-    def feed():  # an endless stream of the same arrays, in the order the training loop uses
-        while True:
-            for i in range(0, len(x) - batch + 1, batch):
-                yield x[i : i + batch], y[i : i + batch]
-
-    return timed_fit(model, feed(), images, batch), train_flops_per_image(model), batch, policy
+    n = images_needed(images, batch)
+    if len(x) < n:
+        raise ValueError(f"{n} images needed for {images} timed at batch {batch}, {len(x)} given")
+    return timed_fit(model, feed(x[:n], y[:n], batch), images, batch), train_flops_per_image(model), batch, policy
 
 
 def main() -> None:
@@ -86,7 +109,7 @@ def main() -> None:
     args = ap.parse_args()
 
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (max(args.images, 4096), 32, 32, 3), dtype=np.uint8)
+    x = rng.integers(0, 256, (images_needed(args.images, 512), 32, 32, 3), dtype=np.uint8)
     y = one_hot(rng.integers(0, 10, len(x)))
     host = machine()
     print(describe_machine(host), flush=True)

@@ -25,6 +25,7 @@ from tasks.atomic import write_json, write_text
 from tasks.cli import run_stage
 from tasks.epoch_log import read_history
 from tasks.errors import StageError
+from tasks.feed import feed
 from tasks.models import load_model
 from tasks.params import EvaluateParams, load_evaluate_params
 from tasks.paths import CONFUSION, EVALUATE_METRICS, MODELS, PER_CLASS, PREPARED, outputs_for
@@ -58,7 +59,7 @@ def timed_predictions(
         model.predict_on_batch(x[: len(x) % batch_size])
     start = time.perf_counter()
     progress = EpochProgress(label, -(-len(x) // batch_size), batch_size, log)
-    probs = model.predict(x, batch_size=batch_size, verbose=0, callbacks=[progress])
+    probs = model.predict(**feed(x, None, batch_size), verbose=0, callbacks=[progress])
     throughput = len(x) / (time.perf_counter() - start)
     one = x[:1]
     model.predict_on_batch(one)

@@ -1,4 +1,5 @@
-"""Custom Keras layers the models need and Keras lacks, written in ``keras.ops`` for every backend.
+"""Custom Keras layers the models need and Keras lacks, written in ``keras.ops`` for every backend
+(``FusedBatchNormalization`` adds a TensorFlow fast path to Keras' own layer and falls back to it).
 
 Registered as serialisable so a saved ``.keras`` model loads anywhere this module is importable
 (:func:`tasks.models.load_model` imports it first).
@@ -84,3 +85,51 @@ class RandomPadCrop(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "padding": self.padding, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """``keras.layers.BatchNormalization`` whose training step on TensorFlow is one fused kernel.
+
+    Keras 3 normalises a batch with about ten separate element-wise ops (moments, then scale and
+    shift) and as many in the gradient; TensorFlow's ``FusedBatchNormV3`` and its gradient do the
+    same in one pass each. At the CPU recipe's width most of a step outside the matmuls went there
+    (measured in docs/benchmarks.md). Same weights, same float32 statistics (inputs are cast to
+    float32 first, as Keras does), same moving averages; every other case -- inference, other
+    backends, masks, renorm, synchronised statistics -- is Keras' own code.
+    """
+
+    def call(self, inputs: Any, training: bool | None = None, mask: Any = None) -> Any:
+        rank = len(inputs.shape)
+        fused = (
+            keras.backend.backend() == "tensorflow"
+            and bool(training)
+            and self.trainable
+            and mask is None
+            and not self.renorm
+            and not self.synchronized
+            and rank in (2, 4)
+            and self.axis in (-1, rank - 1)
+        )
+        if not fused:
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        x = tf.cast(inputs, tf.float32)
+        x = x if rank == 4 else x[:, None, None, :]  # the fused kernel wants NHWC
+        channels = x.shape[-1]
+        gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels], tf.float32)
+        beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels], tf.float32)
+        y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            x, gamma, beta, epsilon=self.epsilon, data_format="NHWC", is_training=True
+        )
+        # The kernel returns the unbiased batch variance; Keras keeps the biased one.
+        count = tf.cast(tf.size(x) // channels, tf.float32)
+        variance = variance * (count - 1.0) / count
+        m = self.momentum
+        self.moving_mean.assign(self.moving_mean * m + ops.cast(mean, self.moving_mean.dtype) * (1.0 - m))
+        self.moving_variance.assign(
+            self.moving_variance * m + ops.cast(variance, self.moving_variance.dtype) * (1.0 - m)
+        )
+        y = y if rank == 4 else y[:, 0, 0, :]
+        return ops.cast(y, self.compute_dtype)

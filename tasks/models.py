@@ -70,7 +70,7 @@ def build_alexnet(params: AlexNetParams, mean: Sequence[float], std: Sequence[fl
     def conv(x: keras.KerasTensor, filters: int, size: int, padding: str, name: str) -> keras.KerasTensor:
         x = layers.Conv2D(_scaled(filters, w), size, padding=padding, use_bias=not params.batch_norm, name=name)(x)
         if params.batch_norm:
-            x = layers.BatchNormalization(name=f"{name}_bn")(x)
+            x = custom_layers.FusedBatchNormalization(name=f"{name}_bn")(x)
         return layers.ReLU(name=f"{name}_relu")(x)
 
     def pool(x: keras.KerasTensor, name: str) -> keras.KerasTensor:
@@ -92,7 +92,7 @@ def build_alexnet(params: AlexNetParams, mean: Sequence[float], std: Sequence[fl
     for i in (6, 7):
         x = layers.Dense(_scaled(4096, w), use_bias=not params.batch_norm, name=f"fc{i}")(x)
         if params.batch_norm:
-            x = layers.BatchNormalization(name=f"fc{i}_bn")(x)
+            x = custom_layers.FusedBatchNormalization(name=f"fc{i}_bn")(x)
         x = layers.ReLU(name=f"fc{i}_relu")(x)
         if paper:
             x = layers.Dropout(0.5, seed=params.recipe.seed + i, name=f"dropout{i}")(x)

@@ -31,6 +31,7 @@ from tasks import devices, precision, runinfo
 from tasks.atomic import atomic_path, write_json
 from tasks.epoch_log import EpochLog
 from tasks.errors import StageError
+from tasks.feed import feed
 from tasks.models import load_model
 from tasks.params import Recipe
 from tasks.progress import EpochProgress, stage_estimate
@@ -210,9 +211,7 @@ def fit(
             f"{name} epoch {epoch + 1}/{total}", steps, recipe.batch_size, log, on_first_report=estimate_once
         )
         fitted = model.fit(
-            train.x[order],
-            y_train[order],
-            batch_size=recipe.batch_size,
+            **feed(train.x[order], y_train[order], recipe.batch_size),
             epochs=epoch + 1,
             initial_epoch=epoch,
             shuffle=False,
@@ -221,7 +220,7 @@ def fit(
         )
         estimate_once = progress.on_first_report  # None once the stage's estimate has been logged
         seconds = time.perf_counter() - start
-        scores = model.evaluate(val.x, y_val, batch_size=max(recipe.batch_size, 256), verbose=0, return_dict=True)
+        scores = model.evaluate(**feed(val.x, y_val, max(recipe.batch_size, 256)), verbose=0, return_dict=True)
         record = {
             "epoch": epoch + 1,
             "phase": phase.name,
