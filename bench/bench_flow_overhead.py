@@ -1,6 +1,6 @@
 """What the Prefect flow costs over a plain ``dvc repro`` of the same work, side by side.
 
-    python -m flows.bench_overhead [--repeat 3] [--stages validate]
+    python bench/bench_flow_overhead.py [--repeat 3] [--stages validate]
 
 Builds the fixture pipeline (the tests' 400-image CIFAR-format archive, tiny training params)
 in a temporary git + DVC repo, then for each repeat times on fresh copies:
@@ -79,6 +79,7 @@ def main() -> None:
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
+    sys.path.insert(0, str(REPO))
     from flows.pipeline import pipeline
 
     targets = args.stages or []

@@ -1,6 +1,6 @@
 """Wall time of a tiny sweep on one experiment worker and on two, side by side.
 
-    python -m flows.bench_sweep [--workers 1 2] [--repeat 1]
+    python bench/bench_sweep.py [--workers 1 2] [--repeat 1]
 
 Builds the fixture pipeline (the tests' 400-image CIFAR-format archive, tiny training params) in a
 temporary git + DVC repo with a tiny sweep (2 AlexNet variants x 2 seeds), starts a real
@@ -46,12 +46,13 @@ def main() -> None:
 
     sys.path.insert(0, str(REPO))
     os.environ.update(DVC_NO_ANALYTICS="1", DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    from flows.bench_overhead import build_template
+    from bench.bench_flow_overhead import build_template
     from tests.flows.conftest import PREFECT, PrefectServer, free_port, stop
 
     root = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     template = build_template(root)
-    shutil.copytree(REPO / "flows", template / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in ("flows", "tools"):
+        shutil.copytree(REPO / package, template / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy2(REPO / "prefect.yaml", template / "prefect.yaml")
     (template / "sweeps").mkdir()
     (template / "sweeps/bench.yaml").write_text(SWEEP)

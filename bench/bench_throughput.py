@@ -5,7 +5,7 @@ Same model (AlexNet ``seed`` stack), same batch size, same machine, same run:
 * ``student script``: ``tf.keras`` ``ImageDataGenerator`` (rotation 20, shifts 0.2, flip) on the
   CPU feeding ``model.fit`` -- how the notebook trained;
 * ``project``: the pipeline's model with its augmentation as layers inside the model, fed numpy
-  arrays, compiled by :mod:`tasks.train` -- once with the student's augmentation, once with
+  arrays, compiled by :mod:`tasks.model.train` -- once with the student's augmentation, once with
   crop+flip, and for the project's CPU recipe (``configs/quick-cpu.yaml``).
 
 Achieved FLOP/s (conv and dense multiply-adds x 2 x 3 for forward + backward) is reported as a
@@ -28,10 +28,10 @@ import numpy as np
 from common import REPO, describe_machine, machine, one_hot, recipe_params, table, throughput_row, train_flops_per_image
 
 import keras
-from tasks.models import build_alexnet
-from tasks.recipe import make_optimizer, make_schedule
-from tasks.devices import describe
-from tasks.train import compile_model, set_precision
+from tasks.core.devices import describe
+from tasks.model.models import build_alexnet
+from tasks.model.recipe import make_optimizer, make_schedule
+from tasks.model.train import compile_model, set_precision
 
 MEAN, STD = [125.3, 123.0, 113.9], [63.0, 62.1, 66.7]
 

@@ -36,7 +36,7 @@ def test_two_commits_and_two_experiments_are_reviewable(dvc_repo: Path) -> None:
 
     # Offline rendering of `dvc plots diff` between the two commits.
     out = dvc_repo / "plots_diff"
-    run([sys.executable, "-m", "tasks.plots_diff", "HEAD~1", "HEAD", "--out", str(out)], cwd=dvc_repo)
+    run([sys.executable, "-m", "tools.plots_diff", "HEAD~1", "HEAD", "--out", str(out)], cwd=dvc_repo)
     pngs = sorted(out.glob("*.png"))
     assert {p.name for p in pngs} >= {"Accuracy.png", "Loss.png", "plots_confusion_alexnet.csv.png"}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000 for p in pngs)

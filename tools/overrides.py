@@ -1,7 +1,7 @@
-"""``python -m tasks.overrides FILE``: turn a params overlay (YAML shaped like params.yaml) into ``-S`` flags.
+"""``python -m tools.overrides FILE``: turn a params overlay (YAML shaped like params.yaml) into ``-S`` flags.
 
 The named settings in ``configs/`` (the student's recipe, the quick CPU run, ...) are overlays
-on ``params.yaml``. ``dvc exp run $(python -m tasks.overrides configs/quick-cpu.yaml)`` runs one
+on ``params.yaml``. ``dvc exp run $(python -m tools.overrides configs/quick-cpu.yaml)`` runs one
 as a named, reviewable experiment; the benchmarks read the same files, so a documented setting
 and a measured one cannot drift apart.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from tasks.errors import ParamsError
+from tasks.core.errors import ParamsError
 
 
 def load_overlay(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -48,7 +48,7 @@ def merged(base: dict[str, Any], overlay: dict[str, dict[str, Any]]) -> dict[str
 
 def main() -> None:
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m tasks.overrides configs/NAME.yaml")
+        sys.exit("usage: python -m tools.overrides configs/NAME.yaml")
     try:
         print(" ".join(shlex.quote(f) for f in flags(load_overlay(sys.argv[1]))))
     except ParamsError as exc:

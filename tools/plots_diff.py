@@ -1,13 +1,13 @@
-"""``python -m tasks.plots_diff [REV ...]``: ``dvc plots diff`` rendered offline to PNGs and one HTML page.
+"""``python -m tools.plots_diff [REV ...]``: ``dvc plots diff`` rendered offline to PNGs and one HTML page.
 
 DVC's own ``dvc plots diff`` writes an ``index.html`` that loads Vega from a CDN, so it is blank
 without internet. This asks DVC for the same plots as JSON (``--json``: Vega-Lite specs with
 their data inline, one colour per revision) and renders each with vl-convert, which bundles
 Vega. The page embeds the images, so it is one self-contained file.
 
-    python -m tasks.plots_diff                  # workspace vs HEAD
-    python -m tasks.plots_diff HEAD~1 HEAD      # two commits
-    python -m tasks.plots_diff exp-a1b2c exp-d3e4f --out reports/plots_diff
+    python -m tools.plots_diff                  # workspace vs HEAD
+    python -m tools.plots_diff HEAD~1 HEAD      # two commits
+    python -m tools.plots_diff exp-a1b2c exp-d3e4f --out reports/plots_diff
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tasks import figures, templating
-from tasks.atomic import atomic_path, write_text
-from tasks.cli import run_stage
-from tasks.errors import StageError
+from tasks.core.atomic import atomic_path, write_text
+from tasks.core.cli import run_stage
+from tasks.core.errors import StageError
+from tasks.reporting import figures, templating
 
 
 def dvc_plots_json(revisions: list[str]) -> dict[str, list[dict[str, Any]]]:
@@ -56,8 +56,9 @@ def render(plots: dict[str, list[dict[str, Any]]]) -> list[tuple[str, str, list[
 
 
 def page(rendered: list[tuple[str, str, list[str], bytes]], revisions: list[str]) -> str:
-    """The HTML page (``tasks/templates/plots_diff.html.j2``) showing every plot, its images embedded."""
-    return templating.render("plots_diff.html.j2", plots=rendered, shown=", ".join(revisions) or "workspace vs HEAD")
+    """The HTML page (``tools/templates/plots_diff.html.j2``) showing every plot, its images embedded."""
+    shown = ", ".join(revisions) or "workspace vs HEAD"
+    return templating.render("plots_diff.html.j2", package="tools", plots=rendered, shown=shown)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,13 +34,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment as current_deployment
 from prefect.runtime import flow_run as current_flow_run
 
-from flows import nightly_summary
-from flows import nightly_workspace as nws
-from flows.pipeline import file_lock, pipeline, save_experiment
+from flows.nightly import summary as nightly_summary
+from flows.nightly import workspace as nws
+from flows.pipeline import file_lock, pipeline, save_experiment, share_results
 from flows.stages import DeterministicFailure, StageFailure, run_dvc
-from flows.sweep import share_results
-from flows.sweep_workspace import WorkspaceError, cache_dir_of, default_remote, git
-from tasks.paths import EVALUATE_METRICS
+from flows.workspace import WorkspaceError, cache_dir_of, default_remote, git
+from tasks.core.paths import EVALUATE_METRICS
 
 ARTIFACT = "cifar10-nightly-summary"
 #: Where the workspace clones live by default, inside the deployment's checkout (DVC ignores .dvc/).
@@ -178,7 +177,7 @@ def crash_report(chain: list[Crash], limit: int) -> tuple[bool, str, str]:
 def checkout(
     ws: str, git_url: str, branch: str, cache_dir: str | None, dvc_remote: str | None, prefix: str
 ) -> nws.Sync:
-    """The branch head in the workspace clone (see :func:`flows.nightly_workspace.sync`)."""
+    """The branch head in the workspace clone (see :func:`flows.nightly.workspace.sync`)."""
     logger = get_run_logger()
     synced = nws.sync(
         Path(ws),

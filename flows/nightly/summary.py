@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from flows.nightly_workspace import RecordedRun
-from tasks.paths import MODELS
-from tasks.templating import render as render_template
+from flows.nightly.workspace import RecordedRun
+from tasks.core.paths import MODELS
+from tasks.reporting.templating import render as render_template
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from flows.sweep_workspace import WorkspaceError, git, write_local_config
+from flows.workspace import WorkspaceError, git, write_local_config
 
 #: DVC keeps experiments as git refs ``refs/exps/<sha[:2]>/<sha[2:]>/<name>`` on their baseline commit.
 _EXP_REF = re.compile(r"^refs/exps/(?P<a>[0-9a-f]{2})/(?P<b>[0-9a-f]{38})/(?P<name>.+)$")

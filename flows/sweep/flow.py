@@ -4,11 +4,11 @@ over the ``gpu`` pool's workers, then compared in one table.
 Two flows:
 
 - ``cifar10-sweep`` (:func:`run_sweep`) reads a sweep file (``sweeps/*.yaml``, see
-  :mod:`flows.sweep_spec`), skips the experiments that already exist, runs the stages every
+  :mod:`flows.sweep.spec`), skips the experiments that already exist, runs the stages every
   experiment shares once, starts one ``cifar10-sweep-point`` flow run per remaining experiment
   through the ``cifar10-sweep-point/point`` deployment (any idle worker of the pool picks each
   up), waits for all of them -- a failed one does not stop the others -- and publishes the
-  comparison (:mod:`flows.sweep_table`) as a Prefect artifact and as ``reports/sweeps/<name>.md``
+  comparison (:mod:`flows.sweep.table`) as a Prefect artifact and as ``reports/sweeps/<name>.md``
   and ``.csv``.
 - ``cifar10-sweep-point`` (:func:`sweep_point`) runs one experiment in a git clone of its own at
   the sweep's baseline commit: ``dvc exp run -n <experiment> -S ...``, restoring every stage some
@@ -43,23 +43,26 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed
 
-from flows import sweep_spec, sweep_table, sweep_workspace
-from flows.pipeline import report_host
+from flows.pipeline import report_host, share_results
+from flows.sweep import spec as sweep_spec
+from flows.sweep import table as sweep_table
+from flows.sweep import workspace as sweep_workspace
 from flows.stages import (
     DeterministicFailure,
     OverrideError,
     StageFailure,
     apply_overrides,
+    child_env,
     classify,
     log_lines,
     override_files,
-    push_uncached_outputs,
     retry_options,
     retry_unless_deterministic,
     run_dvc,
     stage_outcomes,
 )
-from flows.sweep_table import DONE, DONE_EARLIER, FAILED, FAILED_EARLIER, Outcome
+from flows.sweep.table import DONE, DONE_EARLIER, FAILED, FAILED_EARLIER, Outcome
+from flows.workspace import cache_dir_of, default_remote, git
 
 #: The deployment (prefect.yaml) whose flow runs execute the experiments on the pool's workers.
 POINT_DEPLOYMENT = "cifar10-sweep-point/point"
@@ -150,24 +153,6 @@ def repro_shared(overrides: list[str], stages: list[str], ws: str, pull: bool) -
     return stage_outcomes(result.lines)
 
 
-@task(name="share", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=[5, 20])
-def share_results(ws: str, experiment: str | None, git_url: str, remote: bool) -> None:
-    """The experiment's git ref to the sweep's repository, its outputs and run-cache to the DVC remote."""
-    logger = get_run_logger()
-    if remote:
-        sent = push_uncached_outputs(Path(ws))
-        logger.info("pushed %d object(s) of cache: false outputs that the run-cache refers to", sent)
-    if experiment:
-        args = ["exp", "push", *(["--run-cache"] if remote else ["--no-cache"]), git_url, experiment]
-    elif remote:
-        args = ["push", "--run-cache"]
-    else:
-        return
-    result = run_dvc(args, Path(ws), log_lines(logger))
-    if result.returncode != 0:
-        raise classify(f"dvc {' '.join(args[:2])}", result.returncode, result.lines)
-
-
 def _workspace_root(workspace_root: str | None) -> Path:
     if workspace_root:
         return Path(workspace_root).expanduser().resolve()
@@ -216,7 +201,7 @@ def sweep_point(
     started = time.monotonic()
     host = report_host(False)
     ws = _workspace_root(workspace_root) / workspace
-    shared = cache_dir or (sweep_workspace.cache_dir_of(Path.cwd()) if host_cache else None)
+    shared = cache_dir or (cache_dir_of(Path.cwd()) if host_cache else None)
     what = f"experiment {experiment!r}" if experiment else "the shared stages"
     try:
         prepare_workspace(str(ws), git_url, rev, shared, dvc_remote)
@@ -266,7 +251,7 @@ def _invalid_override(
         for path in override_files(overrides):
             target = Path(tmp) / path
             target.parent.mkdir(parents=True, exist_ok=True)
-            shown = sweep_workspace.git(["show", f"{rev}:{path}"], repo, check=False)
+            shown = git(["show", f"{rev}:{path}"], repo, check=False)
             target.write_text(shown.stdout if shown.returncode == 0 else "")
         try:
             apply_overrides(Path(tmp), overrides)
@@ -281,7 +266,7 @@ def read_experiments(repo: Path, baseline: str) -> dict[str, dict[str, Any]]:
     proc = subprocess.run(
         [sys.executable, "-m", "dvc", "exp", "show", "--json", "--rev", baseline, "--no-fetch"],
         cwd=repo,
-        env=sweep_workspace.child_env(),
+        env=child_env(),
         capture_output=True,
         text=True,
     )
@@ -539,7 +524,7 @@ def run_sweep(
             baseline[:12],
         )
     url = git_url or str(repo)
-    remote_url, remote_in_git = sweep_workspace.default_remote(repo)
+    remote_url, remote_in_git = default_remote(repo)
     remote = bool(dvc_remote or remote_url)
     remote_param = dvc_remote or (None if remote_in_git else remote_url)
     if not remote:
@@ -564,7 +549,7 @@ def run_sweep(
     }
     if executor == "local":
         common["workspace_root"] = workspace_root or str(repo / WORKSPACES)
-        common["cache_dir"] = sweep_workspace.cache_dir_of(repo) if host_cache else None
+        common["cache_dir"] = cache_dir_of(repo) if host_cache else None
 
     # Stages no experiment changes run once, first; the experiments then restore them.
     varied = {k for e in pending for k in e.own}

@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from tasks.overrides import flags, load_overlay
+from tools.overrides import flags, load_overlay
 
 DEFAULT_SEED_PARAMS = ("alexnet.seed", "vgg16.seed")
 KEYS = {"name", "description", "configs", "params", "grid", "points", "seeds", "seed_params", "stages", "compare"}
@@ -157,7 +157,7 @@ def flatten(overlay: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 def to_overrides(params: Mapping[str, Any]) -> list[str]:
     """``{"alexnet.width": 0.5}`` -> ``["alexnet.width=0.5"]``: ``dvc exp run -S`` values, the
-    values written in YAML syntax exactly as ``python -m tasks.overrides`` writes them."""
+    values written in YAML syntax exactly as ``python -m tools.overrides`` writes them."""
     out: list[str] = []
     for key, value in params.items():
         section, _, rest = key.rpartition(".")

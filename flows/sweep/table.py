@@ -17,8 +17,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from flows.sweep_spec import Experiment, Sweep, value_text
-from tasks import paths, templating
+from flows.sweep.spec import Experiment, Sweep, value_text
+from tasks.core import paths
+from tasks.reporting import templating
 
 EVALUATE_METRICS = paths.EVALUATE_METRICS.as_posix()  # as dvc exp show --json keys it
 #: Per compared model, in this order: what the table shows and averages.
@@ -108,7 +109,7 @@ def experiments_from_show(show: Sequence[Mapping[str, Any]], baseline: str | Non
 
 def mismatched_params(experiment: Experiment, recorded: Mapping[str, Any]) -> list[str]:
     """The params ``experiment`` sets whose value the recorded experiment does not have."""
-    from flows.sweep_spec import same_value
+    from flows.sweep.spec import same_value
 
     wrong = []
     for key, value in experiment.params.items():

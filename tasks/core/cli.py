@@ -6,10 +6,10 @@ import logging
 import sys
 from collections.abc import Callable
 
-from tasks.errors import StageError
+from tasks.core.errors import StageError
 
 #: Exit status of a stage that failed for a reason its message explains (bad input, bad params);
-#: a :class:`~tasks.errors.TransientStageError` exits with its own (75) so the flow retries it.
+#: a :class:`~tasks.core.errors.TransientStageError` exits with its own (75) so the flow retries it.
 EXIT_STAGE_ERROR = StageError.exit_status
 
 

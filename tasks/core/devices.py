@@ -2,7 +2,7 @@
 
 The one place that decides whether a GPU is usable: the training stages ask it in-process
 (:func:`describe`), and the flow's host report (flows/host.py) asks it in a child process
-(:func:`report`, printed by ``python -m tasks.devices --json``), so a flow and the stage it runs
+(:func:`report`, printed by ``python -m tasks.core.devices --json``), so a flow and the stage it runs
 cannot disagree about the same backend's devices. Keras is imported only when a backend is
 asked, so the flow can import the rule (:func:`gpus`) without paying for Keras.
 """
@@ -17,8 +17,8 @@ import sys
 from importlib.metadata import version
 from typing import Any
 
-from tasks.errors import DeviceError
-from tasks.precision import Gpu
+from tasks.core.errors import DeviceError
+from tasks.core.precision import Gpu
 
 #: Device kinds that count as an accelerator, as the backends name them (TensorFlow ``GPU``/``TPU``,
 #: JAX ``gpu``/``rocm``/``tpu``/``METAL``, torch ``cuda``/``mps``): Keras trains on any of them.
@@ -138,14 +138,14 @@ CPU_ONLY_NOTE = (
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m tasks.devices``: what training would run on here, and a note when that is only a CPU.
+    """``python -m tasks.core.devices``: what training would run on here, and a note when that is only a CPU.
     ``--json``: :func:`report` as one JSON line, for a caller in another process (the flow's host report)."""
     args = sys.argv[1:] if argv is None else argv
     if args == ["--json"]:
         print(json.dumps(report()))
         return
     if args:
-        sys.exit("usage: python -m tasks.devices [--json]")
+        sys.exit("usage: python -m tasks.core.devices [--json]")
     info = describe()
     print(f"training devices: keras backend {info['keras_backend']}: {', '.join(info['devices'])}")
     if not info["gpus"]:

@@ -1,14 +1,14 @@
 """Errors that a person is meant to read: each says what is wrong and where.
 
 Stage entry points catch :class:`StageError` and print its message instead of a traceback
-(see :func:`tasks.cli.run_stage`); anything else is a bug and keeps its traceback.
+(see :func:`tasks.core.cli.run_stage`); anything else is a bug and keeps its traceback.
 """
 
 
 class StageError(Exception):
     """An expected failure of a stage, with a message for a person."""
 
-    #: The stage's exit status: 2, "fix the input and rerun" (tasks/cli.py).
+    #: The stage's exit status: 2, "fix the input and rerun" (tasks/core/cli.py).
     exit_status = 2
 
 

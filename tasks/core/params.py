@@ -2,7 +2,7 @@
 
 Each stage loads its own sections (DVC tracks params per stage) before it does anything else, so a
 misspelt key, a wrong type, an out-of-range value or an inconsistent pair stops it at once with a
-:class:`~tasks.errors.ParamsError` naming the key -- one ``error:`` line, never a pydantic traceback.
+:class:`~tasks.core.errors.ParamsError` naming the key -- one ``error:`` line, never a pydantic traceback.
 Every default lives in ``params.yaml``: no field here has one, so a key the file lacks is an error too.
 """
 
@@ -16,10 +16,10 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from tasks.errors import ParamsError
-from tasks.paths import PARAMS
+from tasks.core.errors import ParamsError
+from tasks.core.paths import PARAMS
 
-_CLASSES = 10  # CIFAR-10's (tasks.preprocess imports this module, not the other way round)
+_CLASSES = 10  # CIFAR-10's (tasks.data.splits imports this module, not the other way round)
 
 
 def _problem(why: str, key: str | None = None) -> PydanticCustomError:
@@ -41,7 +41,7 @@ def _triple(value: Any) -> Any:
     return tuple(value)
 
 
-Auto = Annotated[Literal[True, False, "auto"], BeforeValidator(_no_number)]  # see tasks.precision
+Auto = Annotated[Literal[True, False, "auto"], BeforeValidator(_no_number)]  # see tasks.core.precision
 Triple = Annotated[tuple[float, float, float], BeforeValidator(_triple)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 NonNegative = Annotated[float, Field(ge=0.0)]

@@ -1,6 +1,6 @@
 """Every file the stages read or write, and the models the pipeline trains: named once, here.
 
-dvc.yaml names the same paths (DVC needs them as deps and outs); tests/tasks/test_paths.py checks
+dvc.yaml names the same paths (DVC needs them as deps and outs); tests/tasks/core/test_paths.py checks
 that the two agree, so a path cannot change in one place only. Stages and flows import from here
 rather than from each other, so no module loads another stage's dependencies just to learn a path.
 """
@@ -37,7 +37,7 @@ class Outputs:
     #: The run's summary, written once it ends (best and final scores, time, size).
     metrics: Path
     meta: Path
-    #: DVCLive's folder (tasks.epoch_log), rewritten after every epoch so DVC follows a running stage.
+    #: DVCLive's folder (tasks.model.epoch_log), rewritten after every epoch so DVC follows a running stage.
     live: Path
     #: In ``live``: the latest epoch's numbers (``dvc exp show``, ``dvc metrics show``).
     live_metrics: Path
@@ -52,7 +52,7 @@ def outputs_for(name: str) -> Outputs:
         metrics=Path(f"metrics/{name}.json"),
         meta=Path(f"models/{name}.meta.json"),
         live=live,
-        # DVCLive's own layout inside its folder (tasks.epoch_log writes it).
+        # DVCLive's own layout inside its folder (tasks.model.epoch_log writes it).
         live_metrics=live / "metrics.json",
         history=live / "plots/metrics",
     )

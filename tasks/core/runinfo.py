@@ -38,7 +38,7 @@ def package_versions() -> dict[str, str]:
 
 
 def as_dict(params: Any) -> dict[str, Any]:
-    """A params model (tasks.params) or a mapping as plain JSON-able data."""
+    """A params model (tasks.core.params) or a mapping as plain JSON-able data."""
     return params.model_dump(mode="json") if isinstance(params, BaseModel) else dict(params)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.errors import ArchiveError
+from tasks.core.errors import ArchiveError
 
 ROOT = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))

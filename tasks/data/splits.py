@@ -1,4 +1,5 @@
-"""Stage ``preprocess``: archive -> stratified train/validation/test arrays plus a JSON of facts.
+"""The prepared splits: archive -> stratified train/validation/test arrays plus a JSON of facts,
+and reading them back (the ``preprocess`` stage writes them, every later stage reads them).
 
 Outputs (``data/prepared/``): ``train.npz``, ``val.npz``, ``test.npz`` -- each with ``x``
 (N, 32, 32, 3) uint8 and ``y`` (N,) uint8 -- and ``facts.json`` (sizes, class counts, per-channel
@@ -9,20 +10,16 @@ official training batches; the test batch is kept whole (or subset) and untouche
 from __future__ import annotations
 
 import hashlib
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tasks.archive import Cifar10, read_archive
-from tasks.atomic import save_arrays, write_json
-from tasks.cli import run_stage
-from tasks.params import DataParams, load_data_params
-from tasks.paths import ARCHIVE, PREPARED
-
-log = logging.getLogger(__name__)
+from tasks.core.atomic import save_arrays, write_json
+from tasks.core.params import DataParams
+from tasks.core.paths import PREPARED
+from tasks.data.archive import Cifar10
 
 SPLITS = ("train", "val", "test")
 NUM_CLASSES = 10
@@ -110,7 +107,7 @@ def facts(splits: dict[str, Split], data: Cifar10, params: DataParams) -> dict[s
 
 
 def load_split(name: str, folder: str | Path = PREPARED) -> Split:
-    """Load one prepared split written by this stage."""
+    """Load one prepared split written by :func:`write_splits`."""
     with np.load(Path(folder) / f"{name}.npz") as npz:
         return Split(npz["x"], npz["y"])
 
@@ -120,15 +117,3 @@ def write_splits(splits: dict[str, Split], info: dict[str, Any], folder: str | P
     for name, split in splits.items():
         save_arrays(folder / f"{name}.npz", x=split.x, y=split.y)
     write_json(folder / "facts.json", info)
-
-
-def main() -> None:
-    params = load_data_params()
-    data = read_archive(ARCHIVE)
-    splits = make_splits(data, params)
-    write_splits(splits, facts(splits, data, params))
-    log.info("prepared %s", {name: len(s.y) for name, s in splits.items()})
-
-
-if __name__ == "__main__":
-    run_stage(main)

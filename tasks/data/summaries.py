@@ -17,8 +17,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from tasks.params import DataParams, ValidateParams
-from tasks.preprocess import NUM_CLASSES, Split, channel_stats
+from tasks.core.params import DataParams, ValidateParams
+from tasks.data.splits import NUM_CLASSES, Split, channel_stats
 
 CHUNK = 4096
 

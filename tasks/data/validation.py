@@ -1,16 +1,15 @@
-"""Stage ``validate``: Great Expectations suites that gate training on sound arrays.
+"""Great Expectations suites that gate training on sound arrays (the ``validate`` stage's checks).
 
-The prepared arrays are summarised into small tables (:mod:`tasks.summaries`) and each table gets
-an expectation suite. The stage writes ``reports/validation.json`` (overall ``success`` plus one
-entry per expectation) and ``reports/validation.html`` (a self-contained page, no CDN, laid out by
-``tasks/templates/validation.html.j2``), then exits non-zero naming every failed expectation.
-Training stages depend on the JSON and refuse to start unless it says ``success: true``.
+The prepared arrays are summarised into small tables (:mod:`tasks.data.summaries`) and each table gets
+an expectation suite. :func:`validate` returns the report the stage writes as ``reports/validation.json``
+(overall ``success`` plus one entry per expectation); :func:`render_html` lays it out as
+``reports/validation.html`` (a self-contained page, no CDN, from
+``tasks/reporting/templates/validation.html.j2``); :func:`failure_message` names every failed expectation.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -19,15 +18,12 @@ from typing import Any
 
 import pandas as pd
 
-from tasks import summaries, templating
-from tasks.atomic import write_json, write_text
-from tasks.cli import run_stage
-from tasks.errors import StageError, ValidationFailed
-from tasks.params import DataParams, ValidateParams, load_data_params, load_validate_params
-from tasks.paths import PREPARED, VALIDATION_HTML, VALIDATION_METRICS, VALIDATION_REPORT
-from tasks.preprocess import NUM_CLASSES, SPLITS, Split, load_split
-
-log = logging.getLogger(__name__)
+from tasks.core.errors import StageError
+from tasks.core.params import DataParams, ValidateParams
+from tasks.core.paths import VALIDATION_HTML
+from tasks.data import summaries
+from tasks.data.splits import NUM_CLASSES, SPLITS, Split, load_split
+from tasks.reporting import templating
 
 FULL_TRAIN_SOURCE = 50_000
 CIFAR_SHAPE = "32x32x3"
@@ -317,17 +313,3 @@ def failure_message(report: dict[str, Any]) -> str:
             found = {k: e[k] for k in DETAILS if k in e}
             lines.append(f"  - {e['name']}: expected {e['description']}; found {found}")
     return "\n".join(lines)
-
-
-def main() -> None:
-    report = validate(PREPARED, load_data_params(), load_validate_params())
-    write_json(VALIDATION_REPORT, report)
-    write_json(VALIDATION_METRICS, headline(report))
-    write_text(VALIDATION_HTML, render_html(report))
-    if not report["success"]:
-        raise ValidationFailed(failure_message(report))
-    log.info("all %d expectations passed", len(report["expectations"]))
-
-
-if __name__ == "__main__":
-    run_stage(main)

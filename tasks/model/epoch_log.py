@@ -164,7 +164,7 @@ class EpochLog:
             log.info("training log %s rebuilt from the checkpoint's %d epochs", self.folder, len(history))
 
     def record(self, record: dict[str, Any]) -> None:
-        """Log one finished epoch (a history record of tasks.train) and write it out at once."""
+        """Log one finished epoch (a history record of tasks.model.train) and write it out at once."""
         if self._live is None:
             raise RuntimeError("EpochLog.record before EpochLog.open")
         self._live.step = int(record["epoch"])

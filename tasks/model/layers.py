@@ -1,7 +1,7 @@
 """Custom Keras layers the models need and Keras lacks, written in ``keras.ops`` for every backend.
 
 Registered as serialisable so a saved ``.keras`` model loads anywhere this module is importable
-(:func:`tasks.models.load_model` imports it first).
+(:func:`tasks.model.models.load_model` imports it first).
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from tasks import layers as custom_layers
-from tasks.errors import WeightsUnavailable
-from tasks.params import AlexNetParams, VGG16Params
+from tasks.core.errors import WeightsUnavailable
+from tasks.core.params import AlexNetParams, VGG16Params
+from tasks.model import layers as custom_layers
 
 INPUT_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10

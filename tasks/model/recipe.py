@@ -12,8 +12,8 @@ from typing import Any
 import keras
 from keras import ops
 
-from tasks.layers import PACKAGE
-from tasks.params import Recipe
+from tasks.core.params import Recipe
+from tasks.model.layers import PACKAGE
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

@@ -5,7 +5,7 @@ from a checkpoint sees exactly the batches an uninterrupted run would. After eve
 whole model -- weights *and* optimizer state, including its step counter that drives the
 learning-rate schedule -- is saved to ``checkpoints/<model>/`` (outside DVC's outs, which DVC
 wipes before rerunning a stage) together with the history so far, and the epoch goes to the DVCLive
-log ``dvclive/<model>/`` (:mod:`tasks.epoch_log`), which DVC reads while the stage runs. A killed or
+log ``dvclive/<model>/`` (:mod:`tasks.model.epoch_log`), which DVC reads while the stage runs. A killed or
 retried stage picks up after the last finished epoch and continues the same log.
 
 Decisions (early stopping, the best epoch) use the validation split only; the test split is
@@ -27,16 +27,16 @@ from typing import Any
 import keras
 import numpy as np
 
-from tasks import devices, precision, runinfo
-from tasks.atomic import atomic_path, write_json
-from tasks.epoch_log import EpochLog
-from tasks.errors import StageError
-from tasks.models import load_model
-from tasks.params import Recipe
-from tasks.progress import EpochProgress, stage_estimate
-from tasks.paths import PREPARED, VALIDATION_REPORT, Outputs, outputs_for
-from tasks.preprocess import NUM_CLASSES, Split, load_split
-from tasks.recipe import make_loss
+from tasks.core import devices, precision, runinfo
+from tasks.core.atomic import atomic_path, write_json
+from tasks.core.errors import StageError
+from tasks.core.params import Recipe
+from tasks.core.paths import PREPARED, VALIDATION_REPORT, Outputs, outputs_for
+from tasks.data.splits import NUM_CLASSES, Split, load_split
+from tasks.model.epoch_log import EpochLog
+from tasks.model.models import load_model
+from tasks.model.progress import EpochProgress, stage_estimate
+from tasks.model.recipe import make_loss
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def compile_model(model: keras.Model, recipe: Recipe, optimizer: keras.optimizer
 
 
 def set_precision(recipe: Recipe, info: dict[str, Any]) -> precision.Decision:
-    """Set the global dtype policy ``mixed_precision`` asks for on this hardware (tasks.precision)."""
+    """Set the global dtype policy ``mixed_precision`` asks for on this hardware (tasks.core.precision)."""
     choice = precision.decide(
         recipe.mixed_precision, devices.gpu_details() if info["gpus"] else [], precision.cpu_flags()
     )

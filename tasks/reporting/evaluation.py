@@ -1,10 +1,10 @@
-"""Stage ``evaluate``: both trained models on the untouched test split -> metrics, plots, report.
+"""Scoring a trained model on the untouched test split, and the files the ``evaluate`` stage makes of it.
 
-The only stage that reads ``data/prepared/test.npz``. Writes ``metrics/evaluate.json`` (per model
-the headline: test accuracy and loss, macro precision/recall/F1, size, inference speed on this
-machine, training time), ``plots/per_class/<model>.csv`` (per-class precision/recall/F1),
-``plots/confusion/<model>.csv`` (per-image actual/predicted for DVC's confusion template), and the
-report (:mod:`tasks.report`).
+:func:`evaluate_model` loads a model with its training records and predicts the test split (timed);
+:func:`metrics_entry` is its headline in ``metrics/evaluate.json`` (test accuracy and loss, macro
+precision/recall/F1, size, inference speed on this machine, training time); :func:`per_class_csv`
+and :func:`confusion_csv` are ``plots/per_class/<model>.csv`` (per-class precision/recall/F1) and
+``plots/confusion/<model>.csv`` (per-image actual/predicted for DVC's confusion template).
 """
 
 from __future__ import annotations
@@ -20,16 +20,14 @@ from typing import Any
 import keras
 import numpy as np
 
-from tasks import classification, devices, report, runinfo
-from tasks.atomic import write_json, write_text
-from tasks.cli import run_stage
-from tasks.epoch_log import read_history
-from tasks.errors import StageError
-from tasks.models import load_model
-from tasks.params import EvaluateParams, load_evaluate_params
-from tasks.paths import CONFUSION, EVALUATE_METRICS, MODELS, PER_CLASS, PREPARED, outputs_for
-from tasks.preprocess import Split, load_split
-from tasks.progress import EpochProgress
+from tasks.core.errors import StageError
+from tasks.core.params import EvaluateParams
+from tasks.core.paths import outputs_for
+from tasks.data.splits import Split
+from tasks.model.epoch_log import read_history
+from tasks.model.models import load_model
+from tasks.model.progress import EpochProgress
+from tasks.reporting import classification
 
 log = logging.getLogger(__name__)
 
@@ -132,29 +130,3 @@ def confusion_csv(y_true: np.ndarray, probs: np.ndarray, class_names: list[str])
     for t, p in zip(y_true, probs.argmax(axis=1)):
         writer.writerow([class_names[t], class_names[p]])
     return buf.getvalue()
-
-
-def main() -> None:
-    params = load_evaluate_params()
-    try:
-        test = load_split("test", PREPARED)
-        class_names = json.loads((PREPARED / "facts.json").read_text())["class_names"]
-    except (FileNotFoundError, KeyError) as exc:
-        raise StageError(f"{PREPARED}: cannot read the test split ({exc}); run the preprocess stage first") from None
-    info = devices.describe()
-    results = [evaluate_model(name, test, class_names, params) for name in MODELS]
-    for r in results:
-        write_text(CONFUSION / f"{r.name}.csv", confusion_csv(test.y, r.probs, class_names))
-        write_text(PER_CLASS / f"{r.name}.csv", per_class_csv(r.scores["per_class"]))
-    context = {
-        "devices": info,
-        "packages": runinfo.package_versions(),
-        "evaluated": runinfo.now(),
-        "params": {"evaluate": runinfo.as_dict(params)},
-    }
-    report.write(results, test, class_names, params, context)
-    write_json(EVALUATE_METRICS, {r.name: metrics_entry(r) for r in results})
-
-
-if __name__ == "__main__":
-    run_stage(main)

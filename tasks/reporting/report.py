@@ -1,7 +1,7 @@
 """The evaluation report: ``reports/report.md`` plus a self-contained ``reports/report.html``.
 
 This module works out what the report says (tables of formatted figures, the figures' PNGs and
-captions, where the models were trained); the templates ``tasks/templates/report.md.j2`` and
+captions, where the models were trained); the templates ``tasks/reporting/templates/report.md.j2`` and
 ``report.html.j2`` lay the same content out twice. The markdown links the PNGs in
 ``reports/figures/``; the HTML embeds them as data URIs and carries its own CSS, so it displays
 offline from a single file.
@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks import classification, figures, templating
-from tasks.atomic import atomic_path, write_text
-from tasks.params import EvaluateParams
-from tasks.paths import FIGURES, REPORT_HTML, REPORT_MD
-from tasks.preprocess import Split
+from tasks.core.atomic import atomic_path, write_text
+from tasks.core.params import EvaluateParams
+from tasks.core.paths import FIGURES, REPORT_HTML, REPORT_MD
+from tasks.data.splits import Split
+from tasks.reporting import classification, figures, templating
 
 if TYPE_CHECKING:
-    from tasks.evaluate import Evaluated
+    from tasks.reporting.evaluation import Evaluated
 
 #: The student report this project starts from (test accuracy; it early-stopped on the test set).
 STUDENT = {"alexnet": 0.7912, "vgg16": 0.7862}

@@ -1,11 +1,13 @@
 """Jinja2 rendering of the pages the project writes: the evaluation report, the validation page,
-the offline ``dvc plots diff`` page and the sweep table.
+the offline ``dvc plots diff`` page, the sweep table and the nightly summary.
 
-Templates are package data next to the code that fills them (``tasks/templates``,
-``flows/templates``); Python computes what a page shows, the template only lays it out. HTML
-templates (``*.html.j2``) autoescape, so a class name, a param value or an error message is shown
-as text and can never become markup; markdown templates (``*.md.j2``) do not, since markdown has
-no escaping Jinja knows (the ``md_cell`` filter handles what breaks a table row).
+Templates are package data in the ``templates/`` folder of a package: the stages' pages in
+``tasks/reporting/templates`` (the default), the developer tools' in ``tools/templates``, the flows'
+in ``flows/templates``; a caller names its package (the ``package`` argument). Python computes what a
+page shows, the template only lays it out. HTML templates (``*.html.j2``) autoescape, so a class
+name, a param value or an error message is shown as text and can never become markup; markdown
+templates (``*.md.j2``) do not, since markdown has no escaping Jinja knows (the ``md_cell`` filter
+handles what breaks a table row).
 """
 
 from __future__ import annotations
@@ -27,9 +29,13 @@ def md_cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+#: The package whose ``templates/`` folder holds the stages' pages.
+PACKAGE = "tasks.reporting"
+
+
 @cache
-def environment(package: str = "tasks") -> jinja2.Environment:
-    """The environment for the templates of ``package`` (``tasks`` or ``flows``)."""
+def environment(package: str = PACKAGE) -> jinja2.Environment:
+    """The environment for the templates of ``package`` (``tasks.reporting``, ``tools`` or ``flows``)."""
     env = jinja2.Environment(
         loader=jinja2.PackageLoader(package, "templates"),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default=False),
@@ -43,6 +49,6 @@ def environment(package: str = "tasks") -> jinja2.Environment:
     return env
 
 
-def render(template_name: str, /, package: str = "tasks", **context: Any) -> str:
-    """``template_name`` from ``<package>/templates`` filled with ``context``."""
+def render(template_name: str, /, package: str = PACKAGE, **context: Any) -> str:
+    """``template_name`` from the package's ``templates/`` folder filled with ``context``."""
     return environment(package).get_template(template_name).render(**context)

@@ -8,7 +8,8 @@ import re
 import jinja2
 import pytest
 
-from tasks import plots_diff, templating
+from tasks.reporting import templating
+from tools import plots_diff
 
 
 def test_page_embeds_every_plot_and_escapes_ids_and_revisions() -> None:
@@ -28,4 +29,4 @@ def test_page_embeds_every_plot_and_escapes_ids_and_revisions() -> None:
 
 def test_a_value_the_template_needs_but_is_not_given_fails_the_render() -> None:
     with pytest.raises(jinja2.UndefinedError):
-        templating.render("plots_diff.html.j2", plots=[])
+        templating.render("plots_diff.html.j2", package="tools", plots=[])

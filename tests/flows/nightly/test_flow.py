@@ -22,7 +22,7 @@ import psutil
 import pytest
 import yaml
 
-from flows.nightly import ARTIFACT, WORKSPACES
+from flows.nightly.flow import ARTIFACT, WORKSPACES
 from tests.conftest import REPO, dvc, run, set_params, tiny_training
 from tests.flows.conftest import (
     PREFECT,
@@ -216,7 +216,7 @@ def test_the_deployment_carries_its_schedule_and_its_crash_trigger(team: Team) -
     with team.server.client() as c:
         nightly = c.read_deployment(team.deployment_id)
         automations = c.read_automations_by_name("cifar10-nightly restart after a crash")
-    assert nightly.entrypoint == "flows/nightly.py:nightly"
+    assert nightly.entrypoint == "flows/nightly/flow.py:nightly"
     [schedule] = nightly.schedules
     assert schedule.schedule.cron == "0 2 * * *" and schedule.schedule.timezone == "UTC"
     shipped = yaml.safe_load((REPO / "prefect.yaml").read_text())

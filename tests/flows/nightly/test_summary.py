@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from uuid import uuid4
 
-from flows.nightly import Crash, crash_report, failure_message
-from flows.nightly_summary import accuracy_rows, render
-from flows.nightly_workspace import RecordedRun
+from flows.nightly.flow import Crash, crash_report, failure_message
+from flows.nightly.summary import accuracy_rows, render
+from flows.nightly.workspace import RecordedRun
 from flows.stages import DeterministicFailure
 
 BASELINE = "ab" + "c" * 38

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from flows import nightly_workspace as nws
-from flows.nightly import LINK_TYPE
-from flows.sweep_workspace import WorkspaceError
+from flows.nightly import workspace as nws
+from flows.nightly.flow import LINK_TYPE
+from flows.workspace import WorkspaceError
 from tests.conftest import run
 
 GIT_ID = ["-c", "user.email=t@example.invalid", "-c", "user.name=t"]

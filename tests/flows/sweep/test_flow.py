@@ -131,7 +131,7 @@ def point_runs(server: PrefectServer) -> list:
 
 def exp_show(repo: Path) -> dict[str, dict]:
     """``{name: {"params": params.yaml data, "metrics": {file: data}}}`` of HEAD's experiments, read
-    here from `dvc exp show --json` independently of flows/sweep_table.py."""
+    here from `dvc exp show --json` independently of flows/sweep/table.py."""
     head = run(["git", "rev-parse", "HEAD"], cwd=repo).stdout.strip()
     shown = json.loads(dvc("exp", "show", "--json", cwd=repo).stdout)
     [baseline] = [b for b in shown if b["rev"] == head]
@@ -257,7 +257,7 @@ def test_local_sweep_runs_here_refuses_bad_keys_and_skips_on_rerun(dvc_repo: Pat
     """``executor="local"`` (``python -m flows.sweep --local``): the experiments run one after
     another in this process, still each in its own workspace; an override key DVC would refuse
     fails its experiment before anything runs."""
-    from flows.sweep import SweepFailed, run_sweep
+    from flows.sweep.flow import SweepFailed, run_sweep
 
     (dvc_repo / "sweeps").mkdir()
     (dvc_repo / "sweeps/small.yaml").write_text(

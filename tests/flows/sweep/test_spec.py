@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows import sweep_spec, sweep_table, sweep_workspace
-from flows.sweep_spec import SweepError
-from flows.sweep_table import DONE, DONE_EARLIER, FAILED, Outcome
+from flows.sweep import spec as sweep_spec
+from flows.sweep import table as sweep_table
+from flows.sweep import workspace as sweep_workspace
+from flows.sweep.spec import SweepError
+from flows.sweep.table import DONE, DONE_EARLIER, FAILED, Outcome
+from flows.workspace import WorkspaceError, default_remote
 from tests.conftest import REPO, dvc, run
 
 
@@ -238,14 +241,14 @@ def test_workspace_is_a_clone_at_the_baseline_that_is_reset_when_reused(dvc_repo
     newer = sweep_workspace.head(dvc_repo)
     assert sweep_workspace.prepare(ws, str(dvc_repo), newer, cache_dir=None, dvc_remote=None) == "reused"
     assert sweep_workspace.head(ws) == newer  # fetched
-    with pytest.raises(sweep_workspace.WorkspaceError, match="is not in"):
+    with pytest.raises(WorkspaceError, match="is not in"):
         sweep_workspace.prepare(tmp_path / "ws" / "two", str(dvc_repo), "0" * 40, cache_dir=None, dvc_remote=None)
 
 
 def test_default_remote_is_found_and_told_apart_from_a_committed_one(dvc_repo: Path, tmp_path: Path) -> None:
-    assert sweep_workspace.default_remote(dvc_repo) == (None, False)
+    assert default_remote(dvc_repo) == (None, False)
     dvc("remote", "add", "--local", "-d", "mine", "../remote", cwd=dvc_repo)
-    assert sweep_workspace.default_remote(dvc_repo) == (str((dvc_repo.parent / "remote").resolve()), False)
+    assert default_remote(dvc_repo) == (str((dvc_repo.parent / "remote").resolve()), False)
     dvc("remote", "remove", "--local", "mine", cwd=dvc_repo)
     dvc("remote", "add", "-d", "team", str(tmp_path / "team"), cwd=dvc_repo)
-    assert sweep_workspace.default_remote(dvc_repo) == (str(tmp_path / "team"), True)
+    assert default_remote(dvc_repo) == (str(tmp_path / "team"), True)

@@ -25,13 +25,13 @@ def _python(code: list[str], backend: str = "tensorflow") -> subprocess.Complete
 
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_no_gpu_details_on_a_cpu_only_host(backend: str) -> None:
-    out = _python(["-c", "from tasks.devices import gpu_details; print(gpu_details())"], backend)
+    out = _python(["-c", "from tasks.core.devices import gpu_details; print(gpu_details())"], backend)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_cpu_only_host_is_told_the_defaults_are_sized_for_a_gpu() -> None:
-    out = _python(["-m", "tasks.devices"])
+    out = _python(["-m", "tasks.core.devices"])
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("training devices: keras backend tensorflow: CPU:0")
     assert "sized for a GPU" in out.stderr and "make quick" in out.stderr
@@ -39,7 +39,7 @@ def test_cpu_only_host_is_told_the_defaults_are_sized_for_a_gpu() -> None:
 
 def test_json_report_is_what_the_flow_reads() -> None:
     """``--json`` is the flow's host probe (flows/host.py): the backend, its devices and which are GPUs."""
-    out = _python(["-m", "tasks.devices", "--json"], "jax")
+    out = _python(["-m", "tasks.core.devices", "--json"], "jax")
     assert out.returncode == 0, out.stderr
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen["backend"] == "jax" and seen["devices"] == ["cpu:0"] and seen["gpus"] == []

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows import sweep_spec
-from tasks.errors import ParamsError
-from tasks.overrides import load_overlay, merged
-from tasks.params import SECTIONS, load_data_params, load_section, load_validate_params, parse_section
+from flows.sweep import spec as sweep_spec
+from tasks.core.errors import ParamsError
+from tasks.core.params import SECTIONS, load_data_params, load_section, load_validate_params, parse_section
+from tools.overrides import load_overlay, merged
 from tests.conftest import REPO, copy_project, dvc, params_section, run
 
 

@@ -1,4 +1,4 @@
-"""tasks/paths.py and dvc.yaml name the same files: a path changed in one place only fails here."""
+"""tasks/core/paths.py and dvc.yaml name the same files: a path changed in one place only fails here."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 
 import yaml
 
-from tasks import epoch_log, paths
+from tasks.core import paths
+from tasks.model import epoch_log
 from tests.conftest import REPO
 
 DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
@@ -32,7 +33,7 @@ def test_every_path_of_the_module_is_in_dvc_yaml() -> None:
     missing = [p.as_posix() for p in constants + per_model if p.as_posix() not in named]
     # Folders of per-model files (plots/confusion/<model>.csv) count when dvc.yaml names a file inside.
     missing = [p for p in missing if not any(n.startswith(p + "/") for n in named)]
-    assert not missing, f"tasks/paths.py names {missing}, which dvc.yaml does not"
+    assert not missing, f"tasks/core/paths.py names {missing}, which dvc.yaml does not"
 
 
 def test_every_model_has_its_training_stage_and_registry_entry() -> None:
@@ -44,7 +45,7 @@ def test_every_model_has_its_training_stage_and_registry_entry() -> None:
 
 
 def test_training_log_paths_are_dvclives_layout() -> None:
-    """tasks.paths names the files inside DVCLive's folder that tasks.epoch_log writes there."""
+    """tasks.core.paths names the files inside DVCLive's folder that tasks.model.epoch_log writes there."""
     for model in paths.MODELS:
         out = paths.outputs_for(model)
         assert out.live_metrics == epoch_log.metrics_file(out.live)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.precision import Gpu, cpu_flags, decide
+from tasks.core.precision import Gpu, cpu_flags, decide
 
 AVX2_EPYC = {"fpu", "sse2", "avx", "avx2", "fma"}
 SAPPHIRE_RAPIDS = AVX2_EPYC | {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.archive import read_archive
-from tasks.errors import ArchiveError
+from tasks.core.errors import ArchiveError
+from tasks.data.archive import read_archive
 from tests.cifar_archive import make_archive
 
 

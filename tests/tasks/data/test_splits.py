@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.archive import read_archive
-from tasks.params import DataParams
-from tasks.preprocess import array_digest, facts, load_split, make_splits, stratified_sample, write_splits
+from tasks.core.params import DataParams
+from tasks.data.archive import read_archive
+from tasks.data.splits import array_digest, facts, load_split, make_splits, stratified_sample, write_splits
 
 
 def params(**kw: object) -> DataParams:

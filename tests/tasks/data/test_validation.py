@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.archive import read_archive
-from tasks.params import DataParams, load_validate_params
-from tasks.preprocess import Split, facts, load_split, make_splits, write_splits
-from tasks.summaries import channels_frame
-from tasks.validate import build_checks, failure_message, render_html, run_checks, validate
+from tasks.core.params import DataParams, load_validate_params
+from tasks.data.archive import read_archive
+from tasks.data.splits import Split, facts, load_split, make_splits, write_splits
+from tasks.data.summaries import channels_frame
+from tasks.data.validation import build_checks, failure_message, render_html, run_checks, validate
 from tests.conftest import REPO
 
 DATA = DataParams(url="x", sha256="0" * 64, val_fraction=0.1, seed=42, limit_train=None, limit_test=None)

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from tasks.epoch_log import PLOTTED, EpochLog, logged_epochs, metrics_file, plots_dir, read_history
+from tasks.model.epoch_log import PLOTTED, EpochLog, logged_epochs, metrics_file, plots_dir, read_history
 
 
 def records(n: int) -> list[dict[str, Any]]:
-    """``n`` epochs of history as tasks.train records them, the phase changing after the first."""
+    """``n`` epochs of history as tasks.model.train records them, the phase changing after the first."""
     return [
         {
             "epoch": e,
@@ -79,7 +79,7 @@ def test_resume_continues_a_log_that_matches_the_checkpoint(tmp_path: Path, capl
     folder, reference = tmp_path / "resumed", tmp_path / "reference"
     write_log(reference, records(4))
     write_log(folder, records(2))
-    caplog.set_level("INFO", logger="tasks.epoch_log")
+    caplog.set_level("INFO", logger="tasks.model.epoch_log")
     with EpochLog(folder) as log:
         log.open(records(2))
         for record in records(4)[2:]:
@@ -104,7 +104,7 @@ def test_resume_rebuilds_a_log_that_does_not_match(
     if damage == "half_written":  # one file got epoch 4, the others and metrics.json did not
         with open(plots_dir(folder) / "train_loss.tsv", "a") as fh:
             fh.write("4\t0.5\n")
-    caplog.set_level("INFO", logger="tasks.epoch_log")
+    caplog.set_level("INFO", logger="tasks.model.epoch_log")
     assert logged_epochs(folder) != [1, 2, 3]
     with EpochLog(folder) as log:
         log.open(records(3))

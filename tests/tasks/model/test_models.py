@@ -8,9 +8,9 @@ import keras
 import numpy as np
 import pytest
 
-from tasks.layers import LocalResponseNormalization, RandomPadCrop, VGGPreprocess
-from tasks.models import build_alexnet, build_vgg16, load_model, set_vgg_trainable, vgg16_base
-from tasks.params import alexnet_params, vgg16_params
+from tasks.core.params import alexnet_params, vgg16_params
+from tasks.model.layers import LocalResponseNormalization, RandomPadCrop, VGGPreprocess
+from tasks.model.models import build_alexnet, build_vgg16, load_model, set_vgg_trainable, vgg16_base
 from tests.conftest import params_section
 
 #: Over params.yaml's sections: a one-epoch recipe without augmentation (unless a test says otherwise).

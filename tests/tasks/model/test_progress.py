@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from tasks.progress import EpochProgress, Schedule, format_duration, progress_line, stage_estimate
+from tasks.model.progress import EpochProgress, Schedule, format_duration, progress_line, stage_estimate
 
 
 class Clock:

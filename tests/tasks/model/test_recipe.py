@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from tasks.params import alexnet_params
-from tasks.recipe import EpochSchedule, make_loss, make_optimizer, make_schedule
+from tasks.core.params import alexnet_params
+from tasks.model.recipe import EpochSchedule, make_loss, make_optimizer, make_schedule
 from tests.conftest import params_section
 
 STEPS = 10

@@ -16,12 +16,12 @@ import keras
 import numpy as np
 import pytest
 
-from tasks.atomic import write_json
-from tasks.epoch_log import read_history
-from tasks.models import build_alexnet, load_model
-from tasks.params import alexnet_params
-from tasks.precision import cpu_flags, decide
-from tasks.train import one_hot
+from tasks.core.atomic import write_json
+from tasks.core.params import alexnet_params
+from tasks.core.precision import cpu_flags, decide
+from tasks.model.epoch_log import read_history
+from tasks.model.models import build_alexnet, load_model
+from tasks.model.train import one_hot
 from tests.conftest import REPO, copy_of, finish, params_section, stage, subprocess_env
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.classification import confusion_matrix, per_class_scores, summary, worst_mistakes
+from tasks.reporting.classification import confusion_matrix, per_class_scores, summary, worst_mistakes
 
 
 def test_confusion_matrix_and_scores_by_hand() -> None:

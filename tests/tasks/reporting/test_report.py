@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tasks import figures, report
-from tasks.params import EvaluateParams
-from tasks.preprocess import Split
+from tasks.core.params import EvaluateParams
+from tasks.data.splits import Split
+from tasks.reporting import figures, report
 
 EVIL = "<script>alert('x')</script>"  # a quote too: it must not end an attribute
 CLASSES = [EVIL, *(f"class{i}" for i in range(1, 10))]

@@ -1,0 +1,46 @@
+"""Stage ``evaluate``: both trained models on the untouched test split -> metrics, plots, report.
+
+The only stage that reads ``data/prepared/test.npz``. Writes ``metrics/evaluate.json``,
+``plots/per_class/<model>.csv`` and ``plots/confusion/<model>.csv`` (:mod:`tasks.reporting.evaluation`)
+and the report (:mod:`tasks.reporting.report`).
+"""
+
+from __future__ import annotations
+
+import json
+
+from tasks.core import devices, runinfo
+from tasks.core.atomic import write_json, write_text
+from tasks.core.cli import run_stage
+from tasks.core.errors import StageError
+from tasks.core.params import load_evaluate_params
+from tasks.core.paths import CONFUSION, EVALUATE_METRICS, MODELS, PER_CLASS, PREPARED
+from tasks.data.splits import load_split
+from tasks.reporting import report
+from tasks.reporting.evaluation import confusion_csv, evaluate_model, metrics_entry, per_class_csv
+
+
+def main() -> None:
+    params = load_evaluate_params()
+    try:
+        test = load_split("test", PREPARED)
+        class_names = json.loads((PREPARED / "facts.json").read_text())["class_names"]
+    except (FileNotFoundError, KeyError) as exc:
+        raise StageError(f"{PREPARED}: cannot read the test split ({exc}); run the preprocess stage first") from None
+    info = devices.describe()
+    results = [evaluate_model(name, test, class_names, params) for name in MODELS]
+    for r in results:
+        write_text(CONFUSION / f"{r.name}.csv", confusion_csv(test.y, r.probs, class_names))
+        write_text(PER_CLASS / f"{r.name}.csv", per_class_csv(r.scores["per_class"]))
+    context = {
+        "devices": info,
+        "packages": runinfo.package_versions(),
+        "evaluated": runinfo.now(),
+        "params": {"evaluate": runinfo.as_dict(params)},
+    }
+    report.write(results, test, class_names, params, context)
+    write_json(EVALUATE_METRICS, {r.name: metrics_entry(r) for r in results})
+
+
+if __name__ == "__main__":
+    run_stage(main)
