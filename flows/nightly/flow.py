@@ -353,7 +353,9 @@ def nightly(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run the nightly CIFAR-10 flow once, here.")
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.nightly", description="Run the nightly CIFAR-10 flow once, here."
+    )
     parser.add_argument("--branch", default="main")
     parser.add_argument("--git-url")
     parser.add_argument("--workspace")

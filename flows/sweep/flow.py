@@ -632,7 +632,9 @@ def run_sweep(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run a sweep of DVC experiments as a Prefect flow.")
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.sweep", description="Run a sweep of DVC experiments as a Prefect flow."
+    )
     parser.add_argument("sweep", help="sweep file, e.g. sweeps/alexnet-variants.yaml")
     parser.add_argument("-S", "--set-param", action="append", dest="set_params", help="as in dvc exp run -S")
     parser.add_argument("--local", action="store_true", help="run the experiments here, one after another")
