@@ -29,7 +29,7 @@ $(VENV)/.setup-stamp: pyproject.toml
 	touch $@
 
 pipeline: setup
-	@TF_CPP_MIN_LOG_LEVEL=2 python -m tasks.devices
+	@TF_CPP_MIN_LOG_LEVEL=2 python -m tasks.core.devices
 ifneq ($(CIFAR_ARCHIVE),)
 	dvc exp run -S 'data.url=$(CIFAR_ARCHIVE)' -S 'data.sha256=$(CIFAR_SHA256)'
 else
@@ -38,13 +38,13 @@ endif
 
 # The quick CPU setting (configs/quick-cpu.yaml) as a named DVC experiment; add CIFAR_ARCHIVE=... offline.
 quick: setup
-	dvc exp run -n quick-cpu $$(python -m tasks.overrides configs/quick-cpu.yaml) \
+	dvc exp run -n quick-cpu $$(python -m tools.overrides configs/quick-cpu.yaml) \
 		$(if $(CIFAR_ARCHIVE),-S 'data.url=$(CIFAR_ARCHIVE)' -S 'data.sha256=$(CIFAR_SHA256)')
 
 # `dvc plots diff` rendered offline: make plots-diff REVS="HEAD~1 HEAD"
 REVS ?=
 plots-diff: setup
-	python -m tasks.plots_diff $(REVS)
+	python -m tools.plots_diff $(REVS)
 
 # `dvc exp show` narrowed to the headline columns a reviewer compares (all of them: dvc exp show --csv).
 EXP_COLUMNS ?= ^Experiment$$|^success$$|^(alexnet|vgg16)\.(test_accuracy|macro_f1|train_seconds|seed|epochs)$$

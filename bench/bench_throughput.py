@@ -5,14 +5,14 @@ Same model (AlexNet ``seed`` stack), same batch size, same machine, same run:
 * ``student script``: ``tf.keras`` ``ImageDataGenerator`` (rotation 20, shifts 0.2, flip) on the
   CPU feeding ``model.fit`` -- how the notebook trained;
 * ``project``: the pipeline's model with its augmentation as layers inside the model, fed numpy
-  arrays the way the training loop feeds them (:func:`tasks.feed.feed`), compiled by
-  :mod:`tasks.train` -- once with the student's augmentation, once with crop+flip, and for the
+  arrays the way the training loop feeds them (:func:`tasks.model.feed.feed`), compiled by
+  :mod:`tasks.model.train` -- once with the student's augmentation, once with crop+flip, and for the
   project's CPU recipe (``configs/quick-cpu.yaml``).
 
 Each row times the training steps themselves, inside one ``model.fit``: from the end of the third
 batch (compilation and warm-up done) to the end of the last. The seconds ``fit`` spends setting up
 and tearing down its input pipeline are left out -- they are per call, not per step, and the
-training loop's feed keeps them near zero (see tasks/feed.py).
+training loop's feed keeps them near zero (see tasks/model/feed.py).
 
 Achieved FLOP/s (conv and dense multiply-adds x 2 x 3 for forward + backward) is reported as a
 fraction of this machine's own matmul rate in the row's precision (float32, or bfloat16 where
@@ -34,11 +34,11 @@ import numpy as np
 from common import REPO, describe_machine, machine, one_hot, recipe_params, table, throughput_row, train_flops_per_image
 
 import keras
-from tasks.models import build_alexnet
-from tasks.recipe import make_optimizer, make_schedule
-from tasks.devices import describe
-from tasks.feed import feed
-from tasks.train import compile_model, set_precision
+from tasks.core.devices import describe
+from tasks.model.feed import feed
+from tasks.model.models import build_alexnet
+from tasks.model.recipe import make_optimizer, make_schedule
+from tasks.model.train import compile_model, set_precision
 
 MEAN, STD = [125.3, 123.0, 113.9], [63.0, 62.1, 66.7]
 

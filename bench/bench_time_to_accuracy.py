@@ -1,6 +1,6 @@
 """Time-to-accuracy on the real CIFAR-10: the project's CPU recipe vs the student's, same wall budget.
 
-Both run through the project's own training loop (:func:`tasks.train.fit`), on the same split
+Both run through the project's own training loop (:func:`tasks.model.train.fit`), on the same split
 the pipeline makes, on this machine, one after the other; each stops after the epoch that uses
 up the training-time budget. The table gives validation accuracy against cumulative training
 time and the final test accuracy of each.
@@ -27,8 +27,9 @@ from pathlib import Path
 
 from common import REPO, describe_machine, machine, one_hot, real_splits, recipe_params, table
 
-from tasks import devices, runinfo, train
-from tasks.models import build_alexnet
+from tasks.core import devices, runinfo
+from tasks.model import train
+from tasks.model.models import build_alexnet
 from tasks.train_alexnet import phases
 
 

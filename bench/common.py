@@ -15,10 +15,10 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tasks.archive import read_archive  # noqa: E402
-from tasks.overrides import load_overlay, merged  # noqa: E402
-from tasks.params import DataParams, alexnet_params, AlexNetParams  # noqa: E402
-from tasks.preprocess import Split, facts, make_splits  # noqa: E402
+from tasks.core.params import DataParams, alexnet_params, AlexNetParams  # noqa: E402
+from tasks.data.archive import read_archive  # noqa: E402
+from tasks.data.splits import Split, facts, make_splits  # noqa: E402
+from tools.overrides import load_overlay, merged  # noqa: E402
 
 DEFAULT_ARCHIVE = Path(os.environ.get("CIFAR10_ARCHIVE", REPO.parent / "shared/data/cifar-10/cifar-10-python.tar.gz"))
 
@@ -41,7 +41,7 @@ def recipe_params(config: str | None, **changes: Any) -> AlexNetParams:
     return alexnet_params(section)
 
 
-#: CPU flags that decide how fast training can be here (and whether bfloat16 pays: tasks.precision).
+#: CPU flags that decide how fast training can be here (and whether bfloat16 pays: tasks.core.precision).
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "bf16")
 
 
@@ -51,7 +51,7 @@ def machine(rates: bool = True) -> dict[str, Any]:
     (float32, and bfloat16 where the CPU has native bf16), which throughputs are stated against."""
     import keras
 
-    from tasks.precision import CPU_BF16_FLAGS, cpu_flags
+    from tasks.core.precision import CPU_BF16_FLAGS, cpu_flags
 
     flags = cpu_flags()
     info: dict[str, Any] = {

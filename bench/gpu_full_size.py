@@ -42,8 +42,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tasks.overrides import load_overlay, merged  # noqa: E402
-from tasks.paths import outputs_for  # noqa: E402
+from tasks.core.paths import outputs_for  # noqa: E402
+from tools.overrides import load_overlay, merged  # noqa: E402
 
 STUDENT_VAL_TARGET = 0.7912  # the student's AlexNet test accuracy, the bar for "time to 79.12 %"
 
@@ -224,11 +224,11 @@ def score(model: str) -> None:
     the run's ``metrics/summary.json``."""
     import logging
 
-    from tasks.epoch_log import read_history
-    from tasks.evaluate import evaluate_model, metrics_entry
-    from tasks.params import load_evaluate_params
-    from tasks.paths import PREPARED
-    from tasks.preprocess import load_split
+    from tasks.model.epoch_log import read_history
+    from tasks.reporting.evaluation import evaluate_model, metrics_entry
+    from tasks.core.params import load_evaluate_params
+    from tasks.core.paths import PREPARED
+    from tasks.data.splits import load_split
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     test = load_split("test", PREPARED)

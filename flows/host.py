@@ -4,7 +4,7 @@ Keras backend that training will use can see.
 Cheap on purpose: ``nvidia-smi`` takes milliseconds; the backend probe imports Keras and its
 backend (a few seconds with TensorFlow), so it runs in a subprocess and only where a GPU matters:
 when ``require_gpu`` is set or the driver reports a GPU. Which devices count as a GPU is not
-decided here but in :mod:`tasks.devices`, the module the training stages use.
+decided here but in :mod:`tasks.core.devices`, the module the training stages use.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tasks import devices
+from tasks.core import devices
 
 #: The repository root: the child process imports ``tasks`` from here, whatever the flow's working directory.
 ROOT = Path(__file__).resolve().parent.parent
 #: The backend probe, run in a child process with this interpreter: the stages' own device check
-#: (:func:`tasks.devices.report`), printed as one JSON line -- so the flow judges the GPU by the
+#: (:func:`tasks.core.devices.report`), printed as one JSON line -- so the flow judges the GPU by the
 #: same rule as the training stage it is about to run.
-_PROBE = ["-m", "tasks.devices", "--json"]
+_PROBE = ["-m", "tasks.core.devices", "--json"]
 
 
 class GPUUnavailable(RuntimeError):
@@ -58,7 +58,7 @@ def nvidia_gpus(timeout: float = 20) -> tuple[list[str], str]:
 
 
 def backend_devices(timeout: float = 120) -> dict[str, Any]:
-    """``{"backend", "keras", "devices", "gpus"}`` as the Keras backend sees them (:func:`tasks.devices.report`),
+    """``{"backend", "keras", "devices", "gpus"}`` as the Keras backend sees them (:func:`tasks.core.devices.report`),
     or ``{"error": ...}``."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
     try:

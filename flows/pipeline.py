@@ -174,6 +174,25 @@ def save_experiment(repo: str, name: str, stages: list[str]) -> None:
     _run_logger().info("saved DVC experiment %r: dvc exp show / dvc exp apply %s", name, name)
 
 
+@task(name="share", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=[5, 20])
+def share_results(ws: str, experiment: str | None, git_url: str, remote: bool) -> None:
+    """The experiment's git ref to ``git_url`` (a sweep's repository, the nightly checkout's origin), its
+    outputs and run-cache to the DVC remote (sweeps and the nightly run share their results this way)."""
+    logger = get_run_logger()
+    if remote:
+        sent = push_uncached_outputs(Path(ws))
+        logger.info("pushed %d object(s) of cache: false outputs that the run-cache refers to", sent)
+    if experiment:
+        args = ["exp", "push", *(["--run-cache"] if remote else ["--no-cache"]), git_url, experiment]
+    elif remote:
+        args = ["push", "--run-cache"]
+    else:
+        return
+    result = run_dvc(args, Path(ws), log_lines(logger))
+    if result.returncode != 0:
+        raise classify(f"dvc {' '.join(args[:2])}", result.returncode, result.lines)
+
+
 #: pull and push talk to remote storage: worth retrying
 sync_command = dvc_command.with_options(retries=2, retry_delay_seconds=[10, 30])
 

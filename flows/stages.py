@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: Exit status of a stage that failed for a reason its message explains (tasks/cli.py): bad input,
+#: Exit status of a stage that failed for a reason its message explains (tasks/core/cli.py): bad input,
 #: bad params, failed validation. Another attempt would fail the same way.
 EXIT_STAGE_ERROR = 2
 #: ``error:`` messages that exit 2 but name a condition another attempt may not meet: the
@@ -104,7 +104,7 @@ class CommandResult:
 def classify(what: str, returncode: int, lines: Sequence[str]) -> StageFailure:
     """The failure a non-zero ``dvc`` run stands for: deterministic only when the stage said so.
 
-    A stage reports bad input by exiting 2 with a line ``error: ...`` (tasks/cli.py); DVC then
+    A stage reports bad input by exiting 2 with a line ``error: ...`` (tasks/core/cli.py); DVC then
     prints ``failed to run: <cmd>, exited with 2``. Everything else -- a signal, a traceback, any
     other exit status (75, sysexits' EX_TEMPFAIL, is the one to use for "try again"), a DVC lock
     held too long, an ``error:`` naming exhausted network retries -- may pass on its own.

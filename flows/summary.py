@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tasks.paths import EVALUATE_METRICS, MODELS
-from tasks.paths import REPORT_HTML as REPORT
+from tasks.core.paths import EVALUATE_METRICS, MODELS
+from tasks.core.paths import REPORT_HTML as REPORT
 
 #: Rows that lead the table when present; the other numeric metrics follow in name order.
 LEADING = ("test_accuracy", "test_loss", "macro_f1", "macro_precision", "macro_recall")

@@ -1,7 +1,10 @@
-"""Stage logic of the CIFAR-10 pipeline: one module per DVC stage plus the helpers they share.
+"""Stage logic of the CIFAR-10 pipeline: one ``python -m tasks.<stage>`` entry point per DVC stage here at
+the top (download, preprocess, validate, train_alexnet, train_vgg16, evaluate), and the code they share in
+subpackages: :mod:`tasks.core` (params, paths, errors, atomic writes, devices), :mod:`tasks.data` (the
+archive, the splits, their validation), :mod:`tasks.model` (layers, models, the training loop) and
+:mod:`tasks.reporting` (scores, figures, the report, page templates).
 
-Each stage module exposes pure functions and a thin ``python -m tasks.<stage>`` entry point that
-reads its own section of ``params.yaml`` (via :mod:`tasks.params`) and does the I/O.
+Each entry point reads its own section of ``params.yaml`` (via :mod:`tasks.core.params`) and does the I/O.
 """
 
 import os

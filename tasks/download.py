@@ -20,11 +20,11 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-from tasks.atomic import atomic_path
-from tasks.cli import run_stage
-from tasks.errors import ChecksumMismatch, DownloadError
-from tasks.params import load_data_params
-from tasks.paths import ARCHIVE
+from tasks.core.atomic import atomic_path
+from tasks.core.cli import run_stage
+from tasks.core.errors import ChecksumMismatch, DownloadError
+from tasks.core.params import load_data_params
+from tasks.core.paths import ARCHIVE
 
 log = logging.getLogger(__name__)
 

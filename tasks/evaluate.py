@@ -1,138 +1,23 @@
 """Stage ``evaluate``: both trained models on the untouched test split -> metrics, plots, report.
 
-The only stage that reads ``data/prepared/test.npz``. Writes ``metrics/evaluate.json`` (per model
-the headline: test accuracy and loss, macro precision/recall/F1, size, inference speed on this
-machine, training time), ``plots/per_class/<model>.csv`` (per-class precision/recall/F1),
-``plots/confusion/<model>.csv`` (per-image actual/predicted for DVC's confusion template), and the
-report (:mod:`tasks.report`).
+The only stage that reads ``data/prepared/test.npz``. Writes ``metrics/evaluate.json``,
+``plots/per_class/<model>.csv`` and ``plots/confusion/<model>.csv`` (:mod:`tasks.reporting.evaluation`)
+and the report (:mod:`tasks.reporting.report`).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import logging
-import time
-from dataclasses import dataclass
-from typing import Any
 
-import keras
-import numpy as np
-
-from tasks import classification, devices, report, runinfo
-from tasks.atomic import write_json, write_text
-from tasks.cli import run_stage
-from tasks.epoch_log import read_history
-from tasks.errors import StageError
-from tasks.feed import feed
-from tasks.models import load_model
-from tasks.params import EvaluateParams, load_evaluate_params
-from tasks.paths import CONFUSION, EVALUATE_METRICS, MODELS, PER_CLASS, PREPARED, outputs_for
-from tasks.preprocess import Split, load_split
-from tasks.progress import EpochProgress
-
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class Evaluated:
-    """One model's results: what the metrics file, the plots and the report are made of."""
-
-    name: str
-    probs: np.ndarray
-    scores: dict[str, Any]
-    speed: dict[str, float]
-    training: dict[str, Any]
-    meta: dict[str, Any]
-    history: list[dict[str, Any]]
-
-
-def timed_predictions(
-    model: keras.Model, x: np.ndarray, batch_size: int, repeats: int, label: str = "predict"
-) -> tuple[np.ndarray, dict]:
-    """Predict the whole split (timed, after a warm-up) and time single-image predictions."""
-    # Compile and warm up before the clock starts, for the last, shorter batch too: under XLA
-    # (JAX) each batch shape compiles once, which would otherwise land inside the timed predict.
-    model.predict_on_batch(x[:batch_size])
-    if len(x) % batch_size:
-        model.predict_on_batch(x[: len(x) % batch_size])
-    start = time.perf_counter()
-    progress = EpochProgress(label, -(-len(x) // batch_size), batch_size, log)
-    probs = model.predict(**feed(x, None, batch_size), verbose=0, callbacks=[progress])
-    throughput = len(x) / (time.perf_counter() - start)
-    one = x[:1]
-    model.predict_on_batch(one)
-    latencies = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        model.predict_on_batch(one)
-        latencies.append(time.perf_counter() - t)
-    return np.asarray(probs, dtype=np.float64), {
-        "throughput_images_per_second": round(throughput, 1),
-        "latency_ms_batch1": round(1000 * float(np.median(latencies)), 3),
-    }
-
-
-def evaluate_model(name: str, test: Split, class_names: list[str], params: EvaluateParams) -> Evaluated:
-    out = outputs_for(name)
-    try:
-        model = load_model(out.model)
-        training = json.loads(out.metrics.read_text())
-        meta = json.loads(out.meta.read_text())
-        history = read_history(out.history)
-    except (FileNotFoundError, ValueError) as exc:
-        raise StageError(
-            f"{name}: cannot read the trained model or its records ({exc}); run the train_{name} stage first"
-        ) from None
-    probs, speed = timed_predictions(
-        model, test.x, params.batch_size, params.latency_repeats, f"{name} test predictions"
-    )
-    scores = classification.summary(test.y, probs, class_names)
-    log.info(
-        "%s: test accuracy %.4f, loss %.4f, %.0f img/s, %.2f ms at batch 1",
-        name,
-        scores["test_accuracy"],
-        scores["test_loss"],
-        speed["throughput_images_per_second"],
-        speed["latency_ms_batch1"],
-    )
-    return Evaluated(name, probs, scores, speed, training, meta, history)
-
-
-def metrics_entry(result: Evaluated) -> dict[str, Any]:
-    """What ``metrics/evaluate.json`` holds for one model (the confusion matrix goes to plots instead)."""
-    s = result.scores
-    return {
-        "test_accuracy": round(s["test_accuracy"], 4),
-        "test_loss": round(s["test_loss"], 4),
-        "macro_precision": round(s["macro_precision"], 4),
-        "macro_recall": round(s["macro_recall"], 4),
-        "macro_f1": round(s["macro_f1"], 4),
-        "params": result.training.get("params"),
-        "model_file_mib": round(outputs_for(result.name).model.stat().st_size / 2**20, 2),
-        **result.speed,
-        "train_seconds": result.training.get("train_seconds"),
-        "epochs_run": result.training.get("epochs_run"),
-    }
-
-
-def per_class_csv(per_class: dict[str, dict[str, float]]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["class", "precision", "recall", "f1", "support"])
-    for name, scores in per_class.items():
-        writer.writerow([name, scores["precision"], scores["recall"], scores["f1"], scores["support"]])
-    return buf.getvalue()
-
-
-def confusion_csv(y_true: np.ndarray, probs: np.ndarray, class_names: list[str]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["actual", "predicted"])
-    for t, p in zip(y_true, probs.argmax(axis=1)):
-        writer.writerow([class_names[t], class_names[p]])
-    return buf.getvalue()
+from tasks.core import devices, runinfo
+from tasks.core.atomic import write_json, write_text
+from tasks.core.cli import run_stage
+from tasks.core.errors import StageError
+from tasks.core.params import load_evaluate_params
+from tasks.core.paths import CONFUSION, EVALUATE_METRICS, MODELS, PER_CLASS, PREPARED
+from tasks.data.splits import load_split
+from tasks.reporting import report
+from tasks.reporting.evaluation import confusion_csv, evaluate_model, metrics_entry, per_class_csv
 
 
 def main() -> None:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import keras
 
-from tasks import train
-from tasks.cli import run_stage
-from tasks.models import build_alexnet
-from tasks.params import AlexNetParams, load_alexnet_params, load_train_params
-from tasks.recipe import make_optimizer, make_schedule
+from tasks.core.cli import run_stage
+from tasks.core.params import AlexNetParams, load_alexnet_params, load_train_params
+from tasks.model import train
+from tasks.model.models import build_alexnet
+from tasks.model.recipe import make_optimizer, make_schedule
 
 NAME = "alexnet"
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import keras
 
-from tasks import train
-from tasks.cli import run_stage
-from tasks.models import build_vgg16, set_vgg_trainable
-from tasks.params import VGG16Params, load_train_params, load_vgg16_params
-from tasks.recipe import make_optimizer, make_schedule
+from tasks.core.cli import run_stage
+from tasks.core.params import VGG16Params, load_train_params, load_vgg16_params
+from tasks.model import train
+from tasks.model.models import build_vgg16, set_vgg_trainable
+from tasks.model.recipe import make_optimizer, make_schedule
 
 NAME = "vgg16"
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.archive import read_archive
-from tasks.atomic import write_json
-from tasks.params import DataParams, load_validate_params
-from tasks.preprocess import facts, make_splits, write_splits
-from tasks.validate import validate
+from tasks.core.atomic import write_json
+from tasks.core.params import DataParams, load_validate_params
+from tasks.data.archive import read_archive
+from tasks.data.splits import facts, make_splits, write_splits
+from tasks.data.validation import validate
 
 from tests.cifar_archive import make_archive
 

@@ -19,6 +19,7 @@ import jinja2.meta
 import pytest
 import yaml
 
+from tasks.reporting import templating
 from tests.conftest import REPO, subprocess_env
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
@@ -62,18 +63,24 @@ def loaded_project_files(module: str) -> list[str]:
 #: How a module names a template it renders, ``templating.render("report.html.j2", ...)``: a quoted
 #: ``<page>.<format>.j2`` (a bare ``"html.j2"`` is an extension, not a template).
 TEMPLATE_NAME = re.compile(r"""["']([\w-]+\.\w+\.j2)["']""")
+#: The package whose templates a module renders when it names one, ``package="flows"``.
+TEMPLATE_PACKAGE = re.compile(r"""\bpackage=["']([\w.]+)["']""")
 
 
 def templates_named(files: list[str]) -> list[str]:
-    """The template files that ``files`` render: each from its own package's ``templates/``."""
+    """The template files that ``files`` render: each from the ``templates/`` folder of the package
+    the module names (``package="flows"``), else of :data:`tasks.reporting.templating.PACKAGE`."""
     found: set[str] = set()
     for file in files:
-        package = file.split("/")[0]
-        env = jinja2.Environment(loader=jinja2.FileSystemLoader(REPO / package / "templates"))
-        todo = TEMPLATE_NAME.findall((REPO / file).read_text())
+        text = (REPO / file).read_text()
+        packages = set(TEMPLATE_PACKAGE.findall(text)) or {templating.PACKAGE}
+        assert len(packages) == 1, f"{file} renders templates of several packages {packages}; teach this check"
+        folder = f"{packages.pop().replace('.', '/')}/templates"
+        env = jinja2.Environment(loader=jinja2.FileSystemLoader(REPO / folder))
+        todo = TEMPLATE_NAME.findall(text)
         while todo:
             name = todo.pop()
-            path = f"{package}/templates/{name}"
+            path = f"{folder}/{name}"
             assert (REPO / path).is_file(), f"{file} names a template {path} that does not exist"
             if path not in found:
                 found.add(path)
@@ -102,15 +109,16 @@ def test_stage_deps_cover_every_project_file_it_imports(stage: str) -> None:
 
 
 def test_the_check_notices_a_missing_dep() -> None:
-    assert uncovered(["tasks/train.py", "tasks/models.py", "tasks/__init__.py"], ["tasks/train.py"]) == [
-        "tasks/models.py"
-    ]
+    assert uncovered(
+        ["tasks/model/train.py", "tasks/model/models.py", "tasks/__init__.py"], ["tasks/model/train.py"]
+    ) == ["tasks/model/models.py"]
     assert uncovered(["tasks/model/train.py"], ["tasks/model"]) == []
 
 
 def test_the_check_finds_the_templates_a_module_renders() -> None:
-    assert templates_named(["tasks/report.py", "tasks/paths.py"]) == [
-        "tasks/templates/report.html.j2",
-        "tasks/templates/report.md.j2",
+    assert templates_named(["tasks/reporting/report.py", "tasks/core/paths.py"]) == [
+        "tasks/reporting/templates/report.html.j2",
+        "tasks/reporting/templates/report.md.j2",
     ]
-    assert templates_named(["flows/sweep_table.py"]) == ["flows/templates/sweep_table.md.j2"]
+    assert templates_named(["flows/sweep/table.py"]) == ["flows/templates/sweep_table.md.j2"]
+    assert templates_named(["tools/plots_diff.py"]) == ["tools/templates/plots_diff.html.j2"]

@@ -1,4 +1,6 @@
-"""No import cycles among the project's modules (tasks/, flows/): each layer imports only downward.
+"""No import cycles among the project's modules (tasks/, tools/, flows/), and each layer imports only
+downward: the stages (``tasks``) import neither the developer tools nor the flows, and the tools
+(``tools``) do not import the flows.
 
 Imports under ``if TYPE_CHECKING:`` are for type hints only and do not count; imports inside
 functions do (they run).
@@ -11,7 +13,9 @@ from pathlib import Path
 
 from tests.conftest import REPO
 
-PACKAGES = ("tasks", "flows")
+PACKAGES = ("tasks", "tools", "flows")
+#: The packages each package may import besides itself: lower layers first.
+MAY_IMPORT = {"tasks": set(), "tools": {"tasks"}, "flows": {"tasks", "tools"}}
 
 
 def module_name(path: Path) -> str:
@@ -44,7 +48,7 @@ def import_graph() -> dict[str, set[str]]:
     graph = {module_name(p): runtime_imports(ast.parse(p.read_text()), known) for p in files}
     for name, deps in graph.items():
         deps.discard(name)
-        deps.difference_update({pkg for pkg in PACKAGES})  # a package's __init__ is not a cycle partner
+        deps.difference_update(PACKAGES)  # a package's __init__ is not a cycle partner
     return graph
 
 
@@ -73,6 +77,16 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_no_import_cycles() -> None:
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_each_layer_imports_only_downward() -> None:
+    wrong = [
+        f"{name} imports {dep}"
+        for name, deps in import_graph().items()
+        for dep in sorted(deps)
+        if dep.split(".")[0] != name.split(".")[0] and dep.split(".")[0] not in MAY_IMPORT[name.split(".")[0]]
+    ]
+    assert not wrong, wrong
 
 
 def test_the_check_finds_a_cycle() -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import dvc, run, set_params, tiny_training
+from tests.conftest import REPO, dvc, run, set_params, tiny_training
 
 COMMIT = ["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm"]
 
@@ -16,6 +17,8 @@ COMMIT = ["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t", "com
 @pytest.mark.slow
 def test_two_commits_and_two_experiments_are_reviewable(dvc_repo: Path) -> None:
     tiny_training(dvc_repo)
+    # The developer tools (tools.plots_diff below) are part of a checkout, though no stage needs them.
+    shutil.copytree(REPO / "tools", dvc_repo / "tools", ignore=shutil.ignore_patterns("__pycache__"))
     first = dvc("repro", cwd=dvc_repo)
     assert "Running stage 'evaluate'" in first.stdout
     assert (dvc_repo / "reports/report.html").is_file()
@@ -36,7 +39,7 @@ def test_two_commits_and_two_experiments_are_reviewable(dvc_repo: Path) -> None:
 
     # Offline rendering of `dvc plots diff` between the two commits.
     out = dvc_repo / "plots_diff"
-    run([sys.executable, "-m", "tasks.plots_diff", "HEAD~1", "HEAD", "--out", str(out)], cwd=dvc_repo)
+    run([sys.executable, "-m", "tools.plots_diff", "HEAD~1", "HEAD", "--out", str(out)], cwd=dvc_repo)
     pngs = sorted(out.glob("*.png"))
     assert {p.name for p in pngs} >= {"Accuracy.png", "Loss.png", "plots_confusion_alexnet.csv.png"}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000 for p in pngs)

@@ -24,6 +24,8 @@ import pytest
 from tests.conftest import REPO, run, subprocess_env
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
+#: What a test repo needs from this checkout, besides the pipeline (PROJECT_FILES), to run the flows.
+FLOW_PACKAGES = ("flows", "tools")
 #: Start a command with SIGINT at its default even when pytest itself runs in the background
 #: (``cmd &`` ignores SIGINT, and children inherit that): the worker stops on SIGINT.
 WITH_SIGINT = [
@@ -222,10 +224,12 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
 
 
 def add_flow_files(repo: Path) -> None:
-    """Put this checkout's flows/ and prefect.yaml into a test repo and commit them."""
-    shutil.copytree(REPO / "flows", repo / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    """Put this checkout's flows/, the tools/ they use (sweeps read configs with tools.overrides) and
+    prefect.yaml into a test repo and commit them."""
+    for package in FLOW_PACKAGES:
+        shutil.copytree(REPO / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy2(REPO / "prefect.yaml", repo / "prefect.yaml")
-    run(["git", "add", "flows", "prefect.yaml"], cwd=repo)
+    run(["git", "add", *FLOW_PACKAGES, "prefect.yaml"], cwd=repo)
     run(["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "flows"], cwd=repo)
 
 

@@ -39,7 +39,9 @@ def test_deploy_registers_a_nightly_schedule_and_an_on_demand_deployment(
         nightly = c.read_deployment_by_name("cifar10-nightly/nightly")
         on_demand = c.read_deployment_by_name(f"{FLOW}/on-demand")
     assert nightly.work_pool_name == on_demand.work_pool_name == "gpu"
-    assert on_demand.entrypoint == "flows/pipeline.py:pipeline" and nightly.entrypoint == "flows/nightly.py:nightly"
+    assert (
+        on_demand.entrypoint == "flows/pipeline.py:pipeline" and nightly.entrypoint == "flows/nightly/flow.py:nightly"
+    )
     [schedule] = nightly.schedules
     assert schedule.active and schedule.schedule.cron == "0 2 * * *" and schedule.schedule.timezone == "UTC"
     assert nightly.parameters == {

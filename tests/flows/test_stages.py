@@ -34,8 +34,8 @@ from flows.stages import (
     stage_graph,
     stage_outcomes,
 )
-from tasks import devices
-from tasks.errors import DeviceError
+from tasks.core import devices
+from tasks.core.errors import DeviceError
 from tests.conftest import dvc, run
 
 #: A pipeline shaped like the project's once training lands: a diamond after validate.
@@ -265,7 +265,7 @@ def test_backend_probe_reports_errors_instead_of_raising(monkeypatch: pytest.Mon
 
 
 def test_backend_probe_is_the_stages_device_check() -> None:
-    """The real probe: a child process running tasks.devices, whatever the working directory."""
+    """The real probe: a child process running tasks.core.devices, whatever the working directory."""
     seen = host.backend_devices()
     assert set(seen) == {"backend", "keras", "devices", "gpus"}, seen
     assert seen["devices"] and seen["gpus"] == devices.gpus(seen["devices"])
@@ -289,7 +289,7 @@ def test_backend_probe_is_the_stages_device_check() -> None:
 )
 def test_flow_and_stage_agree_on_the_gpu(monkeypatch: pytest.MonkeyPatch, backend: str, seen: list[str]) -> None:
     """Given the same backend devices, the flow's host report (require_gpu=True) and a training
-    stage's device check (tasks.devices) find the same GPUs, and pass or fail together."""
+    stage's device check (tasks.core.devices) find the same GPUs, and pass or fail together."""
     monkeypatch.setattr(devices, "backend", lambda: backend)
     monkeypatch.setattr(devices, "visible_devices", lambda: list(seen))
     monkeypatch.setattr(host, "nvidia_gpus", lambda: ([], "nvidia-smi not found"))

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tasks.core.errors import ChecksumMismatch, DownloadError
 from tasks.download import fetch
-from tasks.errors import ChecksumMismatch, DownloadError
 from tests.conftest import run, set_params
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
@@ -152,7 +152,7 @@ def test_stage_entry_point_reports_mismatch_without_traceback(server: Server, tm
             sys.executable,
             "-c",
             f"import sys; sys.path.insert(0, {str(repo)!r}); "
-            "from tasks.cli import run_stage; from tasks.download import main; run_stage(main)",
+            "from tasks.core.cli import run_stage; from tasks.download import main; run_stage(main)",
         ],
         cwd=tmp_path,
         check=False,

@@ -1,0 +1,6 @@
+"""``python -m flows.nightly``: run the nightly flow once, here (:func:`flows.nightly.flow.main`)."""
+
+from flows.nightly.flow import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,402 @@
+"""The training loop both training stages share: resumable, epoch-checkpointed, backend-agnostic.
+
+One ``model.fit`` call per epoch over a permutation seeded by (seed, epoch), so a run resumed
+from a checkpoint sees exactly the batches an uninterrupted run would. After every epoch the
+whole model -- weights *and* optimizer state, including its step counter that drives the
+learning-rate schedule -- is saved to ``checkpoints/<model>/`` (outside DVC's outs, which DVC
+wipes before rerunning a stage) together with the history so far, and the epoch goes to the DVCLive
+log ``dvclive/<model>/`` (:mod:`tasks.model.epoch_log`), which DVC reads while the stage runs. A killed or
+retried stage picks up after the last finished epoch and continues the same log.
+
+Decisions (early stopping, the best epoch) use the validation split only; the test split is
+read by the evaluate stage alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from tasks.core import devices, precision, runinfo
+from tasks.core.atomic import atomic_path, write_json
+from tasks.core.errors import StageError
+from tasks.core.params import Recipe
+from tasks.core.paths import PREPARED, VALIDATION_REPORT, Outputs, outputs_for
+from tasks.data.splits import NUM_CLASSES, Split, load_split
+from tasks.model.epoch_log import EpochLog
+from tasks.model.feed import feed
+from tasks.model.models import load_model
+from tasks.model.progress import EpochProgress, stage_estimate
+from tasks.model.recipe import make_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A run of epochs with one optimizer: ``prepare`` (re)compiles the model for it."""
+
+    name: str
+    epochs: int
+    prepare: Callable[[keras.Model, int], None]  # (model, steps_per_epoch)
+
+
+@dataclass
+class State:
+    """What a checkpoint remembers besides the model itself."""
+
+    fingerprint: str
+    epochs_done: int = 0
+    phase: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_accuracy: float = -1.0
+    best_val_loss: float = math.inf
+    stopped_early: bool = False
+    resumed_from: list[int] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- gates
+
+
+def require_validated(report: Path = VALIDATION_REPORT) -> None:
+    """Refuse to train unless the validate stage said the arrays are sound."""
+    try:
+        verdict = json.loads(report.read_text())
+    except FileNotFoundError:
+        raise StageError(f"{report} not found: run the validate stage first (dvc repro validate)") from None
+    except ValueError:
+        raise StageError(f"{report} is not valid JSON; rerun the validate stage") from None
+    if verdict.get("success") is not True:
+        failed = ", ".join(verdict.get("failed") or ["unknown"])
+        raise StageError(f"{report} says the prepared data failed validation ({failed}); refusing to train on it")
+
+
+def load_data(folder: Path = PREPARED) -> tuple[Split, Split, dict[str, Any]]:
+    facts = json.loads((folder / "facts.json").read_text())
+    return load_split("train", folder), load_split("val", folder), facts
+
+
+# --------------------------------------------------------------------------- compile helpers
+
+
+def compile_model(model: keras.Model, recipe: Recipe, optimizer: keras.optimizers.Optimizer) -> None:
+    model.compile(optimizer=optimizer, loss=make_loss(recipe), metrics=["accuracy"], jit_compile=recipe.jit_compile)
+
+
+def set_precision(recipe: Recipe, info: dict[str, Any]) -> precision.Decision:
+    """Set the global dtype policy ``mixed_precision`` asks for on this hardware (tasks.core.precision)."""
+    choice = precision.decide(
+        recipe.mixed_precision, devices.gpu_details() if info["gpus"] else [], precision.cpu_flags()
+    )
+    keras.mixed_precision.set_global_policy(choice.policy)
+    log.info("precision %s (%s)", choice.policy, choice.reason)
+    return choice
+
+
+def one_hot(labels: np.ndarray) -> np.ndarray:
+    return np.eye(NUM_CLASSES, dtype="float32")[labels.astype(np.int64)]
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return max(1, math.ceil(n / batch_size))
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+class Checkpoints:
+    """``checkpoints/<model>/``: ``last.keras`` (model + optimizer), ``best.weights.h5``, ``state.json``."""
+
+    def __init__(self, root: Path, name: str) -> None:
+        self.folder = root / name
+        self.last = self.folder / "last.keras"
+        self.best = self.folder / "best.weights.h5"
+        self.state_file = self.folder / "state.json"
+
+    def load(self, fingerprint: str) -> tuple[keras.Model | None, State]:
+        if not (self.state_file.is_file() and self.last.is_file()):
+            return None, State(fingerprint)
+        saved = State(**json.loads(self.state_file.read_text()))
+        if saved.fingerprint != fingerprint:
+            log.info("checkpoint in %s is for other params or data; starting afresh", self.folder)
+            self.clear()
+            return None, State(fingerprint)
+        log.info("resuming from %s after epoch %d", self.folder, saved.epochs_done)
+        saved.resumed_from.append(saved.epochs_done)
+        return load_model(self.last), saved
+
+    def save(self, model: keras.Model, state: State, is_best: bool) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if is_best:
+            with atomic_path(self.best) as tmp:
+                model.save_weights(tmp)
+        with atomic_path(self.last) as tmp:
+            model.save(tmp)
+        # The state goes last: it only ever points at a model that is already complete on disk.
+        write_json(self.state_file, state.__dict__)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def fit(
+    name: str,
+    build: Callable[[], keras.Model],
+    phases: list[Phase],
+    recipe: Recipe,
+    train: Split,
+    val: Split,
+    checkpoints: Checkpoints,
+    fingerprint: str,
+    budget_seconds: float | None = None,
+    epoch_log: EpochLog | None = None,
+) -> tuple[keras.Model, State]:
+    """Train through ``phases``; resume from ``checkpoints`` when they match ``fingerprint``.
+
+    ``budget_seconds`` (benchmarks) stops after the first epoch that brings the summed training
+    time to the budget or past it. ``epoch_log`` gets every finished epoch, the checkpoint's first.
+    """
+    total = sum(p.epochs for p in phases)
+    model, state = checkpoints.load(fingerprint)
+    if epoch_log is not None:
+        epoch_log.open(state.history)
+    steps = steps_per_epoch(len(train.y), recipe.batch_size)
+    if model is None:
+        keras.utils.set_random_seed(recipe.seed)
+        model = build()
+    y_train, y_val = one_hot(train.y), one_hot(val.y)
+    patience = recipe.early_stopping_patience
+    first = state.epochs_done
+
+    def estimate(seconds_per_step: float) -> None:
+        log.info(stage_estimate(name, seconds_per_step, steps, total - first))
+
+    estimate_once: Callable[[float], None] | None = estimate
+
+    for epoch in range(state.epochs_done, total):
+        if state.stopped_early:
+            break
+        if patience and state.best_epoch and epoch - state.best_epoch >= patience:
+            log.info(
+                "early stopping: no val_accuracy gain for %d epochs (best %.4f at epoch %d)",
+                patience,
+                state.best_val_accuracy,
+                state.best_epoch,
+            )
+            state.stopped_early = True
+            write_json(checkpoints.state_file, state.__dict__)
+            break
+        phase = _phase_at(phases, epoch)
+        if state.phase != phase.name:
+            phase.prepare(model, steps)
+            state.phase = phase.name
+        order = np.random.default_rng([recipe.seed, epoch]).permutation(len(train.y))
+        lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+        start = time.perf_counter()
+        progress = EpochProgress(
+            f"{name} epoch {epoch + 1}/{total}", steps, recipe.batch_size, log, on_first_report=estimate_once
+        )
+        fitted = model.fit(
+            **feed(train.x[order], y_train[order], recipe.batch_size),
+            epochs=epoch + 1,
+            initial_epoch=epoch,
+            shuffle=False,
+            verbose=0,
+            callbacks=[progress],
+        )
+        estimate_once = progress.on_first_report  # None once the stage's estimate has been logged
+        seconds = time.perf_counter() - start
+        scores = model.evaluate(**feed(val.x, y_val, max(recipe.batch_size, 256)), verbose=0, return_dict=True)
+        record = {
+            "epoch": epoch + 1,
+            "phase": phase.name,
+            "learning_rate": lr,
+            "train_loss": float(fitted.history["loss"][-1]),
+            "train_accuracy": float(fitted.history["accuracy"][-1]),
+            "val_loss": float(scores["loss"]),
+            "val_accuracy": float(scores["accuracy"]),
+            "seconds": round(seconds, 3),
+            "images_per_second": round(len(train.y) / seconds, 1),
+        }
+        state.history.append(record)
+        state.epochs_done = epoch + 1
+        is_best = record["val_accuracy"] > state.best_val_accuracy
+        if is_best:
+            state.best_epoch, state.best_val_accuracy, state.best_val_loss = (
+                epoch + 1,
+                record["val_accuracy"],
+                record["val_loss"],
+            )
+        checkpoints.save(model, state, is_best)
+        # After the checkpoint: a log one epoch behind it (killed in between) is rebuilt on resume.
+        if epoch_log is not None:
+            epoch_log.record(record)
+        log.info(
+            "%s epoch %d/%d [%s] lr %.2e  loss %.4f acc %.4f  val_loss %.4f val_acc %.4f  %.1f s  %.0f img/s",
+            name,
+            epoch + 1,
+            total,
+            phase.name,
+            lr,
+            record["train_loss"],
+            record["train_accuracy"],
+            record["val_loss"],
+            record["val_accuracy"],
+            seconds,
+            record["images_per_second"],
+        )
+        if not math.isfinite(record["train_loss"]):
+            raise StageError(
+                f"{name}: training diverged at epoch {epoch + 1} (loss {record['train_loss']}); "
+                "lower the learning rate in params.yaml"
+            )
+        if budget_seconds is not None and sum(h["seconds"] for h in state.history) >= budget_seconds:
+            log.info("time budget of %.0f s used up after epoch %d", budget_seconds, epoch + 1)
+            break
+
+    if recipe.restore_best and state.best_epoch and state.best_epoch != state.epochs_done:
+        log.info(
+            "restoring the weights of the best epoch (%d, val_accuracy %.4f)", state.best_epoch, state.best_val_accuracy
+        )
+        model.load_weights(checkpoints.best)
+    return model, state
+
+
+def _phase_at(phases: list[Phase], epoch: int) -> Phase:
+    end = 0
+    for phase in phases:
+        end += phase.epochs
+        if epoch < end:
+            return phase
+    return phases[-1]
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def metrics(model: keras.Model, state: State, n_train: int) -> dict[str, Any]:
+    """The DVC metrics of a training run: final and best validation scores, speed, size."""
+    history = state.history
+    last = history[-1] if history else {}
+    seconds = [h["seconds"] for h in history]
+    return {
+        "val_accuracy": last.get("val_accuracy"),
+        "val_loss": last.get("val_loss"),
+        "best_val_accuracy": state.best_val_accuracy if history else None,
+        "best_val_loss": state.best_val_loss if history else None,
+        "best_epoch": state.best_epoch,
+        "epochs_run": len(history),
+        "train_seconds": round(sum(seconds), 2),
+        "seconds_per_epoch": round(float(np.mean(seconds)), 3) if seconds else None,
+        "images_per_second": round(n_train * len(seconds) / sum(seconds), 1) if seconds else None,
+        "params": int(model.count_params()),
+    }
+
+
+def write_outputs(
+    out: Outputs, model: keras.Model, recipe: Recipe, state: State, meta: dict[str, Any], n_train: int
+) -> None:
+    # Save without the optimizer state: the model file is for inference and evaluation.
+    compile_model(model, recipe, keras.optimizers.SGD())
+    with atomic_path(out.model) as tmp:
+        model.save(tmp)
+    write_json(out.meta, {**meta, "finished": runinfo.now(), "resumed_from_epochs": state.resumed_from})
+    write_json(out.metrics, metrics(model, state, n_train))
+
+
+def finish(
+    out: Outputs,
+    model: keras.Model,
+    recipe: Recipe,
+    state: State,
+    meta: dict[str, Any],
+    n_train: int,
+    checkpoints: Checkpoints,
+) -> None:
+    """Write the stage's outputs, then drop the checkpoint: it exists only to resume unfinished runs."""
+    write_outputs(out, model, recipe, state, meta, n_train)
+    checkpoints.clear()
+
+
+def run_metadata(
+    name: str, params: Any, choice: precision.Decision, info: dict[str, Any], facts: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "model": name,
+        "params": runinfo.as_dict(params),
+        "precision_policy": choice.policy,
+        "precision_reason": choice.reason,
+        "devices": info,
+        "packages": runinfo.package_versions(),
+        "data_sha256": facts.get("sha256"),
+        "started": runinfo.now(),
+    }
+
+
+def run(
+    name: str,
+    params: Any,
+    recipe: Recipe,
+    build: Callable[[dict[str, Any]], keras.Model],
+    phases: list[Phase],
+    checkpoint_root: Path,
+    require_gpu: bool,
+) -> None:
+    """A whole training stage: gates, data, resumable fit, outputs. ``build`` gets the data facts."""
+    info = start(name, recipe, require_gpu)
+    choice = set_precision(recipe, info)
+    train_split, val_split, facts = load_data()
+    checkpoints = Checkpoints(checkpoint_root, name)
+    fingerprint = runinfo.fingerprint(params, facts["sha256"], info["keras_backend"], choice.policy)
+    out = outputs_for(name)
+    with EpochLog(out.live) as epoch_log:
+        model, state = fit(
+            name,
+            lambda: build(facts),
+            phases,
+            recipe,
+            train_split,
+            val_split,
+            checkpoints,
+            fingerprint,
+            epoch_log=epoch_log,
+        )
+    finish(
+        out,
+        model,
+        recipe,
+        state,
+        run_metadata(name, params, choice, info, facts),
+        len(train_split.y),
+        checkpoints,
+    )
+
+
+def start(name: str, recipe: Recipe, require_gpu: bool) -> dict[str, Any]:
+    """The checks every training stage makes before touching data: validation gate, devices."""
+    require_validated()
+    info = devices.describe()
+    log.info(
+        "%s: keras %s, backend %s, devices %s",
+        name,
+        keras.__version__,
+        info["keras_backend"],
+        ", ".join(info["devices"]),
+    )
+    if recipe.require_gpu if recipe.require_gpu is not None else require_gpu:
+        devices.require_gpu(info, f"train_{name}")
+    return info

@@ -1,0 +1,326 @@
+"""The nightly deployment for real: `prefect server start` on 127.0.0.1, a `gpu` process pool,
+`prefect --no-prompt deploy --all`, a worker, a bare git repository as the project's remote, a
+local-folder DVC remote, a webhook notification block posting to a receiver on 127.0.0.1, and the
+fixture pipeline with tiny training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import psutil
+import pytest
+import yaml
+
+from flows.nightly.flow import ARTIFACT, WORKSPACES
+from tests.conftest import REPO, dvc, run, set_params, tiny_training
+from tests.flows.conftest import (
+    PREFECT,
+    WITH_SIGINT,
+    PrefectServer,
+    add_flow_files,
+    artifacts,
+    logs,
+    stage_runs,
+    stop,
+    worker_log,
+)
+from tests.flows.test_deployments import wait_for
+
+pytestmark = pytest.mark.slow
+DEPLOYMENT = "cifar10-nightly/nightly"
+GIT_ID = ["-c", "user.email=t@example.invalid", "-c", "user.name=t"]
+
+
+class Receiver:
+    """A webhook endpoint on 127.0.0.1 that keeps every JSON body posted to it."""
+
+    def __init__(self) -> None:
+        self.posts: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 -- http.server's naming
+                length = int(self.headers.get("Content-Length", 0))
+                outer.posts.append(json.loads(self.rfile.read(length) or b"{}"))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def texts(self) -> list[str]:
+        return [f"{p.get('subject')}\n{p.get('body')}" for p in self.posts]
+
+
+@dataclass
+class Team:
+    """The deploy checkout (a developer's clone too), its bare remote, the DVC remote, and the worker."""
+
+    repo: Path
+    bare: Path
+    dvc_remote: Path
+    server: PrefectServer
+    receiver: Receiver
+    deployment_id: UUID
+    worker: subprocess.Popen | None = None
+    kills: list[float] = field(default_factory=list)
+
+    @property
+    def workspace(self) -> Path:
+        return self.repo / WORKSPACES / "nightly"
+
+    def push(self, message: str, **sections: dict) -> str:
+        set_params(self.repo, **sections)
+        run(["git", *GIT_ID, "commit", "-qam", message], cwd=self.repo)
+        run(["git", "push", "-q", "origin", "HEAD:main"], cwd=self.repo)
+        return run(["git", "rev-parse", "HEAD"], cwd=self.repo).stdout.strip()
+
+    def start(self) -> UUID:
+        with self.server.client() as c:
+            return c.create_flow_run_from_deployment(self.deployment_id).id
+
+    def flow_run(self, run_id: UUID) -> Any:
+        with self.server.client() as c:
+            return c.read_flow_run(run_id)
+
+    def finished(self, run_id: UUID, timeout: float = 400) -> Any:
+        flow_run = wait_for(
+            lambda: (r := self.flow_run(run_id)).state and r.state.is_final() and r, timeout, f"run {run_id}", 1
+        )
+        return flow_run
+
+    def runs(self) -> list[Any]:
+        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+        with self.server.client() as c:
+            ours = DeploymentFilter(id=DeploymentFilterId(any_=[self.deployment_id]))
+            found = c.read_flow_runs(deployment_filter=ours)
+        return [r for r in found if not (r.state and r.state.is_scheduled() and r.parameters.get("restart_of") is None)]
+
+    def restart_of(self, run_id: UUID, timeout: float = 60) -> Any:
+        def started():
+            return next((r for r in self.runs() if str(run_id) in (r.parameters.get("restart_of") or "")), None)
+
+        return wait_for(started, timeout, f"a restart of {run_id}", 0.5)
+
+    def kill(self, run_id: UUID) -> float:
+        """SIGKILL the flow run's process and everything under it (dvc, the stage): a crash."""
+        assert self.worker is not None
+        procs: list[psutil.Process] = []
+        for child in psutil.Process(self.worker.pid).children(recursive=True):
+            try:
+                if child.environ().get("PREFECT__FLOW_RUN_ID") == str(run_id):
+                    procs.append(child)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        roots = [p for p in procs if p.ppid() not in {q.pid for q in procs}]
+        assert roots, f"no process runs {run_id}:\n{worker_log(self.repo)}"
+        doomed = {p.pid: p for root in roots for p in [root, *root.children(recursive=True)]}
+        for p in doomed.values():
+            try:
+                p.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        killed = time.time()
+        psutil.wait_procs(list(doomed.values()), timeout=10)
+        self.kills.append(killed)
+        return killed
+
+    def experiments(self) -> list[str]:
+        out = run(["git", "ls-remote", str(self.bare), "refs/exps/*"], cwd=self.repo).stdout
+        return sorted(line.rsplit("/", 1)[-1] for line in out.splitlines())
+
+    def summary(self, run_id: UUID) -> str:
+        return artifacts(run_id, self.server.url)[ARTIFACT].data
+
+    def explain(self, run_id: UUID) -> str:
+        r = self.flow_run(run_id)
+        tail = logs(run_id, self.server.url)[-5000:]
+        return f"{r.name}: {r.state.type} {r.state.message}\n{tail}\n{worker_log(self.repo)}"
+
+
+@pytest.fixture
+def team(dvc_repo: Path, prefect_server: PrefectServer, tmp_path: Path) -> Iterator[Team]:
+    repo = dvc_repo
+    tiny_training(repo)
+    shutil.copy2(REPO / ".gitignore", repo / ".gitignore")
+    dvc_remote = tmp_path / "dvc-remote"
+    dvc("remote", "add", "-d", "storage", str(dvc_remote), cwd=repo)
+    run(["git", "add", "-A"], cwd=repo)
+    run(["git", *GIT_ID, "commit", "-qm", "tiny training, DVC remote"], cwd=repo)
+    add_flow_files(repo)
+    bare = tmp_path / "remote.git"
+    run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], cwd=tmp_path)
+    run(["git", "remote", "add", "origin", str(bare)], cwd=repo)
+    run(["git", "push", "-q", "origin", "HEAD:main"], cwd=repo)
+
+    pools = prefect_server.cli("work-pool", "ls", cwd=repo).stdout
+    if " gpu " not in pools:
+        prefect_server.cli("work-pool", "create", "gpu", "--type", "process", cwd=repo)
+    prefect_server.cli("deploy", "--all", cwd=repo)
+
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.client.schemas.actions import DeploymentUpdate
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    receiver = Receiver()
+    with temporary_settings({PREFECT_API_URL: prefect_server.url}):
+        CustomWebhookNotificationBlock(
+            name="cifar10-nightly", url=receiver.url, json_data={"subject": "{{subject}}", "body": "{{body}}"}
+        ).save("cifar10-nightly-test", overwrite=True)
+    with prefect_server.client() as c:
+        deployment = c.read_deployment_by_name(DEPLOYMENT)
+        # What a team sets in the UI for this host: no GPU here, one restart in a row, the test's webhook.
+        parameters = {
+            **deployment.parameters,
+            "require_gpu": False,
+            "max_crash_restarts": 1,
+            "notify_block": "custom-webhook/cifar10-nightly-test",
+            "retry_delay_seconds": 1,
+        }
+        c.update_deployment(deployment.id, DeploymentUpdate(parameters=parameters))
+    team = Team(repo, bare, dvc_remote, prefect_server, receiver, deployment.id)
+    log = open(repo.parent / "worker.log", "w")
+    team.worker = subprocess.Popen(
+        [*WITH_SIGINT, PREFECT, "worker", "start", "--pool", "gpu"],
+        cwd=repo,
+        env=prefect_server.env(PREFECT_WORKER_QUERY_SECONDS="1"),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        yield team
+    finally:
+        stop(team.worker, signal.SIGINT, 30)
+        log.close()
+        receiver.httpd.shutdown()
+
+
+def test_the_deployment_carries_its_schedule_and_its_crash_trigger(team: Team) -> None:
+    with team.server.client() as c:
+        nightly = c.read_deployment(team.deployment_id)
+        automations = c.read_automations_by_name("cifar10-nightly restart after a crash")
+    assert nightly.entrypoint == "flows/nightly/flow.py:nightly"
+    [schedule] = nightly.schedules
+    assert schedule.schedule.cron == "0 2 * * *" and schedule.schedule.timezone == "UTC"
+    shipped = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    [spec] = [d for d in shipped["deployments"] if d["name"] == "nightly"]
+    assert spec["parameters"]["require_gpu"] is True and spec["parameters"]["branch"] == "main"
+    [automation] = automations
+    assert automation.trigger.expect == {"prefect.flow-run.Crashed"}
+    [action] = automation.actions
+    assert action.deployment_id == team.deployment_id
+    assert action.parameters == {"restart_of": "{{ event.resource.id }}"}  # rendered by the server, not at deploy
+    created = team.server.cli("automation", "create", "--from-file", "flows/automations/nightly-zombies.yaml", cwd=REPO)
+    assert "cifar10-nightly zombie detection" in created.stdout
+
+
+def test_runs_are_recorded_compared_and_failures_notified(team: Team, tmp_path: Path) -> None:
+    first = team.start()
+    done = team.finished(first)
+    assert done.state.is_completed(), team.explain(first)
+    [exp1] = team.experiments()
+    assert exp1.startswith("nightly-")
+    assert any(team.dvc_remote.rglob("*")), "nothing reached the DVC remote"
+    md = team.summary(first)
+    assert f"Recorded as DVC experiment **{exp1}**" in md and "first recorded run" in md, md
+
+    changed = team.push("alexnet: lower peak learning rate", alexnet={"learning_rate": 0.01})
+    second = team.start()
+    assert team.finished(second).state.is_completed(), team.explain(second)
+    exp2 = next(e for e in team.experiments() if e != exp1)
+    md = team.summary(second)
+    assert f"**{exp1}**" in md and changed[:7] in md and "alexnet: lower peak learning rate" in md, md
+    assert "(updated)" in md and "stashed" not in md, md  # the first run's results were recorded: nothing to keep
+    params_section = md.split("## Params changed")[1].split("##")[0]
+    assert "alexnet.learning_rate" in params_section and "0.02" in params_section and "0.01" in params_section, md
+    assert "| alexnet |" in md and " pp |" in md, md
+    assert "metrics/evaluate.json" in md.split("## Metrics changed")[1], md
+    outcomes = {name: r.state.is_completed() for name, r in stage_runs(second, team.server.url).items()}
+    assert all(outcomes.values()), outcomes
+    assert "| train_alexnet | ran |" in md and "| preprocess | ran |" not in md, md
+
+    third = team.start()
+    assert team.finished(third).state.is_completed(), team.explain(third)
+    md = team.summary(third)
+    assert "**Nothing changed** since the last recorded run" in md and f"**{exp2}**" in md, md
+    assert "| ran |" not in md, md
+    assert team.experiments() == sorted([exp1, exp2])
+
+    # A reviewer's clone: pull last night's experiments and compare them.
+    reviewer = tmp_path / "reviewer"
+    run(["git", "clone", "-q", str(team.bare), str(reviewer)], cwd=tmp_path)
+    dvc("exp", "pull", "origin", exp1, exp2, cwd=reviewer)
+    shown = dvc("exp", "show", "-A", "--csv", "--drop", "data.*|validate.*|vgg16.*", cwd=reviewer).stdout
+    assert exp1 in shown and exp2 in shown, shown
+    diff = dvc("metrics", "diff", exp1, exp2, "--md", cwd=reviewer).stdout
+    assert "test_accuracy" in diff, diff
+    print(f"\nreviewer's dvc exp show -A --csv (narrowed):\n{shown}\ndvc metrics diff {exp1} {exp2}:\n{diff}")
+
+    team.push("a bad param", alexnet={"optimizer": "adamm"})
+    fourth = team.start()
+    failed = team.finished(fourth)
+    assert failed.state.is_failed(), team.explain(fourth)
+    stages = stage_runs(fourth, team.server.url)
+    assert stages["train_alexnet"].run_count == 1 and stages["train_alexnet"].state.is_failed()
+    [note] = [t for t in team.receiver.texts() if failed.name in t]
+    assert "train_alexnet" in note and "error: " in note and "alexnet.optimizer" in note, note
+    assert str(fourth) in note, note
+
+
+def test_a_killed_run_restarts_by_itself_resumes_and_stops_after_n_crashes(team: Team) -> None:
+    team.push("longer training, so there is time to kill it", alexnet={"epochs": 12, "warmup_epochs": 1})
+    first = team.start()
+    state = team.workspace / "checkpoints" / "alexnet" / "state.json"
+
+    def trained_an_epoch() -> bool:
+        try:
+            return json.loads(state.read_text()).get("epochs_done", 0) >= 1
+        except (OSError, ValueError):
+            return False
+
+    wait_for(trained_an_epoch, 400, "alexnet's first checkpoint", 0.1)
+    killed = team.kill(first)
+    restart = team.restart_of(first)
+    started = wait_for(lambda: team.flow_run(restart.id).start_time, 60, "the restart to start", 0.2)
+    created, running = restart.created.timestamp() - killed, started.timestamp() - killed
+    print(f"\nkill -> restart created after {created:.1f} s, running after {running:.1f} s")
+    assert team.flow_run(first).state.is_crashed()
+    done = team.finished(restart.id)
+    assert done.state.is_completed(), team.explain(restart.id)
+    meta = json.loads((team.workspace / "models/alexnet.meta.json").read_text())
+    assert meta["resumed_from_epochs"] and meta["resumed_from_epochs"][0] >= 1, meta
+    [exp] = team.experiments()
+    assert exp in team.summary(restart.id)
+    [note] = [t for t in team.receiver.texts() if team.flow_run(first).name in t]
+    assert "crashed in stage train_alexnet" in note and "restart 1 of at most 1" in note, note
+
+    # Crash twice in a row: one restart, then the next refuses.
+    second = team.start()
+    wait_for(lambda: (s := team.flow_run(second).state) and s.is_running(), 120, "the run to start", 0.1)
+    team.kill(second)
+    again = team.restart_of(second)
+    wait_for(lambda: (s := team.flow_run(again.id).state) and s.is_running(), 120, "the restart to start", 0.1)
+    team.kill(again.id)
+    last = team.restart_of(again.id)
+    refused = team.finished(last.id, timeout=120)
+    assert refused.state.is_failed() and "2 crashes in a row" in (refused.state.message or ""), team.explain(last.id)
+    time.sleep(5)
+    assert not [r for r in team.runs() if str(last.id) in (r.parameters.get("restart_of") or "")]
+    assert any("giving up" in t for t in team.receiver.texts()), team.receiver.texts()

@@ -1,0 +1,1 @@
+"""Tests of flows/sweep: sweep files, the comparison table, workspaces, the sweep flows."""

@@ -1,0 +1,1 @@
+"""Tests of tasks/core: params, paths, devices, precision."""

@@ -1,0 +1,1 @@
+"""Tests of tasks/data: the archive, the splits, their validation."""

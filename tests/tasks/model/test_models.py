@@ -1,0 +1,127 @@
+"""Model builders: exact parameter counts, custom layers, inference path, VGG16 weights and freezing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from tasks.core.params import alexnet_params, vgg16_params
+from tasks.model.layers import LocalResponseNormalization, RandomPadCrop, VGGPreprocess
+from tasks.model.models import build_alexnet, build_vgg16, load_model, set_vgg_trainable, vgg16_base
+from tests.conftest import params_section
+
+#: Over params.yaml's sections: a one-epoch recipe without augmentation (unless a test says otherwise).
+RECIPE = {
+    "epochs": 1,
+    "batch_size": 8,
+    "optimizer": "sgd",
+    "learning_rate": 0.01,
+    "warmup_epochs": 0,
+    "augmentation": "none",
+}
+ALEXNET = {"variant": "seed", "width": 1.0, "batch_norm": False, **RECIPE}
+VGG16 = {"weights": "none", "head_epochs": 1, "fine_tune_learning_rate": 1e-5, **RECIPE}
+MEAN, STD = [125.3, 123.0, 113.9], [63.0, 62.1, 66.7]
+
+
+def alexnet(**kw: object) -> keras.Model:
+    return build_alexnet(alexnet_params(params_section("alexnet", **ALEXNET | kw)), MEAN, STD)
+
+
+@pytest.mark.parametrize(("variant", "count"), [("seed", 29_983_114), ("paper", 24_740_234)])
+def test_alexnet_parameter_count_at_full_width(variant: str, count: int) -> None:
+    assert alexnet(variant=variant).count_params() == count
+
+
+def test_paper_variant_has_lrn_overlapping_pools_and_dropout() -> None:
+    model = alexnet(variant="paper")
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds.count("LocalResponseNormalization") == 2 and kinds.count("Dropout") == 2
+    assert model.get_layer("pool1").pool_size == (3, 3) and model.get_layer("pool1").strides == (2, 2)
+    assert "LocalResponseNormalization" not in [type(layer).__name__ for layer in alexnet(variant="seed").layers]
+
+
+def test_width_and_batch_norm() -> None:
+    narrow = alexnet(width=0.25, batch_norm=True)
+    assert narrow.get_layer("conv1").filters == 24 and narrow.get_layer("fc6").units == 1024
+    assert narrow.get_layer("conv1_bn") is not None
+
+
+@pytest.mark.parametrize("augmentation", ["none", "student", "crop_flip"])
+def test_inference_path_keeps_input_size_and_is_deterministic(augmentation: str) -> None:
+    model = alexnet(width=0.0625, augmentation=augmentation)
+    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    first, second = model.predict(x, verbose=0), model.predict(x, verbose=0)
+    assert first.shape == (4, 10)
+    np.testing.assert_allclose(first, second, rtol=1e-6)
+    np.testing.assert_allclose(first.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_lrn_matches_the_paper_formula() -> None:
+    x = np.random.default_rng(1).normal(size=(2, 3, 3, 7)).astype("float32")
+    got = np.asarray(LocalResponseNormalization(depth=5, k=2.0, alpha=1e-2, beta=0.75)(x))
+    sq = np.pad(x**2, [(0, 0), (0, 0), (0, 0), (2, 2)])
+    window = sum(sq[..., i : i + 7] for i in range(5))
+    np.testing.assert_allclose(got, x / (2.0 + 1e-2 * window) ** 0.75, rtol=1e-5)
+
+
+def test_random_pad_crop_is_a_shift_in_training_and_identity_at_inference() -> None:
+    x = np.arange(3 * 32 * 32 * 3, dtype="float32").reshape(3, 32, 32, 3) + 1
+    layer = RandomPadCrop(4, seed=3)
+    np.testing.assert_array_equal(np.asarray(layer(x, training=False)), x)
+    out = np.asarray(layer(x, training=True))
+    for i in range(3):
+        padded = np.pad(x[i], [(4, 4), (4, 4), (0, 0)])
+        windows = [padded[r : r + 32, c : c + 32] for r in range(9) for c in range(9)]
+        assert any(np.array_equal(w, out[i]) for w in windows)
+
+
+def test_vgg_preprocess_matches_keras_applications() -> None:
+    x = np.random.default_rng(2).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    expected = keras.applications.vgg16.preprocess_input(x.copy())
+    np.testing.assert_allclose(np.asarray(VGGPreprocess()(x)), expected, rtol=1e-5, atol=1e-3)
+
+
+def test_saved_model_round_trip(tmp_path: Path) -> None:
+    model = alexnet(variant="paper", width=0.0625, augmentation="crop_flip", batch_norm=True)
+    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    model.save(tmp_path / "m.keras")
+    np.testing.assert_allclose(
+        load_model(tmp_path / "m.keras").predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5
+    )
+
+
+def vgg(**kw: object) -> keras.Model:
+    return build_vgg16(vgg16_params(params_section("vgg16", **VGG16 | kw)))
+
+
+def test_vgg16_weights_file_is_loaded(tmp_path: Path) -> None:
+    """The code path users take with ImageNet weights, proven with a weights file we make ourselves."""
+    source = vgg16_base("none", 32)
+    path = tmp_path / "vgg16_notop.weights.h5"
+    source.save_weights(path)
+    model = vgg(weights=str(path))
+    for a, b in zip(model.get_layer("vgg16").get_weights(), source.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    fresh = vgg(weights="none")
+    assert not np.array_equal(fresh.get_layer("vgg16").get_weights()[0], source.get_weights()[0])
+
+
+def test_vgg16_upscales_inside_the_model() -> None:
+    model = vgg(input_size=48)
+    assert model.input_shape == (None, 32, 32, 3)
+    assert model.get_layer("vgg16").input_shape == (None, 48, 48, 3)
+    assert model.predict(np.zeros((1, 32, 32, 3), np.uint8), verbose=0).shape == (1, 10)
+
+
+def test_vgg16_freezing_by_block() -> None:
+    model = vgg()
+    base = model.get_layer("vgg16")
+    set_vgg_trainable(model, None)
+    assert not base.trainable and len(model.trainable_weights) == 2  # the Dense head only
+    set_vgg_trainable(model, "block4")
+    trainable = {layer.name for layer in base.layers if layer.trainable and layer.weights}
+    assert trainable == {f"block{b}_conv{c}" for b in (4, 5) for c in (1, 2, 3)}

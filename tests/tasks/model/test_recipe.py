@@ -1,0 +1,78 @@
+"""Learning-rate schedules and optimizers built from params."""
+
+from __future__ import annotations
+
+
+import keras
+import numpy as np
+import pytest
+
+from tasks.core.params import alexnet_params
+from tasks.model.recipe import EpochSchedule, make_loss, make_optimizer, make_schedule
+from tests.conftest import params_section
+
+STEPS = 10
+
+
+def lr(schedule: EpochSchedule, epoch: float) -> float:
+    return float(keras.ops.convert_to_numpy(schedule(int(epoch * STEPS))))
+
+
+def test_student_schedule_rises_tenfold_every_twenty_epochs() -> None:
+    s = EpochSchedule("student", 1e-4, STEPS, 19)
+    assert lr(s, 0) == pytest.approx(1e-4)
+    assert lr(s, 0.9) == pytest.approx(1e-4), "constant within an epoch, as a per-epoch callback"
+    assert lr(s, 10) == pytest.approx(1e-4 * 10**0.5, rel=1e-5)
+    assert lr(s, 20) == pytest.approx(1e-3, rel=1e-5)
+
+
+def test_onecycle_rises_to_peak_then_falls_to_zero() -> None:
+    s = EpochSchedule("onecycle", 0.1, STEPS, 10, warmup_epochs=2)
+    assert lr(s, 0) == pytest.approx(0.004)
+    assert lr(s, 2) == pytest.approx(0.1)
+    assert lr(s, 6) == pytest.approx(0.05)
+    assert lr(s, 10) == pytest.approx(0.0, abs=1e-7)
+    values = [lr(s, e / STEPS) for e in range(100)]
+    assert int(np.argmax(values)) == 20
+
+
+def test_cosine_with_warmup() -> None:
+    s = EpochSchedule("cosine", 0.1, STEPS, 10, warmup_epochs=1)
+    assert lr(s, 0) == pytest.approx(0.01)
+    assert lr(s, 1) == pytest.approx(0.1)
+    assert lr(s, 5.5) == pytest.approx(0.05, rel=1e-4)
+    assert lr(s, 10) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_constant() -> None:
+    s = EpochSchedule("constant", 0.3, STEPS, 5)
+    assert [lr(s, e) for e in (0, 2, 4.5)] == pytest.approx([0.3] * 3)
+
+
+def test_schedule_round_trips_through_config() -> None:
+    s = EpochSchedule("onecycle", 0.1, STEPS, 10, warmup_epochs=2)
+    again = EpochSchedule.from_config(s.get_config())
+    assert lr(again, 3.3) == pytest.approx(lr(s, 3.3))
+
+
+def test_optimizer_and_loss_follow_params() -> None:
+    params = alexnet_params(
+        params_section(
+            "alexnet",
+            epochs=3,
+            batch_size=8,
+            optimizer="sgd",
+            learning_rate=0.05,
+            momentum=0.9,
+            nesterov=True,
+            warmup_epochs=0,
+            weight_decay=5e-4,
+            label_smoothing=0.1,
+        )
+    )
+    opt = make_optimizer(params.recipe, make_schedule(params.recipe, STEPS))
+    assert isinstance(opt, keras.optimizers.SGD) and opt.nesterov and opt.momentum == pytest.approx(0.9)
+    assert opt.weight_decay == pytest.approx(5e-4)
+    adam = make_optimizer(params.recipe.model_copy(update={"optimizer": "adam"}), make_schedule(params.recipe, STEPS))
+    assert isinstance(adam, keras.optimizers.Adam)
+    assert make_loss(params.recipe).get_config()["label_smoothing"] == pytest.approx(0.1)

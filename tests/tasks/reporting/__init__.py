@@ -1,0 +1,1 @@
+"""Tests of tasks/reporting: classification scores and the report."""
