@@ -1,5 +1,6 @@
 """The markdown a flow run leaves behind as Prefect artifacts: what each stage did, the test
-metrics of both models, what changed against the last commit, and where the report is."""
+metrics of both models, what changed against the last commit, and where the report is. The
+numbers are picked and formatted here; flows/templates/*.md.j2 lay them out."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 from tasks.core.paths import EVALUATE_METRICS, MODELS
 from tasks.core.paths import REPORT_HTML as REPORT
+from tasks.reporting.templating import render as render_template
 
 #: Rows that lead the table when present; the other numeric metrics follow in name order.
 LEADING = ("test_accuracy", "test_loss", "macro_f1", "macro_precision", "macro_recall")
@@ -25,38 +27,32 @@ def _fmt(name: str, value: Any) -> str:
     return f"{value:.4g}"
 
 
-def metrics_table(repo: Path) -> str:
-    """A markdown table from metrics/evaluate.json -- one row per metric, one column per model,
-    so the models compare side by side -- or a line saying why there is none."""
+def metrics_rows(repo: Path) -> dict[str, Any]:
+    """What the metrics table shows, from metrics/evaluate.json: the models (columns), one
+    ``(metric, cells)`` row per numeric metric, the models with no metrics -- or ``problem``, a
+    line saying why there is no table."""
     path = repo / EVALUATE_METRICS
     if not path.is_file():
-        return f"_No test metrics yet: `{EVALUATE_METRICS}` does not exist (the `evaluate` stage has not run)._"
+        why = "does not exist (the `evaluate` stage has not run)"
+        return {"problem": f"_No test metrics yet: `{EVALUATE_METRICS}` {why}._"}
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        return f"_`{EVALUATE_METRICS}` could not be read: {exc}_"
-    if not isinstance(data, dict):
-        return f"_`{EVALUATE_METRICS}` holds no per-model metrics._"
-    models = [m for m in MODELS if isinstance(data.get(m), dict)]
-    models += sorted(k for k, v in data.items() if isinstance(v, dict) and k not in models)
+        return {"problem": f"_`{EVALUATE_METRICS}` could not be read: {exc}_"}
+    models = [m for m in MODELS if isinstance(data, dict) and isinstance(data.get(m), dict)]
+    if isinstance(data, dict):
+        models += sorted(k for k, v in data.items() if isinstance(v, dict) and k not in models)
     if not models:
-        return f"_`{EVALUATE_METRICS}` holds no per-model metrics._"
+        return {"problem": f"_`{EVALUATE_METRICS}` holds no per-model metrics._"}
     numeric = {k for m in models for k, v in data[m].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     metrics = [c for c in LEADING if c in numeric] + sorted(numeric - set(LEADING))
-    rows = ["| metric | " + " | ".join(models) + " |", "| --- |" + " ---: |" * len(models)]
-    for metric in metrics:
-        cells = [_fmt(metric, data[m][metric]) if metric in data[m] else "-" for m in models]
-        rows.append(f"| {metric} | " + " | ".join(cells) + " |")
-    missing = [m for m in MODELS if m not in models]
-    if missing:
-        rows.append(f"\n_No metrics for {', '.join(missing)} in `{EVALUATE_METRICS}`._")
-    return "\n".join(rows)
+    rows = [(name, [_fmt(name, data[m][name]) if name in data[m] else "-" for m in models]) for name in metrics]
+    return {"problem": None, "models": models, "rows": rows, "missing": [m for m in MODELS if m not in models]}
 
 
-def stages_table(results: Sequence[dict[str, Any]]) -> str:
-    rows = ["| stage | outcome | attempts | seconds |", "| --- | --- | ---: | ---: |"]
-    rows += [f"| {r['stage']} | {r['outcome']} | {r.get('attempt', 1)} | {r['seconds']:.1f} |" for r in results]
-    return "\n".join(rows)
+def metrics_table(repo: Path) -> str:
+    """A markdown table of both models' test metrics side by side, or a line saying why there is none."""
+    return render_template("metrics_table.md.j2", package="flows", path=EVALUATE_METRICS, **metrics_rows(repo)).strip()
 
 
 def render(
@@ -68,29 +64,16 @@ def render(
     host: str | None = None,
 ) -> str:
     report = repo / REPORT
-    lines = ["# CIFAR-10 pipeline run", ""]
-    if host:
-        lines += [f"Host: `{host}` -- workspace: `{repo}`", ""]
-    if experiment:
-        lines += [f"DVC experiment: **{experiment}** (`dvc exp show`, `dvc exp diff {experiment}`)", ""]
-    lines += [
-        "## Stages",
-        "",
-        stages_table(results),
-        "",
-        "## Test metrics",
-        "",
-        metrics_table(repo),
-        "",
-        "## `dvc metrics diff HEAD`",
-        "",
-        metrics_diff.strip() or "_No metric differs from HEAD._",
-        "",
-        "## Report",
-        "",
-    ]
-    if report.is_file():
-        lines.append(f"[{REPORT}]({report.as_uri()}) -- `{report}`")
-    else:
-        lines.append(f"_`{REPORT}` does not exist yet (written by the `evaluate` stage)._")
-    return "\n".join(lines) + "\n"
+    return render_template(
+        "pipeline_summary.md.j2",
+        package="flows",
+        repo=repo,
+        host=host,
+        experiment=experiment,
+        stages=list(results),
+        metrics_table=metrics_table(repo),
+        metrics_diff=metrics_diff,
+        report=REPORT,
+        report_uri=report.as_uri() if report.is_file() else None,
+        report_path=report,
+    )
