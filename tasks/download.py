@@ -4,6 +4,10 @@
 point the pipeline at a local copy on a machine without internet). The bytes stream to a temporary
 file beside the destination; only when the digest matches ``data.sha256`` is it renamed into place,
 so a failed or interrupted download never leaves a file that looks whole.
+
+Hand-written over ``keras.utils.get_file`` or ``dvc import-url``: neither reads a plain path and a URL
+alike, checks a SHA-256 before the file takes its place, and retries with backoff under our own
+``error:`` messages.
 """
 
 from __future__ import annotations

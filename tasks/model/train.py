@@ -10,6 +10,10 @@ retried stage picks up after the last finished epoch and continues the same log.
 
 Decisions (early stopping, the best epoch) use the validation split only; the test split is
 read by the evaluate stage alone.
+
+Hand-written over Keras' ``BackupAndRestore`` callback, which resumes a single ``fit`` call: this
+loop spans one ``fit`` per epoch and a recompile when VGG16 unfreezes, and its checkpoint also
+carries the best epoch so far and the history.
 """
 
 from __future__ import annotations
