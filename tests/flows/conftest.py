@@ -14,6 +14,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -233,34 +234,44 @@ def add_flow_files(repo: Path) -> None:
     run(["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "flows"], cwd=repo)
 
 
+def deploy_all(repo: Path, server: PrefectServer) -> None:
+    """The ``gpu`` process pool (once per server) and ``prefect --no-prompt deploy --all`` in ``repo``."""
+    if " gpu " not in server.cli("work-pool", "ls", cwd=repo).stdout:
+        server.cli("work-pool", "create", "gpu", "--type", "process", cwd=repo)
+    server.cli("deploy", "--all", cwd=repo)
+
+
+@contextmanager
+def running_worker(repo: Path, server: PrefectServer) -> Iterator[subprocess.Popen]:
+    """``prefect worker start --pool gpu`` in ``repo``, its log beside the repo; stopped with SIGINT
+    (it ignores SIGTERM's intent)."""
+    with open(repo.parent / "worker.log", "w") as log:
+        proc = subprocess.Popen(
+            [*WITH_SIGINT, PREFECT, "worker", "start", "--pool", "gpu"],
+            cwd=repo,
+            env=server.env(PREFECT_WORKER_QUERY_SECONDS="1"),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            yield proc
+        finally:
+            stop(proc, signal.SIGINT, 30)
+
+
 @pytest.fixture
 def deployed(dvc_repo: Path, prefect_server: PrefectServer) -> Path:
     """The fixture pipeline with the flows, a ``gpu`` process pool, and prefect.yaml's deployments registered."""
     add_flow_files(dvc_repo)
-    pools = prefect_server.cli("work-pool", "ls", cwd=dvc_repo).stdout
-    if " gpu " not in pools:
-        prefect_server.cli("work-pool", "create", "gpu", "--type", "process", cwd=dvc_repo)
-    prefect_server.cli("deploy", "--all", cwd=dvc_repo)
+    deploy_all(dvc_repo, prefect_server)
     return dvc_repo
 
 
 @pytest.fixture
 def worker(deployed: Path, prefect_server: PrefectServer) -> Iterator[subprocess.Popen]:
-    """``prefect worker start --pool gpu`` in the repo; stopped with SIGINT (it ignores SIGTERM's intent)."""
-    log = open(deployed.parent / "worker.log", "w")
-    proc = subprocess.Popen(
-        [*WITH_SIGINT, PREFECT, "worker", "start", "--pool", "gpu"],
-        cwd=deployed,
-        env=prefect_server.env(PREFECT_WORKER_QUERY_SECONDS="1"),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    try:
+    with running_worker(deployed, prefect_server) as proc:
         yield proc
-    finally:
-        stop(proc, signal.SIGINT, 30)
-        log.close()
 
 
 def worker_log(repo: Path) -> str:

@@ -25,14 +25,13 @@ import yaml
 from flows.nightly.flow import ARTIFACT, WORKSPACES
 from tests.conftest import REPO, dvc, run, set_params, tiny_training
 from tests.flows.conftest import (
-    PREFECT,
-    WITH_SIGINT,
     PrefectServer,
     add_flow_files,
     artifacts,
+    deploy_all,
     logs,
+    running_worker,
     stage_runs,
-    stop,
     worker_log,
 )
 from tests.flows.test_deployments import wait_for
@@ -169,10 +168,7 @@ def team(dvc_repo: Path, prefect_server: PrefectServer, tmp_path: Path) -> Itera
     run(["git", "remote", "add", "origin", str(bare)], cwd=repo)
     run(["git", "push", "-q", "origin", "HEAD:main"], cwd=repo)
 
-    pools = prefect_server.cli("work-pool", "ls", cwd=repo).stdout
-    if " gpu " not in pools:
-        prefect_server.cli("work-pool", "create", "gpu", "--type", "process", cwd=repo)
-    prefect_server.cli("deploy", "--all", cwd=repo)
+    deploy_all(repo, prefect_server)
 
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
     from prefect.client.schemas.actions import DeploymentUpdate
@@ -195,20 +191,10 @@ def team(dvc_repo: Path, prefect_server: PrefectServer, tmp_path: Path) -> Itera
         }
         c.update_deployment(deployment.id, DeploymentUpdate(parameters=parameters))
     team = Team(repo, bare, dvc_remote, prefect_server, receiver, deployment.id)
-    log = open(repo.parent / "worker.log", "w")
-    team.worker = subprocess.Popen(
-        [*WITH_SIGINT, PREFECT, "worker", "start", "--pool", "gpu"],
-        cwd=repo,
-        env=prefect_server.env(PREFECT_WORKER_QUERY_SECONDS="1"),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
     try:
-        yield team
+        with running_worker(repo, prefect_server) as team.worker:
+            yield team
     finally:
-        stop(team.worker, signal.SIGINT, 30)
-        log.close()
         receiver.httpd.shutdown()
 
 
