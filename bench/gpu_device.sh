@@ -14,8 +14,8 @@ OUT=${OUT:-gpu_runs/out}
 export KERAS_BACKEND=${KERAS_BACKEND:-jax} PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 mkdir -p "$OUT"
 
-install_wheels() {
-    python3 -c "import keras" 2>/dev/null && return
+install_wheels() {  # the wheels bench/gpu_wheels.txt lists, carried in .whl/
+    python3 -c "import keras, pydantic" 2>/dev/null && return
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 }
 
