@@ -35,7 +35,7 @@ setup)
 rehearse)
     install_wheels
     python3 bench/gpu_full_size.py --synthetic 1000 --work /root/rehearsal --out "$OUT/rehearsal" \
-        --runs alexnet vgg16 --set alexnet.epochs=2 vgg16.epochs=2
+        --runs alexnet vgg16 --set alexnet.epochs=2 alexnet.warmup_epochs=1 vgg16.epochs=2 vgg16.warmup_epochs=1
     ;;
 full)
     install_wheels
