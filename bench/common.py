@@ -26,7 +26,14 @@ DEFAULT_ARCHIVE = Path(os.environ.get("CIFAR10_ARCHIVE", REPO.parent / "shared/d
 def real_splits(archive: Path = DEFAULT_ARCHIVE, seed: int = 42) -> tuple[dict[str, Split], dict[str, Any]]:
     """The project's own preprocessing of the real archive (same split as `dvc repro`)."""
     params = DataParams(
-        url=str(archive), sha256="0" * 64, val_fraction=0.1, seed=seed, limit_train=None, limit_test=None
+        url=str(archive),
+        sha256="0" * 64,
+        val_fraction=0.1,
+        seed=seed,
+        limit_train=None,
+        limit_test=None,
+        download_attempts=1,
+        download_backoff=0.0,
     )
     data = read_archive(archive)
     splits = make_splits(data, params)

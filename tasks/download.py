@@ -129,7 +129,7 @@ def _stream(src: BinaryIO, tmp: Path, total: int | None, label: str) -> str:
 
 def main() -> None:
     params = load_data_params()
-    fetch(params.url, ARCHIVE, params.sha256)
+    fetch(params.url, ARCHIVE, params.sha256, attempts=params.download_attempts, backoff=params.download_backoff)
 
 
 if __name__ == "__main__":

@@ -92,10 +92,9 @@ def copy_project(repo: Path) -> Path:
     return repo
 
 
-@pytest.fixture
-def dvc_repo(tmp_path: Path, fixture_archive: tuple[Path, str]) -> Path:
-    """A fresh git + DVC repo holding this project's pipeline, pointed at the fixture archive."""
-    repo = copy_project(tmp_path / "repo")
+def make_dvc_repo(repo: Path, fixture_archive: tuple[Path, str]) -> Path:
+    """A new git + DVC repo at ``repo`` holding this project's pipeline, pointed at the fixture archive."""
+    copy_project(repo)
     archive, sha = fixture_archive
     set_params(repo, data={"url": str(archive), "sha256": sha})
     run(["git", "init", "-q"], cwd=repo)
@@ -104,6 +103,12 @@ def dvc_repo(tmp_path: Path, fixture_archive: tuple[Path, str]) -> Path:
     run(["git", "add", "-A"], cwd=repo)
     run(["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "init"], cwd=repo)
     return repo
+
+
+@pytest.fixture
+def dvc_repo(tmp_path: Path, fixture_archive: tuple[Path, str]) -> Path:
+    """A fresh git + DVC repo holding this project's pipeline, pointed at the fixture archive."""
+    return make_dvc_repo(tmp_path / "repo", fixture_archive)
 
 
 #: Params that make both training stages take seconds on the fixture archive.
@@ -118,7 +123,16 @@ def tiny_training(repo: Path) -> None:
     set_params(repo, **TINY_TRAINING)
 
 
-TEST_DATA = DataParams(url="x", sha256="0" * 64, val_fraction=0.1, seed=42, limit_train=None, limit_test=None)
+TEST_DATA = DataParams(
+    url="x",
+    sha256="0" * 64,
+    val_fraction=0.1,
+    seed=42,
+    limit_train=None,
+    limit_test=None,
+    download_attempts=5,
+    download_backoff=2.0,
+)
 
 
 @pytest.fixture(scope="session")

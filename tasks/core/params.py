@@ -62,6 +62,8 @@ class DataParams(_Section):
     seed: Annotated[int, Field(ge=0)]
     limit_train: Annotated[int, Field(ge=20)] | None
     limit_test: Annotated[int, Field(ge=10)] | None
+    download_attempts: Annotated[int, Field(ge=1)]
+    download_backoff: Annotated[float, Field(ge=0.0)]
 
     @field_validator("url")
     @classmethod

@@ -88,10 +88,10 @@ def test_validation_failure_fails_at_once_without_retry(dvc_repo: Path, tmp_path
 
 
 def test_transient_download_failure_is_retried(dvc_repo: Path, archive_server: ArchiveServer) -> None:
-    """The server refuses the first five requests: download's own retries give up (about 30 s of
-    backoff), the stage fails as a whole, Prefect retries it, and the second attempt succeeds."""
+    """The server refuses the first five requests: download's own retries give up (after backoff,
+    shortened here), the stage fails as a whole, Prefect retries it, and the second attempt succeeds."""
     archive_server.fail_first = 5
-    set_params(dvc_repo, data={"url": archive_server.url})
+    set_params(dvc_repo, data={"url": archive_server.url, "download_backoff": 0.1})
     state, run_id, _ = run_flow(dvc_repo, stages=["download"], stage_retries=2)
     assert state.is_completed(), state.message
     download = stage_runs(run_id)["download"]

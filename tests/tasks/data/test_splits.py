@@ -14,7 +14,16 @@ from tasks.data.splits import array_digest, facts, load_split, make_splits, stra
 
 
 def params(**kw: object) -> DataParams:
-    base = dict(url="x", sha256="0" * 64, val_fraction=0.1, seed=42, limit_train=None, limit_test=None)
+    base = dict(
+        url="x",
+        sha256="0" * 64,
+        val_fraction=0.1,
+        seed=42,
+        limit_train=None,
+        limit_test=None,
+        download_attempts=5,
+        download_backoff=2.0,
+    )
     base.update(kw)
     return DataParams(**base)  # type: ignore[arg-type]
 

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.core.params import DataParams, load_validate_params
+from tasks.core.params import load_validate_params
 from tasks.data.archive import read_archive
 from tasks.data.splits import Split, facts, load_split, make_splits, write_splits
 from tasks.data.summaries import channels_frame
 from tasks.data.validation import build_checks, failure_message, render_html, run_checks, validate
-from tests.conftest import REPO
+from tests.conftest import REPO, TEST_DATA
 
-DATA = DataParams(url="x", sha256="0" * 64, val_fraction=0.1, seed=42, limit_train=None, limit_test=None)
+DATA = TEST_DATA
 VALIDATE = load_validate_params(REPO / "params.yaml")
 
 
