@@ -11,21 +11,12 @@ import pytest
 from tasks.core.params import DataParams
 from tasks.data.archive import read_archive
 from tasks.data.splits import array_digest, facts, load_split, make_splits, stratified_sample, write_splits
+from tests.conftest import TEST_DATA
 
 
 def params(**kw: object) -> DataParams:
-    base = dict(
-        url="x",
-        sha256="0" * 64,
-        val_fraction=0.1,
-        seed=42,
-        limit_train=None,
-        limit_test=None,
-        download_attempts=5,
-        download_backoff=2.0,
-    )
-    base.update(kw)
-    return DataParams(**base)  # type: ignore[arg-type]
+    """The shared test data params with ``kw`` changed, validated again."""
+    return DataParams(**(TEST_DATA.model_dump() | kw))
 
 
 def test_stratified_sample_keeps_class_shares() -> None:
