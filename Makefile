@@ -55,8 +55,7 @@ bench: setup
 	python bench/bench_data_stages.py
 	python bench/bench_throughput.py
 	python bench/bench_cpu_recipe_ablation.py
-	python bench/bench_time_to_accuracy.py --budget 450 --recipes quick-cpu-7min student
-	python bench/bench_time_to_accuracy.py --budget 900 --recipes quick-cpu student
+	python bench/bench_time_to_accuracy.py --recipes quick-cpu quick-cpu-half
 	python bench/bench_pipeline.py
 
 # ruff: lint (pycodestyle, pyflakes, bugbear, pyupgrade) and format, configured in pyproject.toml.

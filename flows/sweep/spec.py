@@ -4,7 +4,7 @@ number of seeds, expanded into named DVC experiments. No Prefect here.
 A sweep file (README, "Sweeps", documents every key)::
 
     name: alexnet-variants            # experiment names start with it
-    configs: [configs/quick-cpu-7min.yaml]   # params overlays applied to every experiment
+    configs: [configs/quick-cpu-half.yaml]   # params overlays applied to every experiment
     params:                           # more overrides for every experiment (sections or dotted keys)
       data: {limit_train: 10000}
     grid:                             # every combination of these values is a point

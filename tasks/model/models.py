@@ -29,7 +29,7 @@ IMAGENET_NOTOP_URL = (
 VGG_BLOCKS = ("block1", "block2", "block3", "block4", "block5")
 
 
-def augmentation(kind: str, seed: int) -> list[layers.Layer]:
+def augmentation(kind: str, seed: int, crop_padding: int) -> list[layers.Layer]:
     """Training-time augmentation layers (identity at inference)."""
     if kind == "none":
         return []
@@ -42,7 +42,7 @@ def augmentation(kind: str, seed: int) -> list[layers.Layer]:
             layers.RandomFlip("horizontal", seed=seed + 2),
         ]
     if kind == "crop_flip":
-        return [custom_layers.RandomPadCrop(4, seed=seed), layers.RandomFlip("horizontal", seed=seed + 1)]
+        return [custom_layers.RandomPadCrop(crop_padding, seed=seed), layers.RandomFlip("horizontal", seed=seed + 1)]
     raise ValueError(f"unknown augmentation {kind!r}")
 
 
@@ -64,7 +64,7 @@ def build_alexnet(params: AlexNetParams, mean: Sequence[float], std: Sequence[fl
     w = params.width
     inputs = keras.Input(INPUT_SHAPE, dtype="uint8", name="image")
     x = layers.Normalization(mean=list(mean), variance=[s * s for s in std], name="normalize")(_to_float(inputs))
-    for layer in augmentation(params.recipe.augmentation, params.recipe.seed):
+    for layer in augmentation(params.recipe.augmentation, params.recipe.seed, params.recipe.crop_padding):
         x = layer(x)
 
     def conv(x: keras.KerasTensor, filters: int, size: int, padding: str, name: str) -> keras.KerasTensor:
@@ -132,7 +132,7 @@ def build_vgg16(params: VGG16Params) -> keras.Model:
     base = vgg16_base(params.weights, params.input_size)
     inputs = keras.Input(INPUT_SHAPE, dtype="uint8", name="image")
     x = _to_float(inputs)
-    for layer in augmentation(params.recipe.augmentation, params.recipe.seed):
+    for layer in augmentation(params.recipe.augmentation, params.recipe.seed, params.recipe.crop_padding):
         x = layer(x)
     if params.input_size != INPUT_SHAPE[0]:
         x = layers.Resizing(params.input_size, params.input_size, interpolation="bilinear", name="upscale")(x)
@@ -156,6 +156,22 @@ def set_vgg_trainable(model: keras.Model, unfreeze_from: str | None) -> None:
     for layer in base.layers:
         block = layer.name.split("_")[0]
         layer.trainable = block in VGG_BLOCKS and VGG_BLOCKS.index(block) >= first
+
+
+def for_inference(model: keras.Model, test_time_augmentation: str) -> keras.Model:
+    """The model as the stage saves it: ``flip`` wraps it in :class:`~tasks.model.layers.TestTimeFlip`
+    (same weights, predictions averaged over the image and its mirror image); ``none`` returns it as is.
+
+    Only the saved model is wrapped: per-epoch validation and the choice of the best epoch use the
+    plain model, so the augmentation costs nothing while training.
+    """
+    if test_time_augmentation == "none":
+        return model
+    if test_time_augmentation != "flip":
+        raise ValueError(f"unknown test_time_augmentation {test_time_augmentation!r}")
+    inputs = keras.Input(INPUT_SHAPE, dtype="uint8", name="image")
+    outputs = custom_layers.TestTimeFlip(model, name="test_time_flip")(inputs)
+    return keras.Model(inputs, outputs, name=model.name)
 
 
 def load_model(path: str | Path, compile: bool = True) -> keras.Model:

@@ -39,7 +39,7 @@ from tasks.core.paths import PREPARED, VALIDATION_REPORT, Outputs, outputs_for
 from tasks.data.splits import NUM_CLASSES, Split, load_split
 from tasks.model.epoch_log import EpochLog
 from tasks.model.feed import feed
-from tasks.model.models import load_model
+from tasks.model.models import for_inference, load_model
 from tasks.model.progress import EpochProgress, stage_estimate
 from tasks.model.recipe import make_loss
 
@@ -316,8 +316,11 @@ def write_outputs(
 ) -> None:
     # Save without the optimizer state: the model file is for inference and evaluation.
     compile_model(model, recipe, keras.optimizers.SGD())
+    inference = for_inference(model, recipe.test_time_augmentation)
+    if inference is not model:
+        compile_model(inference, recipe, keras.optimizers.SGD())
     with atomic_path(out.model) as tmp:
-        model.save(tmp)
+        inference.save(tmp)
     write_json(out.meta, {**meta, "finished": runinfo.now(), "resumed_from_epochs": state.resumed_from})
     write_json(out.metrics, metrics(model, state, n_train))
 

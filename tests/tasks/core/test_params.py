@@ -82,6 +82,11 @@ BAD = {
         {"optimizer": "rmsprop"},
         "'alexnet.optimizer' must be one of adam, adamw, sgd; got 'rmsprop'",
     ),
+    "a test-time augmentation not offered": (
+        "vgg16",
+        {"test_time_augmentation": "mirror"},
+        "'vgg16.test_time_augmentation' must be one of none, flip; got 'mirror'",
+    ),
     "auto, true or false only": (
         "vgg16",
         {"mixed_precision": 1},

@@ -10,7 +10,7 @@ import pytest
 
 from tasks.core.params import alexnet_params, vgg16_params
 from tasks.model.layers import LocalResponseNormalization, RandomPadCrop, VGGPreprocess
-from tasks.model.models import build_alexnet, build_vgg16, load_model, set_vgg_trainable, vgg16_base
+from tasks.model.models import build_alexnet, build_vgg16, for_inference, load_model, set_vgg_trainable, vgg16_base
 from tests.conftest import params_section
 
 #: Over params.yaml's sections: a one-epoch recipe without augmentation (unless a test says otherwise).
@@ -92,6 +92,21 @@ def test_saved_model_round_trip(tmp_path: Path) -> None:
     np.testing.assert_allclose(
         load_model(tmp_path / "m.keras").predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5
     )
+
+
+def test_test_time_flip_averages_image_and_mirror_and_survives_saving(tmp_path: Path) -> None:
+    model = alexnet(width=0.0625, augmentation="crop_flip", batch_norm=True)
+    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    plain, mirrored = model.predict(x, verbose=0), model.predict(x[:, :, ::-1], verbose=0)
+    assert not np.allclose(plain, mirrored, atol=1e-4)  # else the check below proves nothing
+    assert for_inference(model, "none") is model
+    wrapped = for_inference(model, "flip")
+    assert wrapped.count_params() == model.count_params()  # the same weights, not a copy
+    np.testing.assert_allclose(wrapped.predict(x, verbose=0), (plain + mirrored) / 2, rtol=1e-5, atol=1e-6)
+    wrapped.save(tmp_path / "m.keras")
+    loaded = load_model(tmp_path / "m.keras")
+    assert [type(layer).__name__ for layer in loaded.layers][-1] == "TestTimeFlip"
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), (plain + mirrored) / 2, rtol=1e-5, atol=1e-6)
 
 
 def vgg(**kw: object) -> keras.Model:
