@@ -135,6 +135,8 @@ def training_runs(results: list[Evaluated]) -> list[dict[str, Any]]:
                 "backend": where.get("keras_backend", "?"),
                 "devices": ", ".join(where.get("devices", [])),
                 "precision": r.meta.get("precision_policy"),
+                # Older runs' params lack the key: their saved models predict from the image alone.
+                "test_time": r.meta.get("params", {}).get("test_time_augmentation", "none"),
                 "params": json.dumps(r.meta.get("params", {}), indent=2),
             }
         )

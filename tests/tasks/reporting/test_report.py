@@ -56,6 +56,7 @@ def built(monkeypatch: pytest.MonkeyPatch) -> tuple[str, str, dict[str, bytes]]:
         "packages": {"keras": "3.5.0", "evil": EVIL},
     }
     results = [result("alexnet", probs), result("vgg16", np.eye(10)[y])]
+    results[0].meta["params"]["test_time_augmentation"] = "flip"  # VGG16's older records lack the key
     return report.build(
         results, test, CLASSES, EvaluateParams(batch_size=8, latency_repeats=1, worst_mistakes=3), context
     )
@@ -67,6 +68,8 @@ def test_markdown_and_html_show_the_same_facts(built: tuple[str, str, dict[str, 
     assert "| AlexNet | 80.00 % | 0.5000 | 0.7500 | 79.12 % | +0.88 pt | 1,234,567 | 3 | 61 s | 1000 | 2.50 ms |" in md
     assert "<td>80.00 %</td><td>0.5000</td><td>0.7500</td><td>79.12 %</td><td>+0.88 pt</td>" in page
     assert "VGG16 made no mistakes on the test split." in md and "VGG16 made no mistakes on the test split." in page
+    flip_note = "its test predictions average each image with its mirror image"
+    assert md.count(flip_note) == 1 and page.count(flip_note) == 1
     assert sorted(files) == [
         "confusion_alexnet.png",
         "confusion_vgg16.png",
