@@ -2,7 +2,7 @@
 
 ``dvc repro`` output and Prefect run logs show one line per message, so a tqdm bar there is noise;
 instead a line ``step N/M``, images/s so far and the epoch's ETA is logged at least every 10 % of
-the epoch and at most every 30 s apart (an epoch shorter than 5 s stays quiet). After the first
+the epoch and at most every 30 s apart (an epoch on course to end within 5 s stays quiet). After the first
 report of the first epoch this process trains, the stage's remaining time is estimated once, so a
 user who launched GPU-sized defaults on a CPU learns within a minute that it will take hours.
 
@@ -22,14 +22,14 @@ import keras
 
 MAX_SILENCE_SECONDS = 30.0
 EVERY_FRACTION = 0.1
-#: An epoch shorter than this (a GPU's) prints only its summary line: ten lines a second help no one.
+#: An epoch on course to be shorter than this (a GPU's) prints only its summary line: ten lines a second help no one.
 QUIET_SECONDS = 5.0
 
 
 @dataclass
 class Schedule:
     """When to report: every ``ceil(total * fraction)`` steps, or sooner once ``max_silence`` passed;
-    never in the first ``quiet`` seconds after ``start``."""
+    never in an epoch that, at its pace so far, ends within ``quiet`` seconds of ``start``."""
 
     total: int
     start: float = 0.0
@@ -40,8 +40,11 @@ class Schedule:
     last_time: float = 0.0
 
     def due(self, step: int, now: float) -> bool:
-        if step >= self.total or now - self.start < self.quiet:
+        if step >= self.total:
             return False  # the epoch's own summary line follows at once
+        elapsed = now - self.start
+        if elapsed < self.quiet and elapsed * self.total / step < self.quiet:
+            return False  # an epoch on course to end within `quiet` seconds: only its summary line
         stride = max(1, math.ceil(self.total * self.fraction))
         if step - self.last_step >= stride or now - self.last_time >= self.max_silence:
             self.last_step, self.last_time = step, now

@@ -37,7 +37,13 @@ def test_at_least_every_tenth_of_a_long_epoch() -> None:
 
 def test_short_epochs_stay_quiet_and_the_last_step_is_left_to_the_summary() -> None:
     assert reported_steps(100, 0.01) == []  # a 1 s epoch
+    assert reported_steps(100, 0.049) == []  # on course for 4.9 s
     assert 200 not in reported_steps(200, 1.0)
+
+
+def test_an_epoch_of_a_few_seconds_reports_from_its_first_tenth() -> None:
+    # The quick CPU setting: 176 steps of about 80 ms, a 14 s epoch.
+    assert reported_steps(176, 0.08) == list(range(18, 176, 18))
 
 
 def test_progress_line_and_durations() -> None:
@@ -64,5 +70,5 @@ def test_callback_logs_from_a_real_keras_loop(mode: str, caplog: pytest.LogCaptu
             model.predict(x, batch_size=10, verbose=0, callbacks=[progress])
     lines = [r.getMessage() for r in caplog.records]
     assert lines and all(line.startswith("tiny step ") for line in lines)
-    assert "tiny step 5/40 (12 %)" in lines[0] and "tiny step 9/40" in lines[1]  # quiet 5 s, then every 10 %
+    assert "tiny step 4/40 (10 %)" in lines[0] and "tiny step 8/40" in lines[1]  # every 10 %
     assert len(estimates) == 1 and estimates[0] == pytest.approx(1.0)
