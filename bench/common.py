@@ -34,6 +34,7 @@ def real_splits(archive: Path = DEFAULT_ARCHIVE, seed: int = 42) -> tuple[dict[s
         limit_test=None,
         download_attempts=1,
         download_backoff=0.0,
+        download_deadline=1800.0,
     )
     data = read_archive(archive)
     splits = make_splits(data, params)

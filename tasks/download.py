@@ -3,7 +3,10 @@
 ``data.url`` may be ``https://``, ``http://``, ``file://`` or a plain filesystem path (the way to
 point the pipeline at a local copy on a machine without internet). The bytes stream to a temporary
 file beside the destination; only when the digest matches ``data.sha256`` is it renamed into place,
-so a failed or interrupted download never leaves a file that looks whole.
+so a failed or interrupted download never leaves a file that looks whole (and the temporary file of a
+killed run is removed by the next, :mod:`tasks.core.atomic`). Each attempt has an overall deadline,
+``data.download_deadline``: a server that trickles its bytes just fast enough for every read to beat the
+socket timeout still cannot hold the stage for longer than that.
 
 Hand-written over ``keras.utils.get_file`` or ``dvc import-url``: neither reads a plain path and a URL
 alike, checks a SHA-256 before the file takes its place, and retries with backoff under our own
@@ -42,9 +45,19 @@ class _Transient(Exception):
 
 
 def fetch(
-    url: str, dest: str | Path, sha256: str, *, attempts: int = 5, backoff: float = 2.0, timeout: float = 60.0
+    url: str,
+    dest: str | Path,
+    sha256: str,
+    *,
+    attempts: int = 5,
+    backoff: float = 2.0,
+    timeout: float = 60.0,
+    deadline: float = 1800.0,
 ) -> Path:
     """Fetch ``url`` to ``dest`` and check its SHA-256; retry transient failures with exponential backoff.
+
+    ``timeout`` bounds each network read, ``deadline`` each attempt as a whole (checked after every read,
+    so an attempt ends at most ``timeout`` seconds past it).
 
     Raises :class:`ChecksumMismatch` at once (no retry: the bytes arrived, they are just not the
     promised ones) and :class:`DownloadError` for permanent or exhausted failures. ``dest`` is only
@@ -55,7 +68,7 @@ def fetch(
     for attempt in range(1, attempts + 1):
         try:
             with atomic_path(dest) as tmp:
-                actual = _copy_with_digest(url, tmp, timeout)
+                actual = _copy_with_digest(url, tmp, timeout, time.monotonic() + deadline)
                 if actual != expected:
                     raise ChecksumMismatch(
                         f"{url}: SHA-256 mismatch: expected {expected}, got {actual}. "
@@ -72,14 +85,14 @@ def fetch(
     raise AssertionError("unreachable")
 
 
-def _copy_with_digest(url: str, tmp: Path, timeout: float) -> str:
+def _copy_with_digest(url: str, tmp: Path, timeout: float, deadline: float) -> str:
     """Stream the source into ``tmp``; return the hex SHA-256 of what was written."""
     source = _local_path(url)
     if source is not None:
         if not source.is_file():
             raise DownloadError(f"{url}: no such file ({source.resolve()})")
         with open(source, "rb") as src:
-            return _stream(src, tmp, source.stat().st_size, url)
+            return _stream(src, tmp, source.stat().st_size, url, deadline)
     try:
         response = urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 -- scheme checked below
     except urllib.error.HTTPError as exc:
@@ -93,7 +106,9 @@ def _copy_with_digest(url: str, tmp: Path, timeout: float) -> str:
         length = response.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None
         try:
-            digest = _stream(response, tmp, total, url)
+            digest = _stream(response, tmp, total, url, deadline)
+        except _Transient:
+            raise
         except (TimeoutError, ConnectionError, OSError) as exc:
             raise _Transient(f"connection lost mid-transfer: {exc}") from None
         received = tmp.stat().st_size
@@ -114,22 +129,38 @@ def _local_path(url: str) -> Path | None:
     raise DownloadError(f"{url}: unsupported scheme '{parsed.scheme}' (use https://, http://, file:// or a path)")
 
 
-def _stream(src: BinaryIO, tmp: Path, total: int | None, label: str) -> str:
+def _stream(src: BinaryIO, tmp: Path, total: int | None, label: str, deadline: float) -> str:
     digest = hashlib.sha256()
+    budget = deadline - time.monotonic()
     with (
         open(tmp, "wb") as out,
         tqdm(total=total, unit="B", unit_scale=True, desc=Path(label).name, file=sys.stderr, mininterval=2.0) as bar,
     ):
-        while chunk := src.read(CHUNK):
+        # read1: at most one read of the source per chunk, so the deadline is looked at between reads
+        # even when the bytes come one at a time (read() would wait for a whole chunk).
+        while chunk := src.read1(CHUNK):  # type: ignore[attr-defined]
             digest.update(chunk)
             out.write(chunk)
             bar.update(len(chunk))
+            if time.monotonic() > deadline:
+                got = f"{bar.n} of {total} bytes" if total else f"{bar.n} bytes"
+                raise _Transient(
+                    f"the attempt passed its deadline of {budget:.0f} s (data.download_deadline) with {got} "
+                    "received; the server is too slow"
+                )
     return digest.hexdigest()
 
 
 def main() -> None:
     params = load_data_params()
-    fetch(params.url, ARCHIVE, params.sha256, attempts=params.download_attempts, backoff=params.download_backoff)
+    fetch(
+        params.url,
+        ARCHIVE,
+        params.sha256,
+        attempts=params.download_attempts,
+        backoff=params.download_backoff,
+        deadline=params.download_deadline,
+    )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 The only stage that reads ``data/prepared/test.npz``. Writes ``metrics/evaluate.json``,
 ``plots/per_class/<model>.csv`` and ``plots/confusion/<model>.csv`` (:mod:`tasks.reporting.evaluation`)
-and the report (:mod:`tasks.reporting.report`).
+and the report (:mod:`tasks.reporting.report`), all together (:func:`tasks.core.atomic.together`): a run
+that fails half-way leaves the previous run's report, metrics and plots as they were.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 
 from tasks.core import devices, runinfo
-from tasks.core.atomic import write_json, write_text
+from tasks.core.atomic import together, write_json, write_text
 from tasks.core.cli import run_stage
 from tasks.core.errors import StageError
 from tasks.core.params import load_evaluate_params
@@ -29,17 +30,18 @@ def main() -> None:
         raise StageError(f"{PREPARED}: cannot read the test split ({exc}); run the preprocess stage first") from None
     info = devices.describe()
     results = [evaluate_model(name, test, class_names, params) for name in MODELS]
-    for r in results:
-        write_text(CONFUSION / f"{r.name}.csv", confusion_csv(test.y, r.probs, class_names))
-        write_text(PER_CLASS / f"{r.name}.csv", per_class_csv(r.scores["per_class"]))
     context = {
         "devices": info,
         "packages": runinfo.package_versions(),
         "evaluated": runinfo.now(),
         "params": {"evaluate": runinfo.as_dict(params)},
     }
-    report.write(results, test, class_names, params, context)
-    write_json(EVALUATE_METRICS, {r.name: metrics_entry(r) for r in results})
+    with together():
+        for r in results:
+            write_text(CONFUSION / f"{r.name}.csv", confusion_csv(test.y, r.probs, class_names))
+            write_text(PER_CLASS / f"{r.name}.csv", per_class_csv(r.scores["per_class"]))
+        report.write(results, test, class_names, params, context)
+        write_json(EVALUATE_METRICS, {r.name: metrics_entry(r) for r in results})
 
 
 if __name__ == "__main__":

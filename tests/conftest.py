@@ -132,6 +132,7 @@ TEST_DATA = DataParams(
     limit_test=None,
     download_attempts=5,
     download_backoff=2.0,
+    download_deadline=1800.0,
 )
 
 

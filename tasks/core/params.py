@@ -4,6 +4,9 @@ Each stage loads its own sections (DVC tracks params per stage) before it does a
 misspelt key, a wrong type, an out-of-range value or an inconsistent pair stops it at once with a
 :class:`~tasks.core.errors.ParamsError` naming the key -- one ``error:`` line, never a pydantic traceback.
 Every default lives in ``params.yaml``: no field here has one, so a key the file lacks is an error too.
+A key given twice is refused (as DVC refuses it), and counts a run may ask for -- epochs, batch sizes,
+the image size -- have upper bounds far beyond any real run, so a slip of the keyboard cannot start a
+run of a million hours.
 """
 
 from __future__ import annotations
@@ -45,6 +48,11 @@ Auto = Annotated[Literal[True, False, "auto"], BeforeValidator(_no_number)]  # s
 Triple = Annotated[tuple[float, float, float], BeforeValidator(_triple)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 NonNegative = Annotated[float, Field(ge=0.0)]
+#: Upper bounds no real run reaches (CIFAR-10 runs take tens of epochs at batch sizes in the hundreds).
+MAX_EPOCHS = 10_000
+MAX_BATCH = 65_536
+Epochs = Annotated[int, Field(ge=1, le=MAX_EPOCHS)]
+BatchSize = Annotated[int, Field(ge=1, le=MAX_BATCH)]
 
 
 class _Section(BaseModel):
@@ -62,8 +70,10 @@ class DataParams(_Section):
     seed: Annotated[int, Field(ge=0)]
     limit_train: Annotated[int, Field(ge=20)] | None
     limit_test: Annotated[int, Field(ge=10)] | None
-    download_attempts: Annotated[int, Field(ge=1)]
-    download_backoff: Annotated[float, Field(ge=0.0)]
+    download_attempts: Annotated[int, Field(ge=1, le=100)]
+    download_backoff: Annotated[float, Field(ge=0.0, le=3600.0)]
+    #: Seconds one download attempt may take in all, however steadily the bytes trickle in.
+    download_deadline: Annotated[float, Field(gt=0.0, le=86_400.0)]
 
     @field_validator("url")
     @classmethod
@@ -111,12 +121,21 @@ class TrainParams(_Section):
     require_gpu: bool
     checkpoint_dir: str
 
+    @field_validator("checkpoint_dir")
+    @classmethod
+    def _checkpoint_dir(cls, folder: str) -> str:
+        if not folder.strip():
+            raise _problem("must not be empty")
+        if Path(folder).exists() and not Path(folder).is_dir():
+            raise _problem(f"names a file, not a folder: {folder}")
+        return folder
+
 
 class Recipe(_Section):
     """How a model is trained: the keys every model section shares."""
 
-    epochs: Annotated[int, Field(ge=1)]
-    batch_size: Annotated[int, Field(ge=1)]
+    epochs: Epochs
+    batch_size: BatchSize
     optimizer: Literal["adam", "adamw", "sgd"]
     learning_rate: NonNegative
     momentum: Fraction  # sgd only
@@ -128,7 +147,7 @@ class Recipe(_Section):
     augmentation: Literal["none", "student", "crop_flip"]
     crop_padding: Annotated[int, Field(ge=1, le=16)]  # crop_flip: pixels of zero padding around the image
     test_time_augmentation: Literal["none", "flip"]  # the saved model's inference (tasks.model.models.for_inference)
-    early_stopping_patience: Annotated[int, Field(ge=1)] | None
+    early_stopping_patience: Epochs | None
     restore_best: bool
     mixed_precision: Auto
     jit_compile: Auto
@@ -159,9 +178,9 @@ class VGG16Params(Recipe):
     """Section ``vgg16``: base weights, input size, head, the two fine-tuning phases, recipe."""
 
     weights: str  # "imagenet", "none" or a path to a weights file
-    input_size: Annotated[int, Field(ge=32)]
+    input_size: Annotated[int, Field(ge=32, le=1024)]  # VGG16's own is 224
     dropout: Annotated[float, Field(ge=0.0, le=0.9)]
-    head_epochs: Annotated[int, Field(ge=0)]
+    head_epochs: Annotated[int, Field(ge=0, le=MAX_EPOCHS)]
     unfreeze_from: Literal["block1", "block2", "block3", "block4", "block5"]
     fine_tune_learning_rate: NonNegative
 
@@ -187,9 +206,9 @@ class VGG16Params(Recipe):
 class EvaluateParams(_Section):
     """Section ``evaluate``: how the test set is scored and timed."""
 
-    batch_size: Annotated[int, Field(ge=1)]
-    latency_repeats: Annotated[int, Field(ge=1)]
-    worst_mistakes: Annotated[int, Field(ge=0)]
+    batch_size: BatchSize
+    latency_repeats: Annotated[int, Field(ge=1, le=100_000)]
+    worst_mistakes: Annotated[int, Field(ge=0, le=1_000)]
 
 
 # --------------------------------------------------------------------------- reading and errors
@@ -254,7 +273,9 @@ def load_section(name: str, path: str | Path = PARAMS) -> dict[str, Any]:
     """Read one top-level section of the params file as a plain dict."""
     path = Path(path)
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        refuse_duplicate_keys(path, yaml.compose(text, Loader=yaml.SafeLoader))
+        doc = yaml.safe_load(text)
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found (run from the repository root)") from None
     except yaml.YAMLError as exc:
@@ -267,6 +288,26 @@ def load_section(name: str, path: str | Path = PARAMS) -> dict[str, Any]:
         hint = f" (is '{near[0]}' a misspelling?)" if near else ""
         raise ParamsError(f"{path}: section '{name}' is missing or not a mapping{hint}")
     return section
+
+
+def refuse_duplicate_keys(path: Path, node: yaml.Node | None, where: str = "") -> None:
+    """Refuse a mapping that names a key twice: YAML loaders keep the last value without a word."""
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            refuse_duplicate_keys(path, item, where)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        key = f"{where}{key_node.value}"
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise ParamsError(
+                f"{path}: '{key}' is given twice (lines {seen[key]} and {line}); "
+                "keep one (YAML would silently take the last, and DVC refuses the file)"
+            )
+        seen[key] = line
+        refuse_duplicate_keys(path, value_node, f"{key}.")
 
 
 #: Which model checks each section of params.yaml.

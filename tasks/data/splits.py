@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from tasks.core.atomic import save_arrays, write_json
+from tasks.core.errors import reading
 from tasks.core.params import DataParams
 from tasks.core.paths import PREPARED
 from tasks.data.archive import Cifar10
@@ -108,7 +109,8 @@ def facts(splits: dict[str, Split], data: Cifar10, params: DataParams) -> dict[s
 
 def load_split(name: str, folder: str | Path = PREPARED) -> Split:
     """Load one prepared split written by :func:`write_splits`."""
-    with np.load(Path(folder) / f"{name}.npz") as npz:
+    path = Path(folder) / f"{name}.npz"
+    with reading(path, f"the prepared {name} split"), np.load(path) as npz:
         return Split(npz["x"], npz["y"])
 
 

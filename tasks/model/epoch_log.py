@@ -13,6 +13,9 @@ reruns it, or the stage was killed between the checkpoint and the log -- the log
 checkpoint's history, which holds every number the log does, so either way each epoch is in it
 exactly once.
 
+A run that starts afresh does not delete the previous run's log: with ``keep`` it is moved there (beside
+the checkpoints) and put back if this run fails, and dropped once this run has succeeded.
+
 Nothing here goes to the network: DVCLive would post live metrics to DVC Studio when a Studio token
 is configured; ``DVC_STUDIO_OFFLINE`` turns that off. No HTML report is written (DVCLive's loads
 Vega from a CDN), and DVCLive leaves dvc.yaml (which declares these files) and the experiment
@@ -144,11 +147,16 @@ def read_history(folder: Path) -> list[dict[str, Any]]:
 
 
 class EpochLog:
-    """One model's DVCLive log: :meth:`open` once the checkpoint is read, :meth:`record` each epoch."""
+    """One model's DVCLive log: :meth:`open` once the checkpoint is read, :meth:`record` each epoch,
+    :meth:`succeeded` once the run's outputs are written.
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
+    ``keep``: where the previous run's log waits meanwhile (None: a fresh log simply replaces it).
+    """
+
+    def __init__(self, folder: Path, keep: Path | None = None) -> None:
+        self.folder, self.keep = folder, keep
         self._live: Writer | None = None
+        self._done = False
 
     def open(self, history: list[dict[str, Any]]) -> None:
         """Start logging a run whose checkpoint holds ``history`` (empty: the run starts afresh)."""
@@ -157,6 +165,7 @@ class EpochLog:
             self._live = open_writer(self.folder, resume=True)
             log.info("continuing the training log in %s after epoch %d", self.folder, epochs[-1])
             return
+        self._set_aside()
         self._live = open_writer(self.folder, resume=False)
         for record in history:
             self.record(record)
@@ -174,6 +183,28 @@ class EpochLog:
             self._live.log_metric(name, str(record[name]), plot=False)
         self._live.next_step()
 
+    def succeeded(self) -> None:
+        """The run's outputs are in place: the previous run's log is no longer needed."""
+        self._done = True
+        if self.keep is not None:
+            shutil.rmtree(self.keep, ignore_errors=True)
+
+    def _set_aside(self) -> None:
+        """Before a log is (re)written from the start: keep the previous run's, drop a partial one."""
+        if self.keep is None or not self.folder.exists():
+            return
+        if not self.keep.exists():  # the last finished run's log (or given back by a failed run)
+            self.keep.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(self.folder, self.keep)
+        else:  # the log of an unfinished run: the finished one's is already kept
+            shutil.rmtree(self.folder)
+
+    def _put_back(self) -> None:
+        if self.keep is not None and self.keep.exists():
+            shutil.rmtree(self.folder, ignore_errors=True)
+            shutil.move(self.keep, self.folder)
+            log.info("the previous run's training log is back in %s", self.folder)
+
     def close(self) -> None:
         if self._live is not None:
             self._live.end()
@@ -186,3 +217,6 @@ class EpochLog:
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self.close()
+        # A run that failed gives the previous log back; a killed one leaves it kept for the next run.
+        if error is not None and not self._done:
+            self._put_back()

@@ -9,12 +9,13 @@ Augmentation layers are the identity at inference.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import keras
 from keras import layers
 
-from tasks.core.errors import WeightsUnavailable
+from tasks.core.errors import WeightsUnavailable, reading
 from tasks.core.params import AlexNetParams, VGG16Params
 from tasks.model import layers as custom_layers
 
@@ -110,8 +111,12 @@ def vgg16_base(weights: str, input_size: int) -> keras.Model:
     resolved = {"imagenet": "imagenet", "none": None}.get(weights, weights)
     if resolved not in ("imagenet", None) and not Path(resolved).is_file():
         raise FileNotFoundError(resolved)
+    # A weights file of the user's own: a damaged or wrong one is an input error, not a bug.
+    region = nullcontext() if resolved in ("imagenet", None) else reading(resolved, "vgg16.weights")
     try:
-        return keras.applications.VGG16(include_top=False, weights=resolved, input_shape=(input_size, input_size, 3))
+        with region:
+            shape = (input_size, input_size, 3)
+            return keras.applications.VGG16(include_top=False, weights=resolved, input_shape=shape)
     except Exception as exc:  # Keras reports a failed download as a bare Exception("URL fetch failure ...")
         if resolved != "imagenet" or "URL fetch failure" not in str(exc):
             raise
@@ -176,4 +181,5 @@ def for_inference(model: keras.Model, test_time_augmentation: str) -> keras.Mode
 
 def load_model(path: str | Path, compile: bool = True) -> keras.Model:
     """Load a model saved by the training stages (custom layers are registered on import)."""
-    return keras.saving.load_model(path, compile=compile)
+    with reading(path, "a Keras model"):
+        return keras.saving.load_model(path, compile=compile)

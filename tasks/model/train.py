@@ -8,6 +8,13 @@ wipes before rerunning a stage) together with the history so far, and the epoch 
 log ``dvclive/<model>/`` (:mod:`tasks.model.epoch_log`), which DVC reads while the stage runs. A killed or
 retried stage picks up after the last finished epoch and continues the same log.
 
+A checkpoint can never wedge the stage: each epoch's files get new names and ``state.json``, renamed
+into place last, names them with their SHA-256, so a crash mid-write leaves the previous set whole. A
+checkpoint that is unreadable or does not match its digests (cut short, garbled, emptied) is logged in
+one line, moved aside beside it (``<model>.damaged-<time>``, kept for a person) and training starts
+afresh. The stage's outputs -- model, metadata, metrics -- are replaced together once training has
+succeeded, and the previous run's training log is kept until then (put back if the run fails).
+
 Decisions (early stopping, the best epoch) use the validation split only; the test split is
 read by the evaluate stage alone.
 
@@ -18,6 +25,7 @@ carries the best epoch so far and the history.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -32,8 +40,8 @@ import keras
 import numpy as np
 
 from tasks.core import devices, precision, runinfo
-from tasks.core.atomic import atomic_path, write_json
-from tasks.core.errors import StageError
+from tasks.core.atomic import atomic_path, require_free_space, together, write_json
+from tasks.core.errors import DAMAGED_INPUT, StageError, reading, writing
 from tasks.core.params import Recipe
 from tasks.core.paths import PREPARED, VALIDATION_REPORT, Outputs, outputs_for
 from tasks.data.splits import NUM_CLASSES, Split, load_split
@@ -87,7 +95,8 @@ def require_validated(report: Path = VALIDATION_REPORT) -> None:
 
 
 def load_data(folder: Path = PREPARED) -> tuple[Split, Split, dict[str, Any]]:
-    facts = json.loads((folder / "facts.json").read_text())
+    with reading(folder / "facts.json", "the prepared data's facts"):
+        facts = json.loads((folder / "facts.json").read_text())
     return load_split("train", folder), load_split("val", folder), facts
 
 
@@ -120,38 +129,103 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 
 class Checkpoints:
-    """``checkpoints/<model>/``: ``last.keras`` (model + optimizer), ``best.weights.h5``, ``state.json``."""
+    """``checkpoints/<model>/``: ``state.json`` (the :class:`State` and a manifest of the files below, each
+    with its SHA-256), ``last-<epoch>.keras`` (model + optimizer) and ``best-<epoch>.weights.h5``."""
 
     def __init__(self, root: Path, name: str) -> None:
+        self.root, self.name = root, name
         self.folder = root / name
-        self.last = self.folder / "last.keras"
-        self.best = self.folder / "best.weights.h5"
         self.state_file = self.folder / "state.json"
+        self.files: dict[str, dict[str, str]] = {}  # role ("last", "best") -> {"file", "sha256"}
+
+    @property
+    def best(self) -> Path:
+        """The best epoch's weights."""
+        return self.folder / self.files["best"]["file"]
 
     def load(self, fingerprint: str) -> tuple[keras.Model | None, State]:
-        if not (self.state_file.is_file() and self.last.is_file()):
+        with writing(self.folder):  # a checkpoint_dir the stage cannot use fails now, not after an epoch
+            self.folder.mkdir(parents=True, exist_ok=True)
+        if not self.state_file.is_file():
+            self._keep_only(set())  # a run killed before its first checkpoint left only temporary files
             return None, State(fingerprint)
-        saved = State(**json.loads(self.state_file.read_text()))
-        if saved.fingerprint != fingerprint:
+        try:
+            saved = json.loads(self.state_file.read_text())
+            stale = saved["fingerprint"] != fingerprint
+        except (ValueError, KeyError, TypeError) as exc:
+            return self._damaged(f"state.json is unreadable ({type(exc).__name__}: {exc})", fingerprint)
+        if stale:
             log.info("checkpoint in %s is for other params or data; starting afresh", self.folder)
             self.clear()
+            self.folder.mkdir(parents=True, exist_ok=True)
             return None, State(fingerprint)
-        log.info("resuming from %s after epoch %d", self.folder, saved.epochs_done)
-        saved.resumed_from.append(saved.epochs_done)
-        return load_model(self.last), saved
+        try:
+            files = saved.pop("files")
+            state = State(**saved)
+            for entry in files.values():
+                if _sha256(self.folder / entry["file"]) != entry["sha256"]:
+                    raise ValueError(f"{entry['file']} does not match its SHA-256 in state.json")
+            model = load_model(self.folder / files["last"]["file"])
+        except (*DAMAGED_INPUT, OSError, TypeError) as exc:  # cut short, garbled, emptied, missing
+            return self._damaged(f"{type(exc).__name__}: {exc}", fingerprint)
+        self.files = files
+        self._keep_only({entry["file"] for entry in files.values()})
+        log.info("resuming from %s after epoch %d", self.folder, state.epochs_done)
+        state.resumed_from.append(state.epochs_done)
+        return model, state
 
     def save(self, model: keras.Model, state: State, is_best: bool) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        """Write this epoch's files under new names, then ``state.json`` naming them, then drop the old ones:
+        whenever the process dies, ``state.json`` names a complete set."""
+        epoch = state.epochs_done
+        # Writing into a full disk can crash h5py outright; refuse while the checkpoint before is still whole.
+        previous = sum(self._size(e["file"]) for e in self.files.values())
+        require_free_space(self.folder, previous or model.count_params() * 4 * 3)  # weights, optimizer slots
+        files = dict(self.files)
         if is_best:
-            with atomic_path(self.best) as tmp:
-                model.save_weights(tmp)
-        with atomic_path(self.last) as tmp:
-            model.save(tmp)
-        # The state goes last: it only ever points at a model that is already complete on disk.
-        write_json(self.state_file, state.__dict__)
+            files["best"] = self._write(f"best-{epoch:05d}.weights.h5", model.save_weights)
+        files["last"] = self._write(f"last-{epoch:05d}.keras", model.save)
+        self.files = files
+        self.save_state(state)
+        self._keep_only({entry["file"] for entry in files.values()})
+
+    def save_state(self, state: State) -> None:
+        write_json(self.state_file, {**state.__dict__, "files": self.files})
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+        self.files = {}
+
+    def _write(self, name: str, save: Callable[[Path], None]) -> dict[str, str]:
+        with atomic_path(self.folder / name) as tmp:
+            save(tmp)
+            digest = _sha256(tmp)
+        return {"file": name, "sha256": digest}
+
+    def _size(self, name: str) -> int:
+        try:
+            return (self.folder / name).stat().st_size
+        except OSError:
+            return 0
+
+    def _keep_only(self, names: set[str]) -> None:
+        """Remove what the manifest does not name: older epochs' files, temporary files of a killed write."""
+        for path in self.folder.iterdir():
+            if path.name != self.state_file.name and path.name not in names and path.is_file():
+                path.unlink(missing_ok=True)
+
+    def _damaged(self, why: str, fingerprint: str) -> tuple[None, State]:
+        aside = self.root / f"{self.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        self.folder.rename(aside)
+        log.warning("checkpoint in %s is damaged (%s); moved to %s, starting afresh", self.folder, why, aside)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.files = {}
+        return None, State(fingerprint)
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 # --------------------------------------------------------------------------- the loop
@@ -202,7 +276,7 @@ def fit(
                 state.best_epoch,
             )
             state.stopped_early = True
-            write_json(checkpoints.state_file, state.__dict__)
+            checkpoints.save_state(state)
             break
         phase = _phase_at(phases, epoch)
         if state.phase != phase.name:
@@ -319,10 +393,12 @@ def write_outputs(
     inference = for_inference(model, recipe.test_time_augmentation)
     if inference is not model:
         compile_model(inference, recipe, keras.optimizers.SGD())
-    with atomic_path(out.model) as tmp:
-        inference.save(tmp)
-    write_json(out.meta, {**meta, "finished": runinfo.now(), "resumed_from_epochs": state.resumed_from})
-    write_json(out.metrics, metrics(model, state, n_train))
+    # All three change together: a failure in any leaves the previous run's set as it was.
+    with together():
+        with atomic_path(out.model) as tmp:
+            inference.save(tmp)
+        write_json(out.meta, {**meta, "finished": runinfo.now(), "resumed_from_epochs": state.resumed_from})
+        write_json(out.metrics, metrics(model, state, n_train))
 
 
 def finish(
@@ -370,7 +446,8 @@ def run(
     checkpoints = Checkpoints(checkpoint_root, name)
     fingerprint = runinfo.fingerprint(params, facts["sha256"], info["keras_backend"], choice.policy)
     out = outputs_for(name)
-    with EpochLog(out.live) as epoch_log:
+    # The previous run's log waits beside the checkpoints until this run has written its outputs.
+    with EpochLog(out.live, keep=checkpoint_root / f"{name}.previous-log") as epoch_log:
         model, state = fit(
             name,
             lambda: build(facts),
@@ -382,15 +459,16 @@ def run(
             fingerprint,
             epoch_log=epoch_log,
         )
-    finish(
-        out,
-        model,
-        recipe,
-        state,
-        run_metadata(name, params, choice, info, facts),
-        len(train_split.y),
-        checkpoints,
-    )
+        finish(
+            out,
+            model,
+            recipe,
+            state,
+            run_metadata(name, params, choice, info, facts),
+            len(train_split.y),
+            checkpoints,
+        )
+        epoch_log.succeeded()
 
 
 def start(name: str, recipe: Recipe, require_gpu: bool) -> dict[str, Any]:

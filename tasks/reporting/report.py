@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks.core.atomic import atomic_path, write_text
+from tasks.core.atomic import atomic_path, discard, write_text
 from tasks.core.params import EvaluateParams
 from tasks.core.paths import FIGURES, REPORT_HTML, REPORT_MD
 from tasks.data.splits import Split
@@ -209,7 +209,7 @@ def write(
     FIGURES.mkdir(parents=True, exist_ok=True)
     for stale in FIGURES.glob("*.png"):
         if stale.name not in files:
-            stale.unlink()
+            discard(stale)
     for name, png in files.items():
         with atomic_path(FIGURES / name) as tmp:
             tmp.write_bytes(png)

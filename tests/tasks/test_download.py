@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
+import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -13,7 +17,7 @@ import pytest
 
 from tasks.core.errors import ChecksumMismatch, DownloadError
 from tasks.download import fetch
-from tests.conftest import run, set_params
+from tests.conftest import REPO, run, set_params, subprocess_env
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -26,6 +30,7 @@ class Server:
         self.fail_first = 0
         self.status = 200
         self.truncate = False
+        self.trickle = 0.0  # seconds between single bytes: a mirror that is slow but never silent for long
         self.requests = 0
         server = self
 
@@ -41,6 +46,15 @@ class Server:
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(PAYLOAD)))
                 self.end_headers()
+                if server.trickle:
+                    try:
+                        for i in range(len(PAYLOAD)):
+                            self.wfile.write(PAYLOAD[i : i + 1])
+                            self.wfile.flush()
+                            time.sleep(server.trickle)
+                    except OSError:  # the client gave up
+                        pass
+                    return
                 self.wfile.write(PAYLOAD[: len(PAYLOAD) // 2] if server.truncate else PAYLOAD)
 
             def log_message(self, *args: object) -> None:
@@ -161,3 +175,51 @@ def test_stage_entry_point_reports_mismatch_without_traceback(server: Server, tm
     assert "SHA-256 mismatch" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "data/raw/cifar-10-python.tar.gz").exists()
     assert leftovers(tmp_path / "data/raw") == []
+
+
+def download_stage(work: Path, **data: object) -> subprocess.Popen[str]:
+    """``python -m tasks.download`` in ``work`` with this checkout's params.yaml and ``data`` changed."""
+    (work / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    set_params(work, data=data)
+    env = subprocess_env() | {"PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tasks.download"], cwd=work, env=env, text=True, stderr=subprocess.PIPE
+    )
+
+
+def test_trickling_server_meets_the_deadline(server: Server, tmp_path: Path) -> None:
+    """One byte every 50 ms beats any per-read timeout; the attempt's deadline still ends it."""
+    server.trickle = 0.05
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match=r"deadline of 1 s \(data.download_deadline\)"):
+        fetch(server.url, tmp_path / "a.tar.gz", PAYLOAD_SHA, attempts=1, timeout=5, deadline=1.0)
+    assert time.monotonic() - started < 5
+    assert leftovers(tmp_path) == []
+
+
+def test_stage_deadline_is_one_line(server: Server, tmp_path: Path) -> None:
+    server.trickle = 0.05
+    proc = download_stage(tmp_path, url=server.url, sha256=PAYLOAD_SHA, download_attempts=1, download_deadline=1)
+    _, err = proc.communicate(timeout=60)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    print(errors, "exit", proc.returncode)
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in err
+    assert "giving up after 1 attempts" in errors[0] and "deadline of 1 s (data.download_deadline)" in errors[0]
+
+
+def test_killed_download_leaves_no_temporary_file_for_the_next_run(server: Server, tmp_path: Path) -> None:
+    server.trickle = 0.01
+    raw = tmp_path / "data/raw"
+    proc = download_stage(tmp_path, url=server.url, sha256=PAYLOAD_SHA, download_attempts=1)
+    deadline = time.monotonic() + 60
+    while not leftovers(raw) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    [temporary] = leftovers(raw)
+    assert temporary.startswith(".cifar-10-python.tar.gz."), "the kill left the hidden temporary file"
+    server.trickle = 0.0
+    proc = download_stage(tmp_path, url=server.url, sha256=PAYLOAD_SHA, download_attempts=1)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert leftovers(raw) == ["cifar-10-python.tar.gz"]

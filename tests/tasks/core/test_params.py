@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from flows.sweep import spec as sweep_spec
 from tasks.core.errors import ParamsError
 from tasks.core.params import SECTIONS, load_data_params, load_section, load_validate_params, parse_section
 from tools.overrides import load_overlay, merged
-from tests.conftest import REPO, copy_project, dvc, params_section, run
+from tests.conftest import REPO, copy_project, dvc, params_section, run, set_params
 
 
 def check(name: str, **changes: object) -> object:
@@ -113,6 +114,15 @@ BAD = {
         "'vgg16.warmup_epochs' (3.0) must be less than the 2 epochs of the head phase",
     ),
     "patience of zero": ("alexnet", {"early_stopping_patience": 0}, "'alexnet.early_stopping_patience' must be >= 1"),
+    "epochs no real run asks for": (
+        "alexnet",
+        {"epochs": 10_000_000_000},
+        "'alexnet.epochs' must be <= 10000, got 10000000000",
+    ),
+    "a batch no real run asks for": ("vgg16", {"batch_size": 10**9}, "'vgg16.batch_size' must be <= 65536"),
+    "an image size no real run asks for": ("vgg16", {"input_size": 100_000}, "'vgg16.input_size' must be <= 1024"),
+    "an evaluation batch no real run asks for": ("evaluate", {"batch_size": 10**7}, "'evaluate.batch_size' must be <="),
+    "a download deadline of nothing": ("data", {"download_deadline": 0}, "'data.download_deadline' must be > 0.0"),
     "a subset too small for its validation split": (
         "data",
         {"limit_train": 50, "val_fraction": 0.1},
@@ -210,3 +220,40 @@ def test_dvc_repro_stops_on_a_misspelt_key(dvc_repo: Path) -> None:
     assert error_lines(output) == ["error: params.yaml: 'data.sede' is not a known key (did you mean 'seed'?)"]
     assert "Traceback" not in output
     assert not (dvc_repo / "data/raw").exists()
+
+
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path: Path) -> None:
+    """YAML loaders keep the last value silently; DVC refuses such a file, and so does every stage."""
+    text = (REPO / "params.yaml").read_text()
+    first = text.index("\n  epochs: 30")
+    doubled = text[:first] + "\n  epochs: 3" + text[first:]  # alexnet.epochs twice, one line apart
+    line = text[:first].count("\n") + 2
+    repo = copy_project(tmp_path / "repo")
+    (repo / "params.yaml").write_text(doubled)
+    expected = f"'alexnet.epochs' is given twice (lines {line} and {line + 1})"
+    with pytest.raises(ParamsError, match=re.escape(expected)):
+        load_section("alexnet", repo / "params.yaml")
+    proc = run([sys.executable, "-m", "tasks.train_alexnet"], cwd=repo, check=False, timeout=300)
+    print(error_lines(proc.stderr), "exit", proc.returncode)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert error_lines(proc.stderr) == [
+        f"error: params.yaml: {expected}; keep one (YAML would silently take the last, and DVC refuses the file)"
+    ]
+
+
+def test_huge_epochs_stop_the_stage_at_once(tmp_path: Path) -> None:
+    repo = copy_project(tmp_path / "repo")
+    set_params(repo, alexnet={"epochs": 10_000_000_000})
+    proc = run([sys.executable, "-m", "tasks.train_alexnet"], cwd=repo, check=False, timeout=300)
+    print(error_lines(proc.stderr), "exit", proc.returncode)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert error_lines(proc.stderr) == ["error: params.yaml: 'alexnet.epochs' must be <= 10000, got 10000000000"]
+
+
+def test_checkpoint_dir_naming_a_file_stops_the_stage_at_once(tmp_path: Path) -> None:
+    repo = copy_project(tmp_path / "repo")
+    set_params(repo, train={"checkpoint_dir": "dvc.yaml"})
+    proc = run([sys.executable, "-m", "tasks.train_vgg16"], cwd=repo, check=False, timeout=300)
+    print(error_lines(proc.stderr), "exit", proc.returncode)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert error_lines(proc.stderr) == ["error: params.yaml: 'train.checkpoint_dir' names a file, not a folder: dvc.yaml"]
