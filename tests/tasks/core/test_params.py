@@ -256,4 +256,5 @@ def test_checkpoint_dir_naming_a_file_stops_the_stage_at_once(tmp_path: Path) ->
     proc = run([sys.executable, "-m", "tasks.train_vgg16"], cwd=repo, check=False, timeout=300)
     print(error_lines(proc.stderr), "exit", proc.returncode)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert error_lines(proc.stderr) == ["error: params.yaml: 'train.checkpoint_dir' names a file, not a folder: dvc.yaml"]
+    expected = "error: params.yaml: 'train.checkpoint_dir' names a file, not a folder: dvc.yaml"
+    assert error_lines(proc.stderr) == [expected]
