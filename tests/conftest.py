@@ -180,3 +180,33 @@ def stage(module: str, cwd: Path, backend: str = "tensorflow", **popen: object) 
 def finish(proc: subprocess.Popen[str], timeout: float = 600) -> tuple[int, str]:
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out + err
+
+
+# -- a real full disk: a small tmpfs in a user namespace (no root needed) ----------------------------------
+
+
+def _can_mount() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-rm", "mount", "-t", "tmpfs", "tmpfs", "/mnt"], capture_output=True)
+    return probe.returncode == 0
+
+
+needs_mount = pytest.mark.skipif(not _can_mount(), reason="no user namespace to mount a small tmpfs in")
+
+
+def stage_on_small_disk(module: str, work: Path, folder: str, size: str, fill: bool = False) -> tuple[int, str]:
+    """Run ``module`` in ``work`` with ``folder`` on a tmpfs of ``size`` holding a copy of what the folder
+    holds (mounted for that process only, in a user namespace: a real full disk without root); ``fill``:
+    full from the start."""
+    (work / folder).mkdir(parents=True, exist_ok=True)
+    filler = f'{{ cat /dev/zero > "{folder}/filler" 2>/dev/null || true; }} && ' if fill else ""
+    script = (
+        f'copy=$(mktemp -d) && cp -a "{folder}/." "$copy" && mount -t tmpfs -o size={size} tmpfs "{folder}" && '
+        f'cp -a "$copy/." "{folder}" && {filler}exec "{sys.executable}" -m {module}'
+    )
+    env = subprocess_env() | {"PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=600
+    )
+    return done.returncode, done.stdout + done.stderr

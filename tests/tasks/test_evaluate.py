@@ -5,11 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import copy_of, finish, stage
+from tests.conftest import copy_of, finish, needs_mount, set_params, stage, stage_on_small_disk
 
 SECTIONS = (
     "## Comparison",
@@ -107,3 +108,24 @@ def test_missing_model_is_a_clear_error(workspace: Path, tmp_path: Path) -> None
     code, log = finish(stage("tasks.evaluate", work))
     assert code == 2 and "run the train_alexnet stage first" in log and "Traceback" not in log
     assert not (work / "metrics/evaluate.json").exists()
+
+
+def _outputs(work: Path) -> dict[str, bytes]:
+    found = [*(work / "reports").rglob("*"), *(work / "plots").rglob("*"), work / "metrics/evaluate.json"]
+    return {str(p.relative_to(work)): p.read_bytes() for p in sorted(found) if p.is_file()}
+
+
+@needs_mount
+def test_a_failed_evaluate_changes_none_of_its_outputs(evaluated: Path, tmp_path: Path) -> None:
+    """The metrics cannot be written (a full disk under metrics/): the report, its figures and the plots
+    written before stay the previous run's, and no temporary file is left beside them."""
+    work = tmp_path / "work"
+    shutil.copytree(evaluated, work)
+    set_params(work, evaluate={"worst_mistakes": 4})  # a report that differs from the one on disk
+    before = _outputs(work)
+    code, log = stage_on_small_disk("tasks.evaluate", work, "metrics", "64k", fill=True)
+    errors = [line for line in log.splitlines() if line.startswith("error:")]
+    print(errors, "exit", code)
+    assert code == 2 and len(errors) == 1 and "Traceback" not in log
+    assert errors[0].startswith("error: disk full, writing metrics/evaluate.json: [Errno 28]")
+    assert _outputs(work) == before
