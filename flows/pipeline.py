@@ -35,6 +35,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run as current_flow_run
 from prefect.runtime import task_run as current_task_run
 
+from flows import access
 from flows import host as host_info
 from flows.stages import (
     DeterministicFailure,
@@ -369,6 +370,7 @@ def pipeline(
         serialize: queue behind other runs of this workspace (a Prefect global concurrency limit).
     """
     logger = get_run_logger()
+    access.check({"repo_dir": repo_dir})
     repo = Path(repo_dir or os.getcwd()).resolve()
     if not (repo / "dvc.yaml").is_file():
         raise FileNotFoundError(f"{repo} holds no dvc.yaml; set repo_dir or the deployment's working directory")

@@ -26,8 +26,10 @@ from typing import Any
 #: bad params, failed validation. Another attempt would fail the same way.
 EXIT_STAGE_ERROR = 2
 #: ``error:`` messages that exit 2 but name a condition another attempt may not meet: the
-#: download gave up after its own retries (server down, network gone), so a later attempt can win.
-TRANSIENT_ERROR_MARKERS = ("giving up after",)
+#: download gave up after its own retries (server down, network gone), or the disk was full
+#: (tasks/core/errors.py, DISK_FULL: space may be freed meanwhile), so a later attempt can win.
+#: A damaged checkpoint needs no retry: the stage moves it aside and starts afresh by itself.
+TRANSIENT_ERROR_MARKERS = ("giving up after", "error: disk full")
 #: How many output lines a failure keeps for its message.
 TAIL_LINES = 40
 

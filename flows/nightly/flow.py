@@ -34,6 +34,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment as current_deployment
 from prefect.runtime import flow_run as current_flow_run
 
+from flows import access
 from flows.nightly import summary as nightly_summary
 from flows.nightly import workspace as nws
 from flows.pipeline import file_lock, pipeline, save_experiment, share_results
@@ -295,6 +296,7 @@ def nightly(
         stage_retries, retry_delay_seconds: as in the pipeline flow, for transient stage failures.
     """
     logger = get_run_logger()
+    access.check({"workspace": workspace, "cache_dir": cache_dir}, {"git_url": git_url})
     checkout_dir = Path.cwd()
     deployment = current_deployment.name or "nightly"
     prefix = f"{deployment}-"

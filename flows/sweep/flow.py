@@ -43,6 +43,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed
 
+from flows import access
 from flows.pipeline import report_host, share_results
 from flows.sweep import spec as sweep_spec
 from flows.sweep import table as sweep_table
@@ -201,6 +202,7 @@ def sweep_point(
     started = time.monotonic()
     host = report_host(False)
     ws = _workspace_root(workspace_root) / workspace
+    access.check({"workspace": ws, "workspace_root": workspace_root, "cache_dir": cache_dir}, {"git_url": git_url})
     shared = cache_dir or (cache_dir_of(Path.cwd()) if host_cache else None)
     what = f"experiment {experiment!r}" if experiment else "the shared stages"
     try:
@@ -507,6 +509,7 @@ def run_sweep(
         poll_seconds: how often to look at the experiments' flow runs.
     """
     logger = get_run_logger()
+    access.check({"repo_dir": repo_dir, "workspace_root": workspace_root}, {"git_url": git_url})
     repo = Path(repo_dir or ".").resolve()
     if executor not in ("workers", "local"):
         raise ValueError(f"executor must be 'workers' or 'local', not {executor!r}")

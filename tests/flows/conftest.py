@@ -1,10 +1,11 @@
-"""Fixtures for the Prefect flow tests: a temporary Prefect backend, a real Prefect server with a
-process worker, a download server that misbehaves on purpose, and helpers that read back what a
-flow run recorded."""
+"""Fixtures for the Prefect flow tests: a temporary Prefect backend, a real Prefect server (basic
+authentication on, as a team runs it) with a process worker, a download server that misbehaves on
+purpose, and helpers that read back what a flow run recorded."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -49,11 +50,16 @@ def prefect_harness() -> Iterator[str]:
         yield PREFECT_API_URL.value()
 
 
+#: The auth string of each real server this session started, by API URL.
+AUTH: dict[str, str] = {}
+
+
 def client(api: str | None = None):
-    """A sync Prefect client: for the server at ``api``, else for the current settings (the harness)."""
+    """A sync Prefect client: for the server at ``api`` (with its auth string), else for the current
+    settings (the harness)."""
     from prefect.client.orchestration import SyncPrefectClient, get_client
 
-    return SyncPrefectClient(api=api) if api else get_client(sync_client=True)
+    return SyncPrefectClient(api=api, auth_string=AUTH.get(api)) if api else get_client(sync_client=True)
 
 
 def flush_logs() -> None:
@@ -164,6 +170,8 @@ class PrefectServer:
     def __init__(self, home: Path, port: int) -> None:
         self.home, self.port = home, port
         self.url = f"http://127.0.0.1:{port}/api"
+        # Made up for this session, never written to a file: what server.api.auth_string is in a team setup.
+        self.auth = AUTH[self.url] = f"team:{secrets.token_urlsafe(16)}"
         self.log = home / "server.log"
         self.proc: subprocess.Popen | None = None
 
@@ -172,6 +180,7 @@ class PrefectServer:
         env.update(
             PREFECT_HOME=str(self.home),
             PREFECT_API_URL=self.url,
+            PREFECT_API_AUTH_STRING=self.auth,
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
             DO_NOT_TRACK="1",
             DVC_NO_ANALYTICS="1",
@@ -202,7 +211,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
     with open(server.log, "w") as log:
         server.proc = subprocess.Popen(
             [*WITH_SIGINT, PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(server.port)],
-            env=server.env(),
+            env=server.env(PREFECT_SERVER_API_AUTH_STRING=server.auth),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import time
+import urllib.error
+import urllib.request
 from datetime import timezone
 from pathlib import Path
 
@@ -26,6 +28,46 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 1.0):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_the_server_refuses_a_client_without_the_auth_string(prefect_server: PrefectServer) -> None:
+    """Basic authentication is on: a request without the team's string is refused (401), with it served."""
+    import httpx
+    from prefect.client.orchestration import SyncPrefectClient
+
+    request = urllib.request.Request(
+        f"{prefect_server.url}/deployments/filter", data=b"{}", headers={"Content-Type": "application/json"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=30)
+    assert caught.value.code == 401
+    with SyncPrefectClient(api=prefect_server.url) as anonymous, pytest.raises(httpx.HTTPStatusError, match="401"):
+        anonymous.read_deployments()
+    with prefect_server.client() as team:
+        team.read_deployments()
+
+
+def test_a_workspace_outside_the_allowed_roots_is_refused(
+    deployed: Path, worker: object, prefect_server: PrefectServer, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "dvc.yaml").write_text("stages:\n  own:\n    cmd: echo code the deployment never meant to run\n")
+    with prefect_server.client() as c:
+        deployment = c.read_deployment_by_name(f"{FLOW}/on-demand")
+        flow_run = c.create_flow_run_from_deployment(deployment.id, parameters={"repo_dir": str(elsewhere)})
+
+    def finished():
+        with prefect_server.client() as c:
+            found = c.read_flow_run(flow_run.id)
+        return found if found.state and found.state.is_final() else None
+
+    done = wait_for(finished, 300, "the refused run to end", interval=2)
+    print(done.state.message)
+    assert done.state.is_failed(), done.state
+    expected = f"parameter repo_dir={str(elsewhere)!r} is outside the folders this deployment allows"
+    assert expected in done.state.message, f"{done.state.message}\n{worker_log(deployed)}"
+    assert not (elsewhere / "dvc.lock").exists()
 
 
 def test_deploy_registers_a_nightly_schedule_and_an_on_demand_deployment(

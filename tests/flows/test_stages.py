@@ -104,6 +104,29 @@ DVC_FAILED = "ERROR: failed to reproduce 'validate': failed to run: python -m ta
             ["error: http://x/a.tgz: giving up after 5 attempts: HTTP 503 try later", DVC_FAILED.format(code=2)],
             TransientFailure,
         ),
+        # a full disk may be cleared meanwhile; a denied permission or a damaged input stays as it is
+        (
+            [
+                "error: disk full, writing models/alexnet.keras: [Errno 28] No space left on device",
+                DVC_FAILED.format(code=2),
+            ],
+            TransientFailure,
+        ),
+        (
+            [
+                "error: permission denied, writing models/alexnet.keras: [Errno 13] Permission denied",
+                DVC_FAILED.format(code=2),
+            ],
+            DeterministicFailure,
+        ),
+        (
+            [
+                "error: damaged or not the right kind of file, reading data/prepared/train.npz (the prepared train "
+                "split): BadZipFile: File is not a zip file",
+                DVC_FAILED.format(code=2),
+            ],
+            DeterministicFailure,
+        ),
         (["Killed", DVC_FAILED.format(code=-9)], TransientFailure),  # OOM killer, a crash
         (["Traceback (most recent call last):", "MemoryError", DVC_FAILED.format(code=1)], TransientFailure),
         ([DVC_FAILED.format(code=2)], TransientFailure),  # exit 2 without the stage's own message: not ours

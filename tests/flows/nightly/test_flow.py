@@ -175,10 +175,10 @@ def team(
 
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
     from prefect.client.schemas.actions import DeploymentUpdate
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     receiver = Receiver()
-    with temporary_settings({PREFECT_API_URL: prefect_server.url}):
+    with temporary_settings({PREFECT_API_URL: prefect_server.url, PREFECT_API_AUTH_STRING: prefect_server.auth}):
         CustomWebhookNotificationBlock(
             name="cifar10-nightly", url=receiver.url, json_data={"subject": "{{subject}}", "body": "{{body}}"}
         ).save("cifar10-nightly-test", overwrite=True)
