@@ -37,8 +37,20 @@ _ENVIRONMENT_ERRNOS = {
     errno.ENAMETOOLONG: "path too long",
     errno.EIO: "input/output error (the disk or its filesystem)",
 }
-#: Within a :func:`reading` region these mean the file is damaged or not the kind of file it should be.
-DAMAGED_INPUT = (ValueError, KeyError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, UnicodeDecodeError)
+#: Within a :func:`reading` region these mean the file is damaged or not the kind of file it should be
+#: (Keras reports a model config it cannot rebuild -- a Lambda naming a function it does not know -- as
+#: a TypeError).
+DAMAGED_INPUT = (
+    ValueError,
+    KeyError,
+    TypeError,
+    EOFError,
+    zipfile.BadZipFile,
+    pickle.UnpicklingError,
+    UnicodeDecodeError,
+)
+#: How much of a library's message the one line keeps.
+_CAUSE_CHARS = 300
 #: h5py reports a failed write as an OSError without an errno, the errno inside its message.
 _H5PY_ERRNO = re.compile(r"errno = (\d+)")
 
@@ -132,8 +144,14 @@ def environment_error(exc: BaseException) -> str | None:
         elif what is None:
             what = "file not found" if code == errno.ENOENT else f"cannot {'read' if kind == 'reading' else 'write'}"
         where = where or (f"at {exc.filename}" if exc.filename else "")
-        cause = f"[Errno {code}] {exc.strerror or os.strerror(code)}" if code is not None else str(exc)
+        cause = f"[Errno {code}] {exc.strerror or os.strerror(code)}" if code is not None else _first_line(exc)
         return f"{what}, {where}: {cause}" if where else f"{what}: {cause}"
     if kind == "reading" and isinstance(exc, DAMAGED_INPUT):
-        return f"damaged or not the right kind of file, {where}: {type(exc).__name__}: {exc}"
+        return f"damaged or not the right kind of file, {where}: {type(exc).__name__}: {_first_line(exc)}"
     return None
+
+
+def _first_line(exc: BaseException) -> str:
+    """A library's message cut to one line (Keras appends whole configs to its)."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return text if len(text) <= _CAUSE_CHARS else text[:_CAUSE_CHARS] + " ..."

@@ -166,7 +166,7 @@ class Checkpoints:
                 if _sha256(self.folder / entry["file"]) != entry["sha256"]:
                     raise ValueError(f"{entry['file']} does not match its SHA-256 in state.json")
             model = load_model(self.folder / files["last"]["file"])
-        except (*DAMAGED_INPUT, OSError, TypeError) as exc:  # cut short, garbled, emptied, missing
+        except (*DAMAGED_INPUT, OSError) as exc:  # cut short, garbled, emptied, missing
             return self._damaged(f"{type(exc).__name__}: {exc}", fingerprint)
         self.files = files
         self._keep_only({entry["file"] for entry in files.values()})

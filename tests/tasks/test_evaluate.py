@@ -129,3 +129,24 @@ def test_a_failed_evaluate_changes_none_of_its_outputs(evaluated: Path, tmp_path
     assert code == 2 and len(errors) == 1 and "Traceback" not in log
     assert errors[0].startswith("error: disk full, writing metrics/evaluate.json: [Errno 28]")
     assert _outputs(work) == before
+
+
+def test_a_model_whose_lambda_names_a_module_function_is_one_line(evaluated: Path, tmp_path: Path) -> None:
+    """Keras' safe mode will not rebuild a Lambda around ``operator.neg``: a wrong model file, one line."""
+    import operator
+
+    import keras
+
+    work = tmp_path / "work"
+    shutil.copytree(evaluated, work)
+    before = _outputs(work)
+    foreign = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Lambda(operator.neg)])
+    foreign.save(work / "models/alexnet.keras")
+    code, log = finish(stage("tasks.evaluate", work))
+    errors = [line for line in log.splitlines() if line.startswith("error:")]
+    print(errors, "exit", code)
+    assert code == 2 and len(errors) == 1 and "Traceback" not in log
+    assert errors[0].startswith(
+        "error: damaged or not the right kind of file, reading models/alexnet.keras (a Keras model): TypeError: "
+    )
+    assert _outputs(work) == before
