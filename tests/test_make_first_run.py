@@ -38,7 +38,7 @@ def test_make_quick_then_make_pipeline_is_quiet_and_keeps_the_defaults(dvc_repo:
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, dvc_repo / name)
     (dvc_repo / "configs/quick-cpu.yaml").write_text(yaml.safe_dump(TINY_QUICK))
-    set_params(dvc_repo, evaluate={"latency_repeats": 2, "batch_size": 64}, **TINY_TRAINING)
+    set_params(dvc_repo, evaluate={"latency_repeats": 2}, **TINY_TRAINING)
     run(["git", "add", "-A"], cwd=dvc_repo)
     run(["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "tiny"], cwd=dvc_repo)
     defaults = (dvc_repo / "params.yaml").read_bytes()

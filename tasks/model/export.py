@@ -26,14 +26,13 @@ import onnx
 from tasks.core.atomic import atomic_path
 from tasks.core.cli import run_stage
 from tasks.core.errors import StageError
+from tasks.model.inference import INPUT_NAME, OUTPUT_NAME
 from tasks.model.models import INPUT_SHAPE
 
 log = logging.getLogger(__name__)
 
 #: The ONNX opset the export targets: onnxruntime releases of the last years all run it.
 OPSET = 17
-INPUT_NAME = "image"
-OUTPUT_NAME = "probabilities"
 _FLOAT32 = {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "float32"}, "registered_name": None}
 
 

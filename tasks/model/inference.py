@@ -1,5 +1,7 @@
 """A trained classifier from its file, whichever form it has: the ``.keras`` model or the ONNX export.
 
+The ONNX path imports neither Keras nor TensorFlow (onnxruntime alone), so it starts in a moment.
+
 Both take uint8 (N, 32, 32, 3) RGB pixels and return (N, 10) class probabilities. The ONNX file carries
 its class names in its metadata (``class_names``, a JSON list; :mod:`tasks.model.export`); a ``.keras``
 model takes them from the ``<model>.meta.json`` the training stage wrote beside it, where present.
@@ -18,6 +20,9 @@ from tasks.core.errors import StageError
 
 ONNX_SUFFIX = ".onnx"
 KERAS_SUFFIX = ".keras"
+#: The ONNX export's input (uint8 NHWC pixels) and output (class probabilities).
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
 
 
 @dataclass
@@ -32,8 +37,6 @@ class Classifier:
     def predict(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         images = np.ascontiguousarray(images, dtype=np.uint8)
         if self.kind == "onnx":
-            from tasks.model.export import INPUT_NAME, OUTPUT_NAME
-
             parts = [
                 self._model.run([OUTPUT_NAME], {INPUT_NAME: images[i : i + batch_size]})[0]
                 for i in range(0, len(images), batch_size)
