@@ -124,7 +124,7 @@ def deployment(results: list[Evaluated]) -> Table:
             [
                 LABELS[r.name],
                 out.model.name,
-                f"{out.model.stat().st_size / 2**20:.1f} MiB",
+                f"{e['model_file_mib']:.1f} MiB",
                 f"{sp['throughput_images_per_second']:.0f}",
                 f"{sp['latency_ms_batch1']:.2f} ms",
                 "",
