@@ -5,6 +5,10 @@ absl's "All log messages before absl::InitializeLog() ..." preamble each time), 
 ``TF_CPP_MIN_LOG_LEVEL`` for them. :func:`install` wraps the first import of ``tensorflow`` so that,
 while it runs, the process's stderr passes through a filter that drops exactly those lines; every other
 line, and everything after the import, reaches stderr as before.
+
+After the import, TensorFlow's Python logger drops its "triggered tf.function retracing" hint: the
+evaluate stage predicts at several batch shapes on purpose (a warm-up per shape, the batch-1 latency),
+which is what that hint counts, and a user can do nothing about it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import logging
 import os
 import sys
 import threading
@@ -22,6 +27,7 @@ from typing import Any
 
 #: Lines TensorFlow's import writes that say nothing a user can act on.
 NOISE = ("WARNING: All log messages before absl::InitializeLog() is called", "oneDNN custom operations are on")
+RETRACING = "triggered tf.function retracing"
 
 
 def is_noise(line: str) -> bool:
@@ -54,6 +60,11 @@ def filtered_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+class _NoRetracingHint(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return RETRACING not in str(record.msg)
+
+
 class _Loader(importlib.abc.Loader):
     """TensorFlow's own loader, its module executed inside :func:`filtered_stderr`."""
 
@@ -66,6 +77,7 @@ class _Loader(importlib.abc.Loader):
     def exec_module(self, module: ModuleType) -> None:
         with filtered_stderr():
             self.inner.exec_module(module)
+        logging.getLogger("tensorflow").addFilter(_NoRetracingHint())
 
     def __getattr__(self, name: str) -> Any:  # resource readers and the like: the real loader's
         return getattr(self.inner, name)
