@@ -4,7 +4,9 @@ The saved ``.keras`` model needs this package's custom layers to load and keeps 
 (``mixed_bfloat16`` where the machine had bf16 units). The export is a float32 copy with the same
 weights, written through Keras' own ``model.export(format="onnx")`` (tf2onnx on TensorFlow): uint8
 NHWC pixels in (input ``image``), the 10 class probabilities out, the scaling, the normalisation and
-the test-time flip averaging inside the graph, as in the ``.keras`` model.
+the test-time flip averaging inside the graph, as in the ``.keras`` model. The training stages write it
+as ``models/<model>.onnx`` beside ``models/<model>.keras`` (:func:`tasks.model.train.write_outputs`);
+``python -m tasks.model.export MODEL.keras OUT.onnx`` exports any saved model.
 """
 
 from __future__ import annotations
