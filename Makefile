@@ -6,8 +6,17 @@
 
 PYTHON ?= python3
 VENV ?= .venv
+# Extras of pyproject.toml to install: cpu (TensorFlow CPU), jax-gpu (Keras on JAX with CUDA 12), jax, dev.
 EXTRAS ?= cpu,dev
 BIN := $(VENV)/bin
+# uv installs the environment from uv.lock; it is itself installed from PyPI with pip, beside the venv's
+# packages (not among them, so an exact `uv sync` leaves it alone).
+UV_VERSION ?= 0.13.9
+UV := $(VENV)/uv/bin/uv
+comma := ,
+UV_EXTRAS := $(foreach extra,$(subst $(comma), ,$(EXTRAS)),--extra $(extra))
+export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
+export UV_PYTHON_DOWNLOADS := never
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
@@ -18,28 +27,51 @@ CIFAR_ARCHIVE ?=
 CIFAR_SHA256 ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup pipeline quick plots-diff exp-show bench lint test clean
+.PHONY: setup lock pipeline quick plots-diff exp-show bench lint test clean
 
 setup: $(VENV)/.setup-stamp
 
-$(VENV)/.setup-stamp: pyproject.toml
+$(UV):
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip > $(VENV)/pip.log 2>&1 || (cat $(VENV)/pip.log; exit 1)
-	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]" >> $(VENV)/pip.log 2>&1 || (tail -50 $(VENV)/pip.log; exit 1)
+	$(BIN)/python -m pip install --quiet --target $(VENV)/uv uv==$(UV_VERSION) > $(VENV)/pip.log 2>&1 \
+		|| (cat $(VENV)/pip.log; exit 1)
+
+# Exactly the versions in uv.lock for EXTRAS (packages outside it are removed); --locked refuses a lock that
+# no longer matches pyproject.toml (run `make lock` after editing its dependencies).
+$(VENV)/.setup-stamp: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked --quiet $(UV_EXTRAS)
 	touch $@
 
+# Re-resolve every dependency to its newest release within pyproject.toml's ranges and rewrite uv.lock.
+lock: | $(UV)
+	$(UV) lock --upgrade
+
+# DVC without its warnings about outputs of stages that have never run (tools/quiet_dvc.py).
+DVC := python -m tools.quiet_dvc
+# `dvc exp run -S` writes its settings into params.yaml (reformatting it); the file is put back afterwards,
+# so params.yaml keeps meaning the defaults. The experiment keeps its own copy: `dvc exp apply <name>`.
+SAVED_PARAMS := $(VENV)/params.yaml.before-exp
+define keeping_params
+cp params.yaml $(SAVED_PARAMS); $(1); status=$$?; cp $(SAVED_PARAMS) params.yaml; exit $$status
+endef
+OFFLINE_DATA := $(if $(CIFAR_ARCHIVE),-S 'data.url=$(CIFAR_ARCHIVE)' -S 'data.sha256=$(CIFAR_SHA256)')
+
+# The pipeline as params.yaml says (offline: as an experiment with the local archive as data.url).
 pipeline: setup
-	@TF_CPP_MIN_LOG_LEVEL=2 python -m tasks.core.devices
+	@python -m tasks.core.devices
 ifneq ($(CIFAR_ARCHIVE),)
-	dvc exp run -S 'data.url=$(CIFAR_ARCHIVE)' -S 'data.sha256=$(CIFAR_SHA256)'
+	@$(call keeping_params,$(DVC) exp run $(OFFLINE_DATA))
 else
-	dvc repro
+	$(DVC) repro
 endif
 
-# The quick CPU setting (configs/quick-cpu.yaml) as a named DVC experiment; add CIFAR_ARCHIVE=... offline.
+# The quick CPU setting (configs/quick-cpu.yaml) as the named DVC experiment quick-cpu; add CIFAR_ARCHIVE=...
+# offline. Its results stay in the workspace, params.yaml stays the defaults (so `make pipeline` runs those).
 quick: setup
-	dvc exp run -n quick-cpu $$(python -m tools.overrides configs/quick-cpu.yaml) \
-		$(if $(CIFAR_ARCHIVE),-S 'data.url=$(CIFAR_ARCHIVE)' -S 'data.sha256=$(CIFAR_SHA256)')
+	@$(call keeping_params,$(DVC) exp run -n quick-cpu $$(python -m tools.overrides configs/quick-cpu.yaml) \
+		$(OFFLINE_DATA))
+	@echo "make quick: experiment quick-cpu done, its results are in the workspace; params.yaml is unchanged" \
+		"(the defaults). Apply its settings: dvc exp apply quick-cpu. Run the defaults: make pipeline."
 
 # `dvc plots diff` rendered offline: make plots-diff REVS="HEAD~1 HEAD"
 REVS ?=

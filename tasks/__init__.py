@@ -9,5 +9,10 @@ Each entry point reads its own section of ``params.yaml`` (via :mod:`tasks.core.
 
 import os
 
-# TensorFlow's C++ start-up chatter (oneDNN, CPU features) drowns the stage logs DVC and Prefect show.
+# TensorFlow's C++ start-up chatter (oneDNN, CPU features) drowns the stage logs DVC and Prefect show;
+# the lines it prints at import in spite of the variable are filtered (tasks.core.quiet).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from tasks.core import quiet  # noqa: E402  (after the variable it reads)
+
+quiet.install()

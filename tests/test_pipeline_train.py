@@ -39,3 +39,7 @@ def test_dvc_repro_through_both_training_stages(dvc_repo: Path, tmp_path: Path) 
         dvc("artifacts", "get", str(dvc_repo), name, cwd=elsewhere)
         fetched = elsewhere / f"{name}.keras"
         assert fetched.read_bytes() == (dvc_repo / f"models/{name}.keras").read_bytes()
+        # Its ONNX export is an artifact of its own, for users without this project.
+        run(["git", "tag", "-a", f"{name}-onnx@v1.0.0", "-m", f"register {name}-onnx 1.0.0"], cwd=dvc_repo)
+        dvc("artifacts", "get", str(dvc_repo), f"{name}-onnx", cwd=elsewhere)
+        assert (elsewhere / f"{name}.onnx").read_bytes() == (dvc_repo / f"models/{name}.onnx").read_bytes()

@@ -34,6 +34,8 @@ class Outputs:
     """What a training stage writes for one model."""
 
     model: Path
+    #: The same inference model as ONNX (float32), loadable without this project (tasks.model.export).
+    export: Path
     #: The run's summary, written once it ends (best and final scores, time, size).
     metrics: Path
     meta: Path
@@ -49,6 +51,7 @@ def outputs_for(name: str) -> Outputs:
     live = Path(f"dvclive/{name}")
     return Outputs(
         model=Path(f"models/{name}.keras"),
+        export=Path(f"models/{name}.onnx"),
         metrics=Path(f"metrics/{name}.json"),
         meta=Path(f"models/{name}.meta.json"),
         live=live,

@@ -24,6 +24,10 @@ PACKAGES = (
     "dvc",
     "prefect",
     "great-expectations",
+    # The export's toolchain: tf2onnx writes models/<model>.onnx, onnxruntime times and runs it.
+    "onnx",
+    "tf2onnx",
+    "onnxruntime",
 )
 
 

@@ -45,6 +45,7 @@ from tasks.core.errors import DAMAGED_INPUT, StageError, reading, writing
 from tasks.core.params import Recipe
 from tasks.core.paths import PREPARED, VALIDATION_REPORT, Outputs, outputs_for
 from tasks.data.splits import NUM_CLASSES, Split, load_split
+from tasks.model import export
 from tasks.model.epoch_log import EpochLog
 from tasks.model.feed import feed
 from tasks.model.models import for_inference, load_model
@@ -393,10 +394,11 @@ def write_outputs(
     inference = for_inference(model, recipe.test_time_augmentation)
     if inference is not model:
         compile_model(inference, recipe, keras.optimizers.SGD())
-    # All three change together: a failure in any leaves the previous run's set as it was.
+    # All of them change together: a failure in any leaves the previous run's set as it was.
     with together():
         with atomic_path(out.model) as tmp:
             inference.save(tmp)
+            export.export_saved(tmp, out.export, meta.get("class_names"))
         write_json(out.meta, {**meta, "finished": runinfo.now(), "resumed_from_epochs": state.resumed_from})
         write_json(out.metrics, metrics(model, state, n_train))
 
@@ -426,6 +428,7 @@ def run_metadata(
         "devices": info,
         "packages": runinfo.package_versions(),
         "data_sha256": facts.get("sha256"),
+        "class_names": facts.get("class_names"),
         "started": runinfo.now(),
     }
 

@@ -14,7 +14,7 @@ import io
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import keras
@@ -25,6 +25,7 @@ from tasks.core.params import EvaluateParams
 from tasks.core.paths import outputs_for
 from tasks.data.splits import Split
 from tasks.model.epoch_log import read_history
+from tasks.model import inference
 from tasks.model.feed import feed
 from tasks.model.models import load_model
 from tasks.model.progress import EpochProgress
@@ -44,6 +45,8 @@ class Evaluated:
     training: dict[str, Any]
     meta: dict[str, Any]
     history: list[dict[str, Any]]
+    #: The model's file size and its ONNX export's (:func:`export_check`): size, CPU speed, agreement.
+    export: dict[str, float] = field(default_factory=dict)
 
 
 def timed_predictions(
@@ -95,7 +98,42 @@ def evaluate_model(name: str, test: Split, class_names: list[str], params: Evalu
         speed["throughput_images_per_second"],
         speed["latency_ms_batch1"],
     )
-    return Evaluated(name, probs, scores, speed, training, meta, history)
+    return Evaluated(name, probs, scores, speed, training, meta, history, export_check(name, test, probs, params))
+
+
+def export_check(name: str, test: Split, probs: np.ndarray, params: EvaluateParams) -> dict[str, float]:
+    """The ONNX export of ``name`` on the test split, in onnxruntime on the CPU: its file size (and the
+    ``.keras`` file's), speed (timed as the Keras model is) and how far its probabilities are from the Keras
+    model's ``probs``."""
+    path = outputs_for(name).export
+    try:
+        session = inference.load(path)
+    except StageError as exc:
+        raise StageError(f"{name}: {exc}; run the train_{name} stage first") from None
+    batch, one = params.batch_size, test.x[:1]
+    session.predict(test.x[:batch], batch)  # warm-up: onnxruntime plans its memory on the first run
+    start = time.perf_counter()
+    exported = session.predict(test.x, batch)
+    throughput = len(test.x) / (time.perf_counter() - start)
+    latencies = []
+    for _ in range(params.latency_repeats):
+        t = time.perf_counter()
+        session.predict(one)
+        latencies.append(time.perf_counter() - t)
+    checked = {
+        "model_file_mib": round(outputs_for(name).model.stat().st_size / 2**20, 2),
+        "export_file_mib": round(path.stat().st_size / 2**20, 2),
+        "export_throughput_images_per_second": round(throughput, 1),
+        "export_latency_ms_batch1": round(1000 * float(np.median(latencies)), 3),
+        "export_top1_agreement": round(float(np.mean(exported.argmax(1) == probs.argmax(1))), 5),
+        "export_max_probability_difference": float(f"{np.abs(exported - probs).max():.2g}"),
+    }
+    log.info(
+        "%s export: %.2f MiB, %.0f img/s, %.2f ms at batch 1, top-1 agreement %.4f, max difference %.1e",
+        name,
+        *list(checked.values())[1:],
+    )
+    return checked
 
 
 def metrics_entry(result: Evaluated) -> dict[str, Any]:
@@ -108,10 +146,10 @@ def metrics_entry(result: Evaluated) -> dict[str, Any]:
         "macro_recall": round(s["macro_recall"], 4),
         "macro_f1": round(s["macro_f1"], 4),
         "params": result.training.get("params"),
-        "model_file_mib": round(outputs_for(result.name).model.stat().st_size / 2**20, 2),
         **result.speed,
         "train_seconds": result.training.get("train_seconds"),
         "epochs_run": result.training.get("epochs_run"),
+        **result.export,
     }
 
 

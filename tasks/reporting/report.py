@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from tasks.core.atomic import atomic_path, discard, write_text
 from tasks.core.params import EvaluateParams
-from tasks.core.paths import FIGURES, REPORT_HTML, REPORT_MD
+from tasks.core.paths import FIGURES, REPORT_HTML, REPORT_MD, outputs_for
 from tasks.data.splits import Split
 from tasks.reporting import classification, figures, templating
 
@@ -114,6 +114,36 @@ def comparison(results: list[Evaluated]) -> Table:
     )
 
 
+def deployment(results: list[Evaluated]) -> Table:
+    """Each model as trained (``.keras``, Keras) beside its ONNX export (float32, onnxruntime): file size and
+    CPU inference speed, and how closely the export reproduces the model's test predictions."""
+    rows = []
+    for r in results:
+        out, e, sp = outputs_for(r.name), r.export, r.speed
+        rows.append(
+            [
+                LABELS[r.name],
+                out.model.name,
+                f"{e['model_file_mib']:.1f} MiB",
+                f"{sp['throughput_images_per_second']:.0f}",
+                f"{sp['latency_ms_batch1']:.2f} ms",
+                "",
+            ]
+        )
+        rows.append(
+            [
+                LABELS[r.name],
+                out.export.name,
+                f"{e['export_file_mib']:.1f} MiB",
+                f"{e['export_throughput_images_per_second']:.0f}",
+                f"{e['export_latency_ms_batch1']:.2f} ms",
+                f"{100 * e['export_top1_agreement']:.2f} % same top-1, max difference "
+                f"{e['export_max_probability_difference']:.1e}",
+            ]
+        )
+    return Table(["model", "file", "size", "inference img/s", "latency (batch 1)", "agreement with .keras"], rows)
+
+
 def per_class(results: list[Evaluated], class_names: list[str]) -> Table:
     headers = ["class"] + [f"{LABELS[r.name]} {m}" for r in results for m in ("precision", "recall", "F1")]
     rows = [
@@ -183,6 +213,7 @@ def build(
         "title": title(results),
         "test_size": len(test.y),
         "comparison": comparison(results),
+        "deployment": deployment(results),
         "per_class": per_class(results, class_names),
         "confusion": confusion_figures(results, class_names),
         "curves": curve_figures(results),

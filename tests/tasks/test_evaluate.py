@@ -14,6 +14,7 @@ from tests.conftest import copy_of, finish, needs_mount, set_params, stage, stag
 
 SECTIONS = (
     "## Comparison",
+    "## Exported models",
     "## Per class",
     "## Confusion matrices",
     "## Training curves",
@@ -66,6 +67,9 @@ def test_metrics_per_model(evaluated: Path) -> None:
             "truck",
         ]
         assert sum(int(r.split(",")[4]) for r in rows[1:]) == 100
+        # The ONNX export beside each model: its size, CPU speed, and agreement with the .keras model.
+        assert m["export_file_mib"] > 0 and m["export_throughput_images_per_second"] > 0
+        assert m["export_top1_agreement"] >= 0.9 and m["export_max_probability_difference"] <= 0.1  # bf16 model
         training = json.loads((evaluated / f"metrics/{name}.json").read_text())
         assert m["train_seconds"] == training["train_seconds"] and m["params"] == training["params"]
 
@@ -89,6 +93,8 @@ def test_report_has_every_section_and_the_numbers(evaluated: Path) -> None:
     assert md.startswith("# CIFAR-10: AlexNet from scratch vs VGG16 (random init)") and "ImageNet" not in md
     for name, label in (("alexnet", "AlexNet"), ("vgg16", "VGG16 (random init)")):
         assert f"| {label} | {100 * metrics[name]['test_accuracy']:.2f} % |" in md
+    for name in ("alexnet", "vgg16"):
+        assert f"| {name}.onnx | {metrics[name]['export_file_mib']:.1f} MiB |" in md
     for image in re.findall(r"\]\(figures/([^)]+)\)", md):
         assert (evaluated / "reports/figures" / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -64,6 +64,8 @@ def test_tiny_training_on_each_backend(workspace: Path, tmp_path: Path, backend:
     meta = json.loads((work / "models/alexnet.meta.json").read_text())
     assert meta["devices"]["keras_backend"] == backend and meta["params"]["width"] == 0.0625
     assert "keras" in meta["packages"] and meta["data_sha256"]["train"]["x"]
+    # The ONNX export beside the model, on every backend (off TensorFlow, a TensorFlow child process converts it).
+    assert (work / "models/alexnet.onnx").stat().st_size > 0
     # mixed_precision: auto decides from this machine's CPU flags (no GPU here) and says why.
     expected = decide("auto", [], cpu_flags())
     assert (meta["precision_policy"], meta["precision_reason"]) == (expected.policy, expected.reason)

@@ -37,6 +37,14 @@ def result(name: str, probs: np.ndarray) -> SimpleNamespace:
             "devices": {"host": EVIL, "keras_backend": "jax", "devices": ["cpu:0"]},
             "precision_policy": "float32",
         },
+        export={
+            "model_file_mib": 12.25,
+            "export_file_mib": 11.5,
+            "export_throughput_images_per_second": 800.0,
+            "export_latency_ms_batch1": 1.25,
+            "export_top1_agreement": 0.9995,
+            "export_max_probability_difference": 0.0004,
+        },
         history=[{"epoch": 1, "train_accuracy": 0.5, "val_accuracy": 0.4, "train_loss": 1.0, "val_loss": 1.1}],
     )
 
@@ -67,6 +75,10 @@ def test_markdown_and_html_show_the_same_facts(built: tuple[str, str, dict[str, 
     assert md.startswith("# CIFAR-10: AlexNet from scratch vs VGG16 (random init)\n")
     assert "| AlexNet | 80.00 % | 0.5000 | 0.7500 | 79.12 % | +0.88 pt | 1,234,567 | 3 | 61 s | 1000 | 2.50 ms |" in md
     assert "<td>80.00 %</td><td>0.5000</td><td>0.7500</td><td>79.12 %</td><td>+0.88 pt</td>" in page
+    # Each model beside its ONNX export: sizes, CPU speed, agreement.
+    assert "| AlexNet | alexnet.keras | 12.2 MiB | 1000 | 2.50 ms |  |" in md
+    assert "| AlexNet | alexnet.onnx | 11.5 MiB | 800 | 1.25 ms | 99.95 % same top-1, max difference 4.0e-04 |" in md
+    assert "<td>alexnet.onnx</td><td>11.5 MiB</td><td>800</td>" in page
     assert "VGG16 made no mistakes on the test split." in md and "VGG16 made no mistakes on the test split." in page
     flip_note = "its test predictions average each image with its mirror image"
     assert md.count(flip_note) == 1 and page.count(flip_note) == 1

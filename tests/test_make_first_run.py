@@ -1,0 +1,63 @@
+"""A new user's first run, end to end on the fixture archive: `make quick`, then `make pipeline`, through the
+real Makefile and the real DVC -- quiet (no WARNING line), params.yaml left meaning the defaults, and
+`make pipeline` then running those defaults."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, TINY_TRAINING, dvc, run, set_params
+
+#: The quick setting's shape at test size: other AlexNet values than the (tiny) defaults, so a rerun is
+#: visible; VGG16 as the defaults, so `make pipeline` has only AlexNet to retrain.
+TINY_QUICK = {"alexnet": {"width": 0.125, "epochs": 1, "warmup_epochs": 0, "batch_size": 64, "jit_compile": False}}
+
+
+def make(target: str, repo: Path) -> str:
+    """``make <target>`` in ``repo`` with this interpreter's venv (already set up: the stamp is taken as is)."""
+    venv = Path(sys.executable).parent.parent
+    proc = run(["make", target, f"VENV={venv}", "-o", f"{venv}/.setup-stamp"], cwd=repo, timeout=1200)
+    return proc.stdout + proc.stderr
+
+
+def warnings_in(output: str) -> list[str]:
+    return [line for line in output.splitlines() if "WARNING" in line]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_make_quick_then_make_pipeline_is_quiet_and_keeps_the_defaults(dvc_repo: Path) -> None:
+    for name in ("Makefile", "tools", "configs"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dvc_repo / name)
+    (dvc_repo / "configs/quick-cpu.yaml").write_text(yaml.safe_dump(TINY_QUICK))
+    set_params(dvc_repo, evaluate={"latency_repeats": 2}, **TINY_TRAINING)
+    run(["git", "add", "-A"], cwd=dvc_repo)
+    run(["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "tiny"], cwd=dvc_repo)
+    defaults = (dvc_repo / "params.yaml").read_bytes()
+
+    quick = make("quick", dvc_repo)
+    assert not warnings_in(quick), quick
+    assert "Running stage 'train_alexnet'" in quick and "dvc exp apply quick-cpu" in quick
+    assert (dvc_repo / "params.yaml").read_bytes() == defaults, "make quick must leave params.yaml as it was"
+    meta = json.loads((dvc_repo / "models/alexnet.meta.json").read_text())
+    assert meta["params"]["width"] == TINY_QUICK["alexnet"]["width"]
+    shown = json.loads(dvc("exp", "show", "--json", cwd=dvc_repo).stdout)
+    names = {e.get("name") for rev in shown for e in rev.get("experiments") or []}
+    assert "quick-cpu" in names, shown
+
+    pipeline = make("pipeline", dvc_repo)
+    assert not warnings_in(pipeline), pipeline
+    # The defaults differ from the quick setting in AlexNet's params only: its stage and evaluate rerun.
+    assert "Running stage 'train_alexnet'" in pipeline and "Running stage 'evaluate'" in pipeline
+    assert "Running stage 'download'" not in pipeline and "Running stage 'train_vgg16'" not in pipeline
+    meta = json.loads((dvc_repo / "models/alexnet.meta.json").read_text())
+    assert meta["params"]["width"] == TINY_TRAINING["alexnet"]["width"]
+    assert (dvc_repo / "params.yaml").read_bytes() == defaults
+    assert (dvc_repo / "models/alexnet.onnx").is_file() and (dvc_repo / "reports/report.md").is_file()
