@@ -125,7 +125,7 @@ class Recipe(_Section):
     warmup_epochs: NonNegative
     weight_decay: NonNegative
     label_smoothing: Annotated[float, Field(ge=0.0, le=0.5)]
-    augmentation: Literal["none", "student", "crop_flip"]
+    augmentation: Literal["none", "student", "student_keras", "crop_flip"]
     crop_padding: Annotated[int, Field(ge=1, le=16)]  # crop_flip: pixels of zero padding around the image
     test_time_augmentation: Literal["none", "flip"]  # the saved model's inference (tasks.model.models.for_inference)
     early_stopping_patience: Annotated[int, Field(ge=1)] | None

@@ -50,7 +50,7 @@ def test_width_and_batch_norm() -> None:
     assert narrow.get_layer("conv1_bn") is not None
 
 
-@pytest.mark.parametrize("augmentation", ["none", "student", "crop_flip"])
+@pytest.mark.parametrize("augmentation", ["none", "student", "student_keras", "crop_flip"])
 def test_inference_path_keeps_input_size_and_is_deterministic(augmentation: str) -> None:
     model = alexnet(width=0.0625, augmentation=augmentation)
     x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
@@ -58,6 +58,13 @@ def test_inference_path_keeps_input_size_and_is_deterministic(augmentation: str)
     assert first.shape == (4, 10)
     np.testing.assert_allclose(first, second, rtol=1e-6)
     np.testing.assert_allclose(first.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_student_augmentation_is_the_matmul_warp_and_keras_layers_stay_reachable() -> None:
+    kinds = {type(layer).__name__ for layer in alexnet(width=0.0625, augmentation="student").layers}
+    assert "RandomAffineWarp" in kinds and "RandomRotation" not in kinds
+    kinds = {type(layer).__name__ for layer in alexnet(width=0.0625, augmentation="student_keras").layers}
+    assert {"RandomRotation", "RandomTranslation", "RandomFlip"} <= kinds and "RandomAffineWarp" not in kinds
 
 
 def test_lrn_matches_the_paper_formula() -> None:
