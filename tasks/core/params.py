@@ -159,6 +159,7 @@ class VGG16Params(Recipe):
     """Section ``vgg16``: base weights, input size, head, the two fine-tuning phases, recipe."""
 
     weights: str  # "imagenet", "none" or a path to a weights file
+    batch_norm: bool  # batch normalisation after every convolution; from random weights only
     input_size: Annotated[int, Field(ge=32)]
     dropout: Annotated[float, Field(ge=0.0, le=0.9)]
     head_epochs: Annotated[int, Field(ge=0)]
@@ -171,6 +172,17 @@ class VGG16Params(Recipe):
         if weights not in ("imagenet", "none") and not Path(weights).is_file():
             raise _problem(f"is neither 'imagenet', 'none' nor an existing weights file: {weights}")
         return weights
+
+    @model_validator(mode="after")
+    def _batch_norm(self) -> VGG16Params:
+        # ImageNet (or file) weights belong to keras.applications.VGG16, which has no batch norm.
+        if self.batch_norm and self.weights != "none":
+            why = (
+                f"true needs vgg16.weights: none (got {self.weights!r}): pretrained VGG16 weights "
+                "have no batch-norm layers to load into"
+            )
+            raise _problem(why, "batch_norm")
+        return self
 
     @model_validator(mode="after")
     def _phases(self) -> VGG16Params:

@@ -108,8 +108,33 @@ def _to_float(inputs: keras.KerasTensor) -> keras.KerasTensor:
     return layers.Rescaling(1.0, name="to_float")(inputs)
 
 
-def vgg16_base(weights: str, input_size: int) -> keras.Model:
-    """``keras.applications.VGG16(include_top=False)`` with ImageNet, no, or file-loaded weights."""
+#: Convolutions per block of VGG16 and their filters (Simonyan and Zisserman's configuration D).
+VGG_CONVS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
+
+
+def vgg16_batch_norm_base(input_size: int) -> keras.Model:
+    """VGG16 without its classifier, batch normalisation between every convolution and its ReLU,
+    random weights. Layer names are keras.applications.VGG16's (``block1_conv1`` ... ``block5_pool``)
+    plus ``<conv>_bn`` and ``<conv>_relu``, so block-wise freezing works the same."""
+    inputs = keras.Input((input_size, input_size, 3), name="input_layer")
+    x = inputs
+    for b, (convs, filters) in enumerate(VGG_CONVS, start=1):
+        for c in range(1, convs + 1):
+            name = f"block{b}_conv{c}"
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=name)(x)
+            x = custom_layers.FusedBatchNormalization(name=f"{name}_bn")(x)
+            x = layers.ReLU(name=f"{name}_relu")(x)
+        x = layers.MaxPooling2D(2, 2, name=f"block{b}_pool")(x)
+    return keras.Model(inputs, x, name="vgg16")
+
+
+def vgg16_base(weights: str, input_size: int, batch_norm: bool = False) -> keras.Model:
+    """``keras.applications.VGG16(include_top=False)`` with ImageNet, no, or file-loaded weights;
+    with ``batch_norm`` (random weights only) :func:`vgg16_batch_norm_base`."""
+    if batch_norm:
+        if weights != "none":
+            raise ValueError(f"VGG16 with batch norm has no pretrained weights to load ({weights!r})")
+        return vgg16_batch_norm_base(input_size)
     resolved = {"imagenet": "imagenet", "none": None}.get(weights, weights)
     if resolved not in ("imagenet", None) and not Path(resolved).is_file():
         raise FileNotFoundError(resolved)
@@ -127,12 +152,13 @@ def vgg16_base(weights: str, input_size: int) -> keras.Model:
 
 
 def build_vgg16(params: VGG16Params) -> keras.Model:
-    """VGG16 base + global average pooling + (dropout) + Dense(10); VGG's own preprocessing inside.
+    """VGG16 base (batch-normalised with ``vgg16.batch_norm``) + global average pooling + (dropout)
+    + Dense(10); VGG's own preprocessing inside.
 
     Inputs larger than 32x32 are reached by resizing inside the model (``vgg16.input_size``),
     so the stored arrays stay 32x32.
     """
-    base = vgg16_base(params.weights, params.input_size)
+    base = vgg16_base(params.weights, params.input_size, params.batch_norm)
     inputs = keras.Input(INPUT_SHAPE, dtype="uint8", name="image")
     x = _to_float(inputs)
     for layer in augmentation(params.recipe.augmentation, params.recipe.seed, params.recipe.crop_padding):

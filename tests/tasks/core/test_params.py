@@ -97,6 +97,11 @@ BAD = {
         {"weights": "missing/notop.h5"},
         "'vgg16.weights' is neither 'imagenet', 'none' nor an existing weights file: missing/notop.h5",
     ),
+    "batch norm with ImageNet weights": (
+        "vgg16",
+        {"weights": "imagenet", "batch_norm": True},
+        "'vgg16.batch_norm' true needs vgg16.weights: none (got 'imagenet')",
+    ),
     "warmup as long as training": (
         "alexnet",
         {"epochs": 5, "warmup_epochs": 5},

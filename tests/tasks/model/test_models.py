@@ -147,3 +147,30 @@ def test_vgg16_freezing_by_block() -> None:
     set_vgg_trainable(model, "block4")
     trainable = {layer.name for layer in base.layers if layer.trainable and layer.weights}
     assert trainable == {f"block{b}_conv{c}" for b in (4, 5) for c in (1, 2, 3)}
+
+
+def test_vgg16_batch_norm_keeps_keras_layer_names_and_trains() -> None:
+    """``batch_norm``: a BN after every one of the 13 convolutions, keras.applications.VGG16's layer
+    names kept (so freezing by block still works); without it, no BN at all. One step trains it."""
+    plain = vgg().get_layer("vgg16")
+    normed_model = vgg(batch_norm=True, head_epochs=0)
+    normed = normed_model.get_layer("vgg16")
+    bn = [layer.name for layer in normed.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in plain.layers)
+    convs = [layer.name for layer in plain.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert len(convs) == 13 and bn == [f"{name}_bn" for name in convs]
+    named = {layer.name for layer in plain.layers if layer.weights or "pool" in layer.name}
+    assert named <= {layer.name for layer in normed.layers}
+    assert normed.output_shape == plain.output_shape
+    set_vgg_trainable(normed_model, "block5")
+    trainable = {layer.name for layer in normed.layers if layer.trainable and layer.weights}
+    assert trainable == {f"block5_conv{c}{s}" for c in (1, 2, 3) for s in ("", "_bn")}
+    set_vgg_trainable(normed_model, "block1")
+    normed_model.compile(keras.optimizers.SGD(0.01), "categorical_crossentropy")
+    x = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    y = np.eye(10, dtype="float32")[np.arange(8) % 10]
+    before = keras.ops.convert_to_numpy(normed.get_layer("block1_conv1_bn").moving_mean).copy()
+    loss = normed_model.train_on_batch(x, y)
+    assert np.isfinite(loss)
+    after = keras.ops.convert_to_numpy(normed.get_layer("block1_conv1_bn").moving_mean)
+    assert not np.allclose(before, after)  # the batch statistics were used and tracked
