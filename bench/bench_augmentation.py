@@ -9,8 +9,9 @@ Three rows, timed in one run on one backend (meant for ``KERAS_BACKEND=jax``, wh
 * ``crop_flip``: pad + random crop, flip (the project's default augmentation).
 
 Every row is the student's AlexNet (configs/student.yaml) with only ``augmentation``, ``width`` and
-``batch_size`` changed (its precision is the recipe's, ``mixed_precision: auto``), timed as bench/bench_throughput.py times a step (after warm-up batches,
-inside one ``model.fit``). The ratios are each row's step time over crop_flip's.
+``batch_size`` changed (its precision is the recipe's, ``mixed_precision: auto``), timed as
+bench/bench_throughput.py times a step (after warm-up batches, inside one ``model.fit``). The
+ratios are each row's step time over crop_flip's.
 
     KERAS_BACKEND=jax python bench/bench_augmentation.py [--width 0.5] [--batch 64] [--images 1024]
 
@@ -69,7 +70,9 @@ def main() -> None:
     print(table(rows, ["augmentation", "img/s", "ms/step", "x crop_flip"]))
     out = REPO / f"bench/results/augmentation-{keras.backend.backend()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": host, "args": vars(args), "policy": policy, "rows": rows, "rates": rates}, indent=2))
+    out.write_text(
+        json.dumps({"machine": host, "args": vars(args), "policy": policy, "rows": rows, "rates": rates}, indent=2)
+    )
     print(f"wrote {out}")
 
 

@@ -125,6 +125,7 @@ class Recipe(_Section):
     warmup_epochs: NonNegative
     weight_decay: NonNegative
     label_smoothing: Annotated[float, Field(ge=0.0, le=0.5)]
+    ema_decay: Annotated[float, Field(ge=0.0, lt=1.0)] | None  # weight averaging; null or 0 = off
     augmentation: Literal["none", "student", "student_keras", "crop_flip"]
     crop_padding: Annotated[int, Field(ge=1, le=16)]  # crop_flip: pixels of zero padding around the image
     test_time_augmentation: Literal["none", "flip"]  # the saved model's inference (tasks.model.models.for_inference)
