@@ -128,7 +128,8 @@ class Recipe(_Section):
     ema_decay: Annotated[float, Field(ge=0.0, lt=1.0)] | None  # weight averaging; null or 0 = off
     augmentation: Literal["none", "student", "student_keras", "crop_flip"]
     crop_padding: Annotated[int, Field(ge=1, le=16)]  # crop_flip: pixels of zero padding around the image
-    test_time_augmentation: Literal["none", "flip"]  # the saved model's inference (tasks.model.models.for_inference)
+    # The saved model's inference (tasks.model.models.for_inference).
+    test_time_augmentation: Literal["none", "flip", "flip_translate"]
     early_stopping_patience: Annotated[int, Field(ge=1)] | None
     restore_best: bool
     mixed_precision: Auto

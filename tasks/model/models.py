@@ -189,17 +189,19 @@ def set_vgg_trainable(model: keras.Model, unfreeze_from: str | None) -> None:
 
 def for_inference(model: keras.Model, test_time_augmentation: str) -> keras.Model:
     """The model as the stage saves it: ``flip`` wraps it in :class:`~tasks.model.layers.TestTimeFlip`
-    (same weights, predictions averaged over the image and its mirror image); ``none`` returns it as is.
+    (same weights, predictions averaged over the image and its mirror image), ``flip_translate`` in
+    :class:`~tasks.model.layers.TestTimeFlipTranslate` (six views); ``none`` returns it as is.
 
     Only the saved model is wrapped: per-epoch validation and the choice of the best epoch use the
     plain model, so the augmentation costs nothing while training.
     """
     if test_time_augmentation == "none":
         return model
-    if test_time_augmentation != "flip":
+    wrappers = {"flip": custom_layers.TestTimeFlip, "flip_translate": custom_layers.TestTimeFlipTranslate}
+    if test_time_augmentation not in wrappers:
         raise ValueError(f"unknown test_time_augmentation {test_time_augmentation!r}")
     inputs = keras.Input(INPUT_SHAPE, dtype="uint8", name="image")
-    outputs = custom_layers.TestTimeFlip(model, name="test_time_flip")(inputs)
+    outputs = wrappers[test_time_augmentation](model, name=f"test_time_{test_time_augmentation}")(inputs)
     return keras.Model(inputs, outputs, name=model.name)
 
 

@@ -85,7 +85,7 @@ BAD = {
     "a test-time augmentation not offered": (
         "vgg16",
         {"test_time_augmentation": "mirror"},
-        "'vgg16.test_time_augmentation' must be one of none, flip; got 'mirror'",
+        "'vgg16.test_time_augmentation' must be one of none, flip, flip_translate; got 'mirror'",
     ),
     "auto, true or false only": (
         "vgg16",
