@@ -35,7 +35,7 @@ def augmentation(kind: str, seed: int, crop_padding: int) -> list[layers.Layer]:
         return []
     if kind == "student":
         # ImageDataGenerator(rotation_range=20, width/height_shift_range=0.2, horizontal_flip=True),
-        # whose default fill mode is "nearest" and interpolation bilinear, as matmuls.
+        # whose default fill mode is "nearest" and interpolation bilinear, without a per-pixel gather.
         return [custom_layers.RandomAffineWarp(20.0, 0.2, 0.2, horizontal_flip=True, seed=seed)]
     if kind == "student_keras":
         # The same draw through Keras' own layers (a per-pixel gather: slow on accelerators).
