@@ -103,9 +103,9 @@ def _sampling_matrix(coords: Any, size: int, interpolation: str) -> Any:
 
 
 def _materialise(x: Any) -> Any:
-    """``x`` computed once. XLA would otherwise fuse a shear pass into each of the next pass's
-    shifted reads of it and recompute it that many times (measured: about twice the layer's time
-    on the JAX CPU backend); an optimisation barrier is the identity and only stops that fusion."""
+    """``x`` computed once. XLA would otherwise fuse a shifter stage into both of the next stage's
+    reads of it and recompute it, doubling the work at every stage; an optimisation barrier is the
+    identity and only stops that fusion (JAX; TensorFlow runs the ops as written unless it compiles)."""
     if keras.backend.backend() == "jax":
         import jax
 
@@ -126,22 +126,34 @@ def _shift_lines(x: Any, axis: int, out_len: int, offset: int, shift: Any, reach
     (broadcastable to the output, size 1 along ``axis``) varies per image and per line but never
     exceeds ``reach`` in size.
 
-    A sum over the few integer shifts in reach of statically sliced copies of the edge-padded
-    input, each weighted per line by a tent (``bilinear``) or an indicator (``nearest``): no
-    gather and no coordinate grid, only elementwise work that fuses into one loop.
+    The whole part of each line's shift is applied bit by bit, as a barrel shifter does: stage k
+    selects, per line, between the image and itself moved by 2**k pixels (a static slice), so
+    ``log2`` of the shifts in reach stages suffice; ``bilinear`` then blends each pixel with its
+    neighbour by the fractional part. No gather and no coordinate grid: elementwise work only.
     """
-    lo, hi = -math.ceil(reach), math.ceil(reach)  # both neighbours of any shift in reach
+    lo, hi = -math.ceil(reach), math.ceil(reach)
+    stages = max(1, math.ceil(math.log2(hi - lo + 1)))
+    extra = 1 if interpolation == "bilinear" else 0  # the right-hand neighbour of the blend
+    length = out_len + extra + 2**stages - 1
     before = max(0, -(offset + lo))
-    after = max(0, out_len - 1 + offset + hi - (x.shape[axis] - 1))
+    after = max(0, offset + lo + length - x.shape[axis])
     padded = _edge_pad(x, axis, before, after)
-    # A rounded shift makes the tent an indicator of the nearest integer shift.
-    shift = ops.round(shift) if interpolation == "nearest" else shift
-    total = 0.0
-    for k in range(lo, hi + 1):
-        start = offset + k + before
-        window = padded[(slice(None),) * axis + (slice(start, start + out_len),)]
-        total = total + ops.maximum(0.0, 1.0 - ops.abs(shift - k)) * window
-    return total
+    start = offset + lo + before
+    z = padded[(slice(None),) * axis + (slice(start, start + length),)]
+    whole = ops.floor(shift) if interpolation == "bilinear" else ops.round(shift)
+    steps = ops.cast(whole - lo, "int32")  # 0 .. hi - lo
+
+    def window(t: Any, begin: int, size: int) -> Any:
+        return t[(slice(None),) * axis + (slice(begin, begin + size),)]
+
+    for k in range(stages):
+        length -= 2**k
+        moved = ops.equal(ops.mod(ops.floor_divide(steps, 2**k), 2), 1)
+        z = _materialise(ops.where(moved, window(z, 2**k, length), window(z, 0, length)))
+    if interpolation == "nearest":
+        return z
+    frac = shift - whole
+    return (1.0 - frac) * window(z, 0, out_len) + frac * window(z, 1, out_len)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -155,7 +167,7 @@ class RandomAffineWarp(keras.layers.Layer):
     does through ``affine_transform``, a ``map_coordinates`` under ``vmap`` on JAX, slow on
     accelerators): the rotation is factored into three shears (Paeth: R(t) = Sx(-tan t/2) Sy(sin t)
     Sx(-tan t/2)), each a 1-D shift of every row (or column) by its own amount, done by
-    :func:`_shift_lines` as a weighted sum of statically sliced copies -- elementwise work only.
+    :func:`_shift_lines` as a barrel shifter of static slices and selects -- elementwise work only.
     The shift is folded into the first pass as selection-matrix matmuls (one matrix per image, as
     :class:`RandomPadCrop` crops); the mirror is applied last. Output pixel p reads the
     input at R (F p + t) (F the mirror, t the shift, R the rotation), as ImageDataGenerator's
