@@ -144,9 +144,11 @@ class Recipe(_Section):
     warmup_epochs: NonNegative
     weight_decay: NonNegative
     label_smoothing: Annotated[float, Field(ge=0.0, le=0.5)]
-    augmentation: Literal["none", "student", "crop_flip"]
+    ema_decay: Annotated[float, Field(ge=0.0, lt=1.0)] | None  # weight averaging; null or 0 = off
+    augmentation: Literal["none", "student", "student_keras", "crop_flip"]
     crop_padding: Annotated[int, Field(ge=1, le=16)]  # crop_flip: pixels of zero padding around the image
-    test_time_augmentation: Literal["none", "flip"]  # the saved model's inference (tasks.model.models.for_inference)
+    # The saved model's inference (tasks.model.models.for_inference).
+    test_time_augmentation: Literal["none", "flip", "flip_translate"]
     early_stopping_patience: Epochs | None
     restore_best: bool
     mixed_precision: Auto
@@ -178,6 +180,7 @@ class VGG16Params(Recipe):
     """Section ``vgg16``: base weights, input size, head, the two fine-tuning phases, recipe."""
 
     weights: str  # "imagenet", "none" or a path to a weights file
+    batch_norm: bool  # batch normalisation after every convolution; from random weights only
     input_size: Annotated[int, Field(ge=32, le=1024)]  # VGG16's own is 224
     dropout: Annotated[float, Field(ge=0.0, le=0.9)]
     head_epochs: Annotated[int, Field(ge=0, le=MAX_EPOCHS)]
@@ -190,6 +193,17 @@ class VGG16Params(Recipe):
         if weights not in ("imagenet", "none") and not Path(weights).is_file():
             raise _problem(f"is neither 'imagenet', 'none' nor an existing weights file: {weights}")
         return weights
+
+    @model_validator(mode="after")
+    def _batch_norm(self) -> VGG16Params:
+        # ImageNet (or file) weights belong to keras.applications.VGG16, which has no batch norm.
+        if self.batch_norm and self.weights != "none":
+            why = (
+                f"true needs vgg16.weights: none (got {self.weights!r}): pretrained VGG16 weights "
+                "have no batch-norm layers to load into"
+            )
+            raise _problem(why, "batch_norm")
+        return self
 
     @model_validator(mode="after")
     def _phases(self) -> VGG16Params:

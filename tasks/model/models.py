@@ -36,7 +36,10 @@ def augmentation(kind: str, seed: int, crop_padding: int) -> list[layers.Layer]:
         return []
     if kind == "student":
         # ImageDataGenerator(rotation_range=20, width/height_shift_range=0.2, horizontal_flip=True),
-        # whose default fill mode is "nearest".
+        # whose default fill mode is "nearest" and interpolation bilinear, without a per-pixel gather.
+        return [custom_layers.RandomAffineWarp(20.0, 0.2, 0.2, horizontal_flip=True, seed=seed)]
+    if kind == "student_keras":
+        # The same draw through Keras' own layers (a per-pixel gather: slow on accelerators).
         return [
             layers.RandomRotation(20 / 360, fill_mode="nearest", seed=seed),
             layers.RandomTranslation(0.2, 0.2, fill_mode="nearest", seed=seed + 1),
@@ -106,8 +109,33 @@ def _to_float(inputs: keras.KerasTensor) -> keras.KerasTensor:
     return layers.Rescaling(1.0, name="to_float")(inputs)
 
 
-def vgg16_base(weights: str, input_size: int) -> keras.Model:
-    """``keras.applications.VGG16(include_top=False)`` with ImageNet, no, or file-loaded weights."""
+#: Convolutions per block of VGG16 and their filters (Simonyan and Zisserman's configuration D).
+VGG_CONVS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
+
+
+def vgg16_batch_norm_base(input_size: int) -> keras.Model:
+    """VGG16 without its classifier, batch normalisation between every convolution and its ReLU,
+    random weights. Layer names are keras.applications.VGG16's (``block1_conv1`` ... ``block5_pool``)
+    plus ``<conv>_bn`` and ``<conv>_relu``, so block-wise freezing works the same."""
+    inputs = keras.Input((input_size, input_size, 3), name="input_layer")
+    x = inputs
+    for b, (convs, filters) in enumerate(VGG_CONVS, start=1):
+        for c in range(1, convs + 1):
+            name = f"block{b}_conv{c}"
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=name)(x)
+            x = custom_layers.FusedBatchNormalization(name=f"{name}_bn")(x)
+            x = layers.ReLU(name=f"{name}_relu")(x)
+        x = layers.MaxPooling2D(2, 2, name=f"block{b}_pool")(x)
+    return keras.Model(inputs, x, name="vgg16")
+
+
+def vgg16_base(weights: str, input_size: int, batch_norm: bool = False) -> keras.Model:
+    """``keras.applications.VGG16(include_top=False)`` with ImageNet, no, or file-loaded weights;
+    with ``batch_norm`` (random weights only) :func:`vgg16_batch_norm_base`."""
+    if batch_norm:
+        if weights != "none":
+            raise ValueError(f"VGG16 with batch norm has no pretrained weights to load ({weights!r})")
+        return vgg16_batch_norm_base(input_size)
     resolved = {"imagenet": "imagenet", "none": None}.get(weights, weights)
     if resolved not in ("imagenet", None) and not Path(resolved).is_file():
         raise FileNotFoundError(resolved)
@@ -129,12 +157,13 @@ def vgg16_base(weights: str, input_size: int) -> keras.Model:
 
 
 def build_vgg16(params: VGG16Params) -> keras.Model:
-    """VGG16 base + global average pooling + (dropout) + Dense(10); VGG's own preprocessing inside.
+    """VGG16 base (batch-normalised with ``vgg16.batch_norm``) + global average pooling + (dropout)
+    + Dense(10); VGG's own preprocessing inside.
 
     Inputs larger than 32x32 are reached by resizing inside the model (``vgg16.input_size``),
     so the stored arrays stay 32x32.
     """
-    base = vgg16_base(params.weights, params.input_size)
+    base = vgg16_base(params.weights, params.input_size, params.batch_norm)
     inputs = keras.Input(INPUT_SHAPE, dtype="uint8", name="image")
     x = _to_float(inputs)
     for layer in augmentation(params.recipe.augmentation, params.recipe.seed, params.recipe.crop_padding):
@@ -165,17 +194,19 @@ def set_vgg_trainable(model: keras.Model, unfreeze_from: str | None) -> None:
 
 def for_inference(model: keras.Model, test_time_augmentation: str) -> keras.Model:
     """The model as the stage saves it: ``flip`` wraps it in :class:`~tasks.model.layers.TestTimeFlip`
-    (same weights, predictions averaged over the image and its mirror image); ``none`` returns it as is.
+    (same weights, predictions averaged over the image and its mirror image), ``flip_translate`` in
+    :class:`~tasks.model.layers.TestTimeFlipTranslate` (six views); ``none`` returns it as is.
 
     Only the saved model is wrapped: per-epoch validation and the choice of the best epoch use the
     plain model, so the augmentation costs nothing while training.
     """
     if test_time_augmentation == "none":
         return model
-    if test_time_augmentation != "flip":
+    wrappers = {"flip": custom_layers.TestTimeFlip, "flip_translate": custom_layers.TestTimeFlipTranslate}
+    if test_time_augmentation not in wrappers:
         raise ValueError(f"unknown test_time_augmentation {test_time_augmentation!r}")
     inputs = keras.Input(INPUT_SHAPE, dtype="uint8", name="image")
-    outputs = custom_layers.TestTimeFlip(model, name="test_time_flip")(inputs)
+    outputs = wrappers[test_time_augmentation](model, name=f"test_time_{test_time_augmentation}")(inputs)
     return keras.Model(inputs, outputs, name=model.name)
 
 

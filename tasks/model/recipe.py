@@ -71,12 +71,23 @@ def make_schedule(
 
 
 def make_optimizer(recipe: Recipe, schedule: EpochSchedule) -> keras.optimizers.Optimizer:
+    """The optimizer of ``recipe.optimizer``; with ``ema_decay`` it also keeps an exponential moving
+    average of the weights (Keras' ``use_ema``).
+
+    Keras swaps the average into the model at the end of every ``fit`` call
+    (``finalize_variable_values``), and the training loop runs one ``fit`` per epoch: so each epoch
+    ends on the averaged weights -- validation, the best-epoch checkpoint and the saved model all
+    see them -- and the next epoch trains on from there (an epoch-long lookahead).
+    """
     decay = recipe.weight_decay or None
+    ema: dict[str, Any] = {"use_ema": True, "ema_momentum": recipe.ema_decay} if recipe.ema_decay else {}
     if recipe.optimizer == "sgd":
-        return keras.optimizers.SGD(schedule, momentum=recipe.momentum, nesterov=recipe.nesterov, weight_decay=decay)
+        return keras.optimizers.SGD(
+            schedule, momentum=recipe.momentum, nesterov=recipe.nesterov, weight_decay=decay, **ema
+        )
     if recipe.optimizer == "adamw":
-        return keras.optimizers.AdamW(schedule, weight_decay=recipe.weight_decay)
-    return keras.optimizers.Adam(schedule, weight_decay=decay)
+        return keras.optimizers.AdamW(schedule, weight_decay=recipe.weight_decay, **ema)
+    return keras.optimizers.Adam(schedule, weight_decay=decay, **ema)
 
 
 def make_loss(recipe: Recipe) -> keras.losses.Loss:

@@ -86,7 +86,7 @@ BAD = {
     "a test-time augmentation not offered": (
         "vgg16",
         {"test_time_augmentation": "mirror"},
-        "'vgg16.test_time_augmentation' must be one of none, flip; got 'mirror'",
+        "'vgg16.test_time_augmentation' must be one of none, flip, flip_translate; got 'mirror'",
     ),
     "auto, true or false only": (
         "vgg16",
@@ -97,6 +97,11 @@ BAD = {
         "vgg16",
         {"weights": "missing/notop.h5"},
         "'vgg16.weights' is neither 'imagenet', 'none' nor an existing weights file: missing/notop.h5",
+    ),
+    "batch norm with ImageNet weights": (
+        "vgg16",
+        {"weights": "imagenet", "batch_norm": True},
+        "'vgg16.batch_norm' true needs vgg16.weights: none (got 'imagenet')",
     ),
     "warmup as long as training": (
         "alexnet",

@@ -50,7 +50,7 @@ def test_width_and_batch_norm() -> None:
     assert narrow.get_layer("conv1_bn") is not None
 
 
-@pytest.mark.parametrize("augmentation", ["none", "student", "crop_flip"])
+@pytest.mark.parametrize("augmentation", ["none", "student", "student_keras", "crop_flip"])
 def test_inference_path_keeps_input_size_and_is_deterministic(augmentation: str) -> None:
     model = alexnet(width=0.0625, augmentation=augmentation)
     x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
@@ -58,6 +58,13 @@ def test_inference_path_keeps_input_size_and_is_deterministic(augmentation: str)
     assert first.shape == (4, 10)
     np.testing.assert_allclose(first, second, rtol=1e-6)
     np.testing.assert_allclose(first.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_student_augmentation_is_the_matmul_warp_and_keras_layers_stay_reachable() -> None:
+    kinds = {type(layer).__name__ for layer in alexnet(width=0.0625, augmentation="student").layers}
+    assert "RandomAffineWarp" in kinds and "RandomRotation" not in kinds
+    kinds = {type(layer).__name__ for layer in alexnet(width=0.0625, augmentation="student_keras").layers}
+    assert {"RandomRotation", "RandomTranslation", "RandomFlip"} <= kinds and "RandomAffineWarp" not in kinds
 
 
 def test_lrn_matches_the_paper_formula() -> None:
@@ -109,6 +116,28 @@ def test_test_time_flip_averages_image_and_mirror_and_survives_saving(tmp_path: 
     np.testing.assert_allclose(loaded.predict(x, verbose=0), (plain + mirrored) / 2, rtol=1e-5, atol=1e-6)
 
 
+def test_test_time_flip_translate_averages_six_views_and_survives_saving(tmp_path: Path) -> None:
+    """Image and mirror weigh 1/2, the one-pixel up-left and down-right shifts (reflected edge), each
+    with its mirror, 1/4 each; the same weights, saved and loaded."""
+    model = alexnet(width=0.0625, augmentation="crop_flip", batch_norm=True)
+    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    padded = np.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)], mode="reflect")
+
+    def both(view: np.ndarray) -> np.ndarray:
+        return (model.predict(view, verbose=0) + model.predict(view[:, :, ::-1], verbose=0)) / 2
+
+    shifted = both(padded[:, :32, :32]), both(padded[:, 2:, 2:])
+    assert not np.allclose(shifted[0], both(x), atol=1e-4)  # else the check below proves nothing
+    want = both(x) / 2 + (shifted[0] + shifted[1]) / 4
+    wrapped = for_inference(model, "flip_translate")
+    assert wrapped.count_params() == model.count_params()
+    np.testing.assert_allclose(wrapped.predict(x, verbose=0), want, rtol=1e-5, atol=1e-6)
+    wrapped.save(tmp_path / "m.keras")
+    loaded = load_model(tmp_path / "m.keras")
+    assert [type(layer).__name__ for layer in loaded.layers][-1] == "TestTimeFlipTranslate"
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), want, rtol=1e-5, atol=1e-6)
+
+
 def vgg(**kw: object) -> keras.Model:
     return build_vgg16(vgg16_params(params_section("vgg16", **VGG16 | kw)))
 
@@ -140,3 +169,30 @@ def test_vgg16_freezing_by_block() -> None:
     set_vgg_trainable(model, "block4")
     trainable = {layer.name for layer in base.layers if layer.trainable and layer.weights}
     assert trainable == {f"block{b}_conv{c}" for b in (4, 5) for c in (1, 2, 3)}
+
+
+def test_vgg16_batch_norm_keeps_keras_layer_names_and_trains() -> None:
+    """``batch_norm``: a BN after every one of the 13 convolutions, keras.applications.VGG16's layer
+    names kept (so freezing by block still works); without it, no BN at all. One step trains it."""
+    plain = vgg().get_layer("vgg16")
+    normed_model = vgg(batch_norm=True, head_epochs=0)
+    normed = normed_model.get_layer("vgg16")
+    bn = [layer.name for layer in normed.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in plain.layers)
+    convs = [layer.name for layer in plain.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert len(convs) == 13 and bn == [f"{name}_bn" for name in convs]
+    named = {layer.name for layer in plain.layers if layer.weights or "pool" in layer.name}
+    assert named <= {layer.name for layer in normed.layers}
+    assert normed.output_shape == plain.output_shape
+    set_vgg_trainable(normed_model, "block5")
+    trainable = {layer.name for layer in normed.layers if layer.trainable and layer.weights}
+    assert trainable == {f"block5_conv{c}{s}" for c in (1, 2, 3) for s in ("", "_bn")}
+    set_vgg_trainable(normed_model, "block1")
+    normed_model.compile(keras.optimizers.SGD(0.01), "categorical_crossentropy")
+    x = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    y = np.eye(10, dtype="float32")[np.arange(8) % 10]
+    before = keras.ops.convert_to_numpy(normed.get_layer("block1_conv1_bn").moving_mean).copy()
+    loss = normed_model.train_on_batch(x, y)
+    assert np.isfinite(loss)
+    after = keras.ops.convert_to_numpy(normed.get_layer("block1_conv1_bn").moving_mean)
+    assert not np.allclose(before, after)  # the batch statistics were used and tracked
