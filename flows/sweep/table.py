@@ -39,7 +39,6 @@ class Outcome:
     wall_seconds: float | None = None
     #: True: the same experiment would fail again (bad params, failed validation); a rerun skips it
     deterministic: bool = False
-    host: str | None = None
 
 
 @dataclass
