@@ -88,6 +88,8 @@ def shared_stages(repo: Path, varied: Iterable[str], targets: Sequence[str] | No
     nor those of any stage upstream is among ``varied`` -- in ``dvc repro`` order, limited to what
     ``targets`` needs. A sweep runs them once before the experiments, so the experiments all restore
     them instead of computing them side by side."""
+    import contextlib
+
     import dvc.api
 
     varied = [k.split(":", 1)[1] if ":" in k else k for k in varied]
@@ -95,7 +97,8 @@ def shared_stages(repo: Path, varied: Iterable[str], targets: Sequence[str] | No
     edges = dag(repo)[1]
     changed: set[str] = set()
     for stage in order:  # upstream first: a stage downstream of a changed one changes too
-        keys = [k.rstrip(".") for k in _keys(dvc.api.params_show(stages=stage, repo=str(repo)))]
+        with contextlib.chdir(repo):  # dvc.api reads params files relative to the working directory
+            keys = [k.rstrip(".") for k in _keys(dvc.api.params_show(stages=stage))]
         touched = any(v == k or v.startswith(f"{k}.") or k.startswith(f"{v}.") for k in keys for v in varied)
         if touched or any(a in changed for a, b in edges if b == stage):
             changed.add(stage)
