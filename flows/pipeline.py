@@ -1,8 +1,8 @@
 """The Prefect flow that runs the DVC pipeline: one task per dvc.yaml stage, in DVC's order.
 
 DVC owns the graph and decides what reruns; Prefect schedules, retries and records. Each stage task
-runs ``dvc repro --single-item <stage>`` in the workspace, so an unchanged stage costs about a
-second, a stage whose inputs ran before (here or, with ``share_cache``, on another host) is restored
+runs ``dvc repro --single-item <stage>`` in the workspace, so an unchanged stage costs one DVC
+start-up, a stage whose inputs ran before (here or, with ``share_cache``, on another host) is restored
 from the run-cache, and ``dvc.lock`` stays the record of what ran. With ``set_params`` the run is a
 named DVC experiment instead: one ``dvc exp run -n NAME -S ...`` task. Tasks pass stage names and
 paths, never arrays, and Prefect caches and persists nothing.
