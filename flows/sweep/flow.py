@@ -196,11 +196,11 @@ def previous_runs(sweep: str, baseline: str) -> dict[str, Any]:
         runs = client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=[POINT_FLOW])),
             flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"sweep:{sweep}"])),
-            sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC,  # the newest first, should the API page them
         )
     return {
         r.parameters.get("experiment"): r
-        for r in runs
+        for r in reversed(runs)
         if r.state and r.state.is_final() and r.parameters.get("rev") == baseline
     }
 
