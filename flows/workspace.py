@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from flows.stages import child_env
+from flows.stages import child_env, dvc_out
 
 #: The name a workspace's ``.dvc/config.local`` gives the DVC remote it is told about.
 REMOTE_NAME = "sweep"
@@ -55,25 +55,17 @@ def write_local_config(
 
 def default_remote(repo: Path) -> tuple[str | None, bool]:
     """The URL of ``repo``'s default DVC remote and whether a clone gets it from the committed
-    ``.dvc/config`` (then the workspaces need not be told)."""
-    from dvc.repo import Repo
-
-    with Repo(str(repo)) as dvc_repo:
-        config = dvc_repo.config
-        name = config["core"].get("remote")
-        if not name or name not in config["remote"]:
-            return None, False
-        url = config["remote"][name].get("url")
-        committed = config.load_one("repo")
-        in_git = committed.get("core", {}).get("remote") == name and name in committed.get("remote", {})
-    return url, in_git
+    ``.dvc/config`` (then the workspaces need not be told), from ``dvc config --list --show-origin``."""
+    found: dict[str, tuple[str, str]] = {}
+    for line in dvc_out(["config", "--list", "--show-origin"], repo).splitlines():
+        origin, _, setting = line.partition("\t")
+        key, _, value = setting.partition("=")
+        found[key] = (value, Path(origin).as_posix())
+    name, name_from = found.get("core.remote", (None, ""))
+    url, url_from = found.get(f"remote.{name}.url", (None, ""))
+    return url, bool(url) and name_from == url_from == ".dvc/config"
 
 
 def cache_dir_of(repo: Path) -> str | None:
     """The DVC cache directory of the checkout at ``repo`` (None when it is not a DVC repo)."""
-    if not (repo / ".dvc").is_dir():
-        return None
-    from dvc.repo import Repo
-
-    with Repo(str(repo)) as dvc_repo:
-        return dvc_repo.cache.local_cache_dir
+    return dvc_out(["cache", "dir"], repo).strip() if (repo / ".dvc").is_dir() else None

@@ -37,7 +37,7 @@ from prefect.runtime import flow_run as current_flow_run
 from flows import access
 from flows.nightly import summary as nightly_summary
 from flows.nightly import workspace as nws
-from flows.pipeline import file_lock, pipeline, save_experiment, share_results
+from flows.pipeline import pipeline, save_experiment, share_results, workspace_lock
 from flows.stages import DeterministicFailure, StageFailure, run_dvc
 from flows.workspace import WorkspaceError, cache_dir_of, default_remote, git
 from tasks.core.paths import EVALUATE_METRICS
@@ -319,7 +319,7 @@ def nightly(
         synced = checkout(str(ws), url, branch, cache, dvc_remote, prefix)
         commit = f"{synced.commit[:12]} on {branch}"
         remote = bool(dvc_remote or default_remote(ws)[0])
-        with file_lock(ws):
+        with workspace_lock(ws):
             runs = nws.recorded_runs(ws, prefix)
             previous = runs[-1] if runs else None
             result = pipeline.fn(
@@ -338,7 +338,7 @@ def nightly(
                 logger.info("nothing changed since %s (same commit, no stage ran): nothing recorded", previous.name)
             else:
                 experiment = f"{prefix}{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
-                save_experiment(str(ws), experiment, [r["stage"] for r in stages])
+                save_experiment(str(ws), experiment)
                 share_results(str(ws), experiment, "origin", remote)
                 pushed_to = url + (" and the DVC remote" if remote else "")
             publish_nightly(

@@ -1,7 +1,7 @@
 """Sweep definition files (``sweeps/*.yaml``): a grid or a list of params overrides, times a
 number of seeds, expanded into named DVC experiments. No Prefect here.
 
-A sweep file (README, "Sweeps", documents every key)::
+A sweep file (docs/sweeps.md documents every key)::
 
     name: alexnet-variants            # experiment names start with it
     configs: [configs/quick-cpu-half.yaml]   # params overlays applied to every experiment

@@ -39,7 +39,6 @@ class Outcome:
     wall_seconds: float | None = None
     #: True: the same experiment would fail again (bad params, failed validation); a rerun skips it
     deterministic: bool = False
-    host: str | None = None
 
 
 @dataclass
@@ -290,49 +289,36 @@ def _csv_value(value: Any) -> Any:
     return value
 
 
-def rows_csv(rows: Sequence[Row], keys: Sequence[str], columns: Sequence[str]) -> str:
+def _csv(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["experiment", "point", "seed", "status", *keys, *columns, "wall_seconds", "message"])
-    for r in rows:
-        writer.writerow(
-            [
-                r.experiment,
-                r.point,
-                _csv_value(r.seed),
-                r.status,
-                *(_csv_value(r.params.get(k)) for k in keys),
-                *(_csv_value(r.metrics[c]) for c in columns),
-                _csv_value(r.wall_seconds),
-                r.message,
-            ]
-        )
+    writer.writerow(header)
+    writer.writerows([_csv_value(v) for v in row] for row in rows)
     return buf.getvalue()
+
+
+def rows_csv(rows: Sequence[Row], keys: Sequence[str], columns: Sequence[str]) -> str:
+    """One row per experiment: its point and seed, outcome, differing params, metrics, wall time, message."""
+    header = ["experiment", "point", "seed", "status", *keys, *columns, "wall_seconds", "message"]
+    return _csv(
+        header,
+        (
+            [r.experiment, r.point, r.seed, r.status, *(r.params.get(k) for k in keys)]
+            + [*(r.metrics[c] for c in columns), r.wall_seconds, r.message]
+            for r in rows
+        ),
+    )
 
 
 def groups_csv(groups: Sequence[Group], columns: Sequence[str]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    """One row per point: its params, seeds run and finished, mean and std of each metric, mean wall time."""
     point_keys = list(dict.fromkeys(k for g in groups for k in g.params))
-    writer.writerow(
-        [
-            "point",
-            *point_keys,
-            "n",
-            "n_done",
-            *(f"{c}_{s}" for c in columns for s in ("mean", "std")),
-            "wall_seconds_mean",
-        ]
+    stats = [f"{c}_{s}" for c in columns for s in ("mean", "std")]
+    return _csv(
+        ["point", *point_keys, "n", "n_done", *stats, "wall_seconds_mean"],
+        (
+            [g.point, *(g.params.get(k) for k in point_keys), g.n, g.n_done]
+            + [*(v for c in columns for v in (g.mean[c], g.std[c])), g.wall_mean]
+            for g in groups
+        ),
     )
-    for g in groups:
-        writer.writerow(
-            [
-                g.point,
-                *(_csv_value(g.params.get(k)) for k in point_keys),
-                g.n,
-                g.n_done,
-                *(_csv_value(v) for c in columns for v in (g.mean[c], g.std[c])),
-                _csv_value(g.wall_mean),
-            ]
-        )
-    return buf.getvalue()

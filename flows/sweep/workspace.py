@@ -1,7 +1,6 @@
 """Per-experiment workspaces for sweeps, and the DVC plumbing around them. No Prefect here.
-The DVC plumbing the flows share (stage names and graph, pushing ``cache: false`` outputs) is
-:mod:`flows.stages`, the git and DVC-config helpers every workspace clone needs are
-:mod:`flows.workspace`; this module adds what only sweeps need.
+The git and DVC-config helpers every workspace clone needs are :mod:`flows.workspace`; this
+module adds what only sweeps need.
 
 Each experiment of a sweep runs in a git clone of its own (``<root>/<sweep>/<experiment>``) at the
 sweep's baseline commit, so concurrent ``dvc exp run``s never contend for one repository's lock.
@@ -15,9 +14,10 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterable, Sequence
+from typing import Any
 from pathlib import Path
 
-from flows.stages import plan, stage_graph, stage_name
+from flows.stages import dag, stage_order
 from flows.workspace import WorkspaceError, git, write_local_config
 
 
@@ -77,31 +77,29 @@ def remove(ws: Path) -> None:
 # -- DVC -----------------------------------------------------------------------------------------------
 
 
-def _touches(key: str, stage_keys: Iterable[str]) -> bool:
-    return any(key == k or key.startswith(f"{k}.") or k.startswith(f"{key}.") for k in stage_keys)
+def _keys(params: Any, prefix: str = "") -> list[str]:
+    if not isinstance(params, dict) or not params:
+        return [prefix]
+    return [k for key, value in params.items() for k in _keys(value, f"{prefix}{key}.")]
 
 
 def shared_stages(repo: Path, varied: Iterable[str], targets: Sequence[str] | None = None) -> list[str]:
-    """The stages no experiment of the sweep changes -- none of their params (nor those of any
-    stage upstream) is among ``varied`` -- in dependency order, limited to what ``targets`` needs.
-    A sweep runs them once before the experiments, so the experiments all restore them instead of
-    computing them side by side."""
-    from dvc.dependency.param import ParamsDependency
-    from dvc.repo import Repo
+    """The stages no experiment of the sweep changes -- none of their params (``dvc.api.params_show``)
+    nor those of any stage upstream is among ``varied`` -- in ``dvc repro`` order, limited to what
+    ``targets`` needs. A sweep runs them once before the experiments, so the experiments all restore
+    them instead of computing them side by side."""
+    import contextlib
+
+    import dvc.api
 
     varied = [k.split(":", 1)[1] if ":" in k else k for k in varied]
-    graph = stage_graph(repo)
-    with Repo(str(repo)) as dvc_repo:
-        touched = set()
-        for stage in dvc_repo.index.stages:
-            if not stage.cmd:
-                continue
-            keys = [p for dep in stage.deps if isinstance(dep, ParamsDependency) for p in (dep.params or [""])]
-            if any(k == "" or _touches(v, [k]) for k in keys for v in varied):
-                touched.add(stage_name(stage, dvc_repo.root_dir))
-    order = plan(graph, list(targets) if targets else None)
+    order = stage_order(repo, list(targets) if targets else None)
+    edges = dag(repo)[1]
     changed: set[str] = set()
     for stage in order:  # upstream first: a stage downstream of a changed one changes too
-        if stage in touched or any(dep in changed for dep in graph[stage]):
+        with contextlib.chdir(repo):  # dvc.api reads params files relative to the working directory
+            keys = [k.rstrip(".") for k in _keys(dvc.api.params_show(stages=stage))]
+        touched = any(v == k or v.startswith(f"{k}.") or k.startswith(f"{v}.") for k in keys for v in varied)
+        if touched or any(a in changed for a, b in edges if b == stage):
             changed.add(stage)
     return [s for s in order if s not in changed]

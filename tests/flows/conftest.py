@@ -206,7 +206,7 @@ class PrefectServer:
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
     """``prefect server start`` on 127.0.0.1 (SQLite in a temp PREFECT_HOME), stopped by PID afterwards;
-    one for the session (a start costs ~14 s), so each module deploys what it needs itself."""
+    one for the session (a start is slow), so each module deploys what it needs itself."""
     server = PrefectServer(tmp_path_factory.mktemp("prefect-home"), free_port())
     with open(server.log, "w") as log:
         server.proc = subprocess.Popen(

@@ -1,5 +1,5 @@
-"""The flow's DVC plumbing without Prefect: stage graph and order, failure classification, outcomes,
-retry condition, ``-S`` overrides, the artifact markdown, the host report (and its agreement with
+"""The flow's DVC plumbing without Prefect: stage order, failure classification, outcomes,
+retry condition, ``-S`` override checks, the artifact markdown, the host report (and its agreement with
 the training stages' device check)."""
 
 from __future__ import annotations
@@ -16,73 +16,49 @@ import pytest
 import yaml
 
 from flows import host, summary
+from flows.pipeline import retry_options
 from flows.stages import (
     DeterministicFailure,
-    OverrideError,
     PlanError,
     TransientFailure,
-    apply_overrides,
     classify,
     log_lines,
-    outcome,
+    outcomes,
     override_files,
-    plan,
-    restore_files,
-    retry_options,
+    override_problem,
     retry_unless_deterministic,
     run_dvc,
-    stage_graph,
-    stage_outcomes,
+    stage_order,
+    uncached_outputs,
 )
 from tasks.core import devices
 from tasks.core.errors import DeviceError
 from tests.conftest import dvc, run
 
-#: A pipeline shaped like the project's once training lands: a diamond after validate.
-GRAPH = {
-    "download": [],
-    "preprocess": ["download"],
-    "validate": ["preprocess"],
-    "train_alexnet": ["preprocess", "validate"],
-    "train_vgg16": ["preprocess", "validate"],
-    "evaluate": ["train_alexnet", "train_vgg16"],
-}
 
-
-def test_plan_runs_everything_upstream_first_in_dvc_yaml_order() -> None:
-    assert plan(GRAPH) == list(GRAPH)
-    assert plan(GRAPH, ["validate"]) == ["download", "preprocess", "validate"]
-    assert plan(GRAPH, ["train_vgg16"]) == ["download", "preprocess", "validate", "train_vgg16"]
-    assert plan(GRAPH, ["evaluate", "download"]) == list(GRAPH)
-
-
-def test_plan_names_unknown_stages_and_the_known_ones() -> None:
-    with pytest.raises(PlanError, match="unknown stage.*'trian'.*the pipeline has: download, preprocess"):
-        plan(GRAPH, ["trian"])
-
-
-def test_stage_graph_is_read_through_dvc(tmp_path: Path) -> None:
-    """A stage added to dvc.yaml joins the graph, foreach stages included; nothing is hard-coded."""
+def test_stage_order_and_upstream_come_from_dvc(tmp_path: Path) -> None:
+    """A stage added to dvc.yaml joins the order, foreach stages included; nothing is hard-coded."""
     run(["git", "init", "-q"], cwd=tmp_path)
     dvc("init", "-q", cwd=tmp_path)
     stages = {
+        "join": {"cmd": "cat x.txt y.txt > j.txt", "deps": ["x.txt", "y.txt"], "outs": ["j.txt"]},
         "make": {"cmd": "echo a > a.txt", "outs": ["a.txt"]},
         "fan": {
             "foreach": ["x", "y"],
             "do": {"cmd": "cp a.txt ${item}.txt", "deps": ["a.txt"], "outs": ["${item}.txt"]},
         },
-        "join": {"cmd": "cat x.txt y.txt > j.txt", "deps": ["x.txt", "y.txt"], "outs": ["j.txt"]},
         "alone": {"cmd": "echo b > b.txt", "outs": ["b.txt"]},
     }
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
-    graph = stage_graph(tmp_path)
-    assert graph == {"make": [], "fan@x": ["make"], "fan@y": ["make"], "join": ["fan@x", "fan@y"], "alone": []}
-    assert plan(graph, ["join"]) == ["make", "fan@x", "fan@y", "join"]
+    assert stage_order(tmp_path, ["join"]) == ["make", "fan@x", "fan@y", "join"]  # upstream first
+    assert stage_order(tmp_path, ["fan@y", "alone"]) == ["make", "fan@y", "alone"]
+    assert set(stage_order(tmp_path)) == {"make", "fan@x", "fan@y", "join", "alone"}
+    with pytest.raises(PlanError, match="unknown stage.*'jion'.*the pipeline has: .*make"):
+        stage_order(tmp_path, ["jion"])
 
 
-def test_project_pipeline_graph_starts_with_the_data_stages() -> None:
-    graph = stage_graph(Path(__file__).resolve().parents[2])
-    assert plan(graph, ["validate"]) == ["download", "preprocess", "validate"]
+def test_project_pipeline_starts_with_the_data_stages() -> None:
+    assert stage_order(Path(__file__).resolve().parents[2], ["validate"]) == ["download", "preprocess", "validate"]
 
 
 DVC_FAILED = "ERROR: failed to reproduce 'validate': failed to run: python -m tasks.validate, exited with {code}"
@@ -135,7 +111,7 @@ DVC_FAILED = "ERROR: failed to reproduce 'validate': failed to run: python -m ta
     ],
 )
 def test_classify(lines: list[str], kind: type) -> None:
-    failure = classify("stage 'validate'", 255, lines)
+    failure = classify("stage 'validate'", lines)
     assert type(failure) is kind
     assert failure.retryable is (kind is TransientFailure)
     if failure.errors:
@@ -143,31 +119,29 @@ def test_classify(lines: list[str], kind: type) -> None:
 
 
 def test_deterministic_message_says_why_and_that_it_is_final() -> None:
-    failure = classify(
-        "stage 'validate'", 255, ["error: validation failed: constant_images", DVC_FAILED.format(code=2)]
-    )
+    failure = classify("stage 'validate'", ["error: validation failed: constant_images", DVC_FAILED.format(code=2)])
     assert str(failure) == (
         "stage 'validate' failed (the stage exited with 2; not retried): error: validation failed: constant_images"
     )
 
 
-def test_outcome() -> None:
-    assert outcome("a", ["Running stage 'a':", "> echo"]) == "ran"
-    assert outcome("a", ["Stage 'a' is cached - skipping run, checking out outputs"]) == "restored"
-    assert outcome("a", ["Stage 'a' didn't change, skipping", "Data and pipelines are up to date."]) == "skipped"
+def test_outcomes_read_dvc_lock_and_the_run_cache_line() -> None:
+    before = {"download": {"outs": [{"md5": "a"}]}, "preprocess": {"outs": [{"md5": "b"}]}}
+    after = {**before, "preprocess": {"outs": [{"md5": "c"}]}, "validate": {"outs": [{"md5": "d"}]}}
+    lines = ["Stage 'preprocess' is cached - skipping run, checking out outputs", "Running stage 'validate':"]
+    found = outcomes(before, after, ["download", "preprocess", "validate"], lines)
+    assert found == {"download": "skipped", "preprocess": "restored", "validate": "ran"}
 
 
-def test_stage_outcomes_read_every_stage_with_the_same_patterns_as_outcome() -> None:
-    lines = [
-        "Stage 'download' didn't change, skipping",
-        "Stage 'preprocess' is cached - skipping run, checking out outputs",
-        "Running stage 'train_alexnet':",
-        "> python -m tasks.train_alexnet",
-    ]
-    found = stage_outcomes(lines)
-    assert found == {"download": "skipped", "preprocess": "restored", "train_alexnet": "ran"}
-    assert all(outcome(stage, lines) == what for stage, what in found.items())
-    assert outcome("evaluate", lines) == "skipped"  # not named: DVC had nothing to do
+def test_uncached_outputs_are_the_lock_outs_git_does_not_ignore(tmp_path: Path) -> None:
+    run(["git", "init", "-q"], cwd=tmp_path)
+    (tmp_path / ".gitignore").write_text("/model.bin\n")
+    for name in ("model.bin", "metrics.json"):
+        (tmp_path / name).write_text("{}")
+    lock = {"stages": {"train": {"outs": [{"path": "model.bin"}, {"path": "metrics.json"}, {"path": "gone.json"}]}}}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    assert uncached_outputs(tmp_path) == ["metrics.json"]
+    assert uncached_outputs(tmp_path, ["other"]) == []
 
 
 class _State:
@@ -183,8 +157,9 @@ def test_only_a_deterministic_failure_is_not_retried() -> None:
     assert not retry_unless_deterministic(None, None, _State(final))
     assert retry_unless_deterministic(None, None, _State(TransientFailure("stage 'download'", [])))
     assert retry_unless_deterministic(None, None, None)
-    assert retry_options(2, 30.0) == {"retries": 2, "retry_delay_seconds": [30.0, 60.0]}
-    assert retry_options(-1, 30.0) == {"retries": 0, "retry_delay_seconds": 0}
+    options = retry_options(2, 30.0)
+    assert options["retries"] == 2 and options["retry_delay_seconds"](2) == [30.0, 60.0]  # Prefect's backoff
+    assert retry_options(-1, 30.0)["retries"] == 0
 
 
 def test_log_lines_sends_errors_to_error_level() -> None:
@@ -203,24 +178,26 @@ def test_log_lines_sends_errors_to_error_level() -> None:
     assert [level for level, _ in heard] == ["info", "error", "error"]
 
 
-def test_apply_overrides_returns_the_originals_and_puts_them_back_on_a_bad_key(tmp_path: Path) -> None:
-    params = tmp_path / "params.yaml"
-    params.write_text("data:\n  limit_train: 0\n  seed: 1\n")
-    before = params.read_text()
-    heard: list[str] = []
-    originals = apply_overrides(tmp_path, ["data.limit_train=5000", "extra.yaml:+a.b=2"], heard.append)
-    assert originals == {"params.yaml": before, "extra.yaml": None}
-    assert yaml.safe_load(params.read_text())["data"]["limit_train"] == 5000
-    assert yaml.safe_load((tmp_path / "extra.yaml").read_text()) == {"a": {"b": 2}}
-    assert heard == ["params.yaml: data.limit_train=5000", "extra.yaml: +a.b=2"]
-    restore_files(tmp_path, originals)
-    assert params.read_text() == before and not (tmp_path / "extra.yaml").exists()
+@pytest.mark.parametrize(
+    ("item", "problem"),
+    [
+        ("data.limit_train=5000", None),
+        ("data.nokey=3", "could not override 'data.nokey' in params.yaml: no such key (add it with +data.nokey=3)"),
+        ("+data.nokey=3", None),
+        ("+data.seed=2", "could not add 'data.seed' to params.yaml: it is already there"),
+        ("++data.seed=2", None),
+        ("~data.seed", None),
+        ("nokey.deeper=1", "could not override 'nokey.deeper'"),
+        ("data.seed", "is not KEY=VALUE"),
+    ],
+)
+def test_overrides_are_checked_by_hydras_rule(item: str, problem: str | None) -> None:
+    found = override_problem("data:\n  limit_train: 0\n  seed: 1\n", item)
+    assert found == problem if problem is None else problem in (found or "")
 
-    with pytest.raises(OverrideError, match="Could not override 'data.nokey'") as caught:
-        apply_overrides(tmp_path, ["data.seed=7", "data.nokey=3"])
-    assert caught.value.path == "params.yaml" and caught.value.items == ["data.seed=7", "data.nokey=3"]
-    assert params.read_text() == before  # nothing half-applied
-    assert override_files(["a=1", "sub/params.yaml:b=2"]) == ["params.yaml", "sub/params.yaml"]
+
+def test_override_files() -> None:
+    assert override_files(["a=1", "sub/params.yaml:b=2", "c=3"]) == ["params.yaml", "sub/params.yaml"]
 
 
 def test_run_dvc_streams_lines_as_they_come(tmp_path: Path) -> None:
@@ -341,7 +318,7 @@ def test_error_messages_keep_their_indented_details() -> None:
         DVC_FAILED.format(code=2),
         "  an indented line that belongs to no error",
     ]
-    failure = classify("stage 'validate'", 255, lines)
+    failure = classify("stage 'validate'", lines)
     assert failure.errors == [
         "error: data validation failed (2 expectation(s)); see reports/validation.html: "
         "- constant_images: expected at most 5 - class_balance: off by 7 %"
@@ -384,7 +361,7 @@ def test_interrupting_run_dvc_stops_the_stage_too(tmp_path: Path, monkeypatch: p
 
 
 def test_workspace_file_lock_waits_for_a_live_holder_and_not_for_a_dead_one(tmp_path: Path) -> None:
-    from flows.pipeline import file_lock
+    from flows.pipeline import workspace_lock
 
     (tmp_path / ".dvc/tmp").mkdir(parents=True)
     holder = subprocess.Popen(
@@ -402,7 +379,7 @@ def test_workspace_file_lock_waits_for_a_live_holder_and_not_for_a_dead_one(tmp_
     entered = threading.Event()
 
     def take() -> None:
-        with file_lock(tmp_path):
+        with workspace_lock(tmp_path):
             entered.set()
 
     waiter = threading.Thread(target=take)
