@@ -10,7 +10,7 @@ time and the final test accuracy of each.
 A recipe is a file in configs/ (an overlay on params.yaml's ``alexnet`` section), optionally with
 changes: ``quick-cpu:crop_padding=4,epochs=12``. The student's
 recipe always runs, for one epoch, so every accuracy-in-time figure is stated against the
-wall time of one of its epochs on this machine, in this run (the yardstick of issue 12: the quick
+wall time of one of its epochs on this machine, in this run (the yardstick: the quick
 setting should pass 85 % within one student epoch and 80 % within half of one). The output starts
 with the processor and its matmul rates.
 Writes bench/results/time_to_accuracy_<budget>s.json.

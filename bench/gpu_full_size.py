@@ -1,6 +1,6 @@
-"""The full-size experiment on a host without DVC (a lent GPU machine): the stages' own code, one folder a run.
+"""The full-size experiment on a host without DVC (a GPU machine with only a bare Python stack): the stages' own code, one folder a run.
 
-The lent GPU machines have JAX and PyTorch but no TensorFlow, DVC, Prefect or Great Expectations,
+Such GPU machines may have JAX and PyTorch but no TensorFlow, DVC, Prefect or Great Expectations,
 so this script plays DVC's part by hand: it runs ``python -m tasks.download`` and
 ``tasks.preprocess`` once, then each run's training stage (``python -m tasks.train_<model>``) in
 a folder of its own whose ``params.yaml`` is params.yaml + the run's overlays from configs/, and
