@@ -26,8 +26,10 @@ export GX_ANALYTICS_ENABLED := false
 CIFAR_ARCHIVE ?=
 CIFAR_SHA256 ?=
 PYTEST_ARGS ?=
+# A folder of wheels (make wheelhouse) to install from instead of the package index.
+WHEELHOUSE ?=
 
-.PHONY: setup lock pipeline quick plots-diff exp-show bench lint test clean
+.PHONY: setup lock wheelhouse pipeline quick plots-diff exp-show bench lint test clean
 
 setup: $(VENV)/.setup-stamp
 
@@ -38,9 +40,31 @@ $(UV):
 
 # Exactly the versions in uv.lock for EXTRAS (packages outside it are removed); --locked refuses a lock that
 # no longer matches pyproject.toml (run `make lock` after editing its dependencies).
+ifeq ($(WHEELHOUSE),)
 $(VENV)/.setup-stamp: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --locked --quiet $(UV_EXTRAS)
 	touch $@
+else
+# Offline, from a folder `make wheelhouse` filled: no index at all. Where the wheelhouse left packages to the
+# target (system-packages.txt), the venv sees the system's site-packages.
+$(VENV)/.setup-stamp: pyproject.toml uv.lock $(WHEELHOUSE)/requirements.txt
+	$(PYTHON) -m venv $(if $(wildcard $(WHEELHOUSE)/system-packages.txt),--system-site-packages) $(VENV)
+	$(BIN)/python -m pip install --quiet --no-index --find-links $(WHEELHOUSE) \
+		-r $(WHEELHOUSE)/requirements.txt setuptools
+	$(BIN)/python -m pip install --quiet --no-index --no-deps --no-build-isolation -e .
+	touch $@
+endif
+
+# Every wheel of uv.lock for EXTRAS into WHEELHOUSE (default wheelhouse/), for another host:
+#   make wheelhouse WHEELHOUSE=/tmp/wh EXTRAS=jax-gpu TARGET_PYTHON=3.12 TARGET_PLATFORM=manylinux_2_28_x86_64 \
+#                   TARGET_FREEZE=gpu-host-freeze.txt     # packages the target already has are left out
+TARGET_PYTHON ?=
+TARGET_PLATFORM ?=
+TARGET_FREEZE ?=
+wheelhouse: | $(UV)
+	$(BIN)/python -m tools.wheelhouse $(or $(WHEELHOUSE),wheelhouse) --uv $(UV) --extras $(EXTRAS) \
+		$(if $(TARGET_PYTHON),--python-version $(TARGET_PYTHON)) $(if $(TARGET_PLATFORM),--platform $(TARGET_PLATFORM)) \
+		$(if $(TARGET_FREEZE),--have $(TARGET_FREEZE))
 
 # Re-resolve every dependency to its newest release within pyproject.toml's ranges and rewrite uv.lock.
 lock: | $(UV)

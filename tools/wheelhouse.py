@@ -1,0 +1,153 @@
+"""Every wheel the project needs, from ``uv.lock``, in one folder that installs with no index.
+
+For hosts without internet (common on GPU clusters): ``make wheelhouse`` runs this where PyPI is
+reachable, the folder travels, and ``make setup WHEELHOUSE=DIR`` installs from it there. The wheels are
+the locked versions for the chosen extras, for a target Python and platform (default: this machine's).
+Given the target's ``pip freeze`` (``--have``), packages it already has are left out and the target's
+venv sees them (``--system-site-packages``): a GPU host's own CUDA build of JAX stays in charge. A
+locked package that publishes no wheel for the target is downloaded as source and built here, which
+works for pure-Python packages only (a compiled one fails, naming it).
+
+The folder holds ``requirements.txt`` (the locked pins it serves, with their environment markers) and,
+when ``--have`` was given, ``system-packages.txt`` (what was left out, at the target's versions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+from tasks.core.errors import StageError
+
+#: What ``make setup WHEELHOUSE=DIR`` needs beside the locked packages: the build backend of the
+#: project's own editable install (pyproject.toml's build-system).
+BUILD_REQUIREMENTS = ("setuptools>=68",)
+REQUIREMENTS = "requirements.txt"
+SYSTEM_PACKAGES = "system-packages.txt"
+_PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^ ;]+)")
+
+
+def canonical(name: str) -> str:
+    """A distribution name as pip and PyPI compare them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def locked_requirements(uv: str, extras: list[str]) -> list[str]:
+    """The lock's pins for ``extras`` as requirement lines (``name==version ; markers``), without the project."""
+    command = [uv, "export", "--frozen", "--no-hashes", "--no-emit-project", "--no-header"]
+    for extra in extras:
+        command += ["--extra", extra]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise StageError(f"uv export failed: {done.stderr.strip()}")
+    return [line for line in done.stdout.splitlines() if _PIN.match(line)]
+
+
+def frozen_names(freeze: str) -> dict[str, str]:
+    """``pip freeze`` output as {canonical name: version}; lines that pin nothing (``-e``, URLs) are skipped."""
+    found = {}
+    for line in freeze.splitlines():
+        if m := _PIN.match(line.strip()):
+            found[canonical(m["name"])] = m["version"]
+    return found
+
+
+def split_by_target(requirements: list[str], have: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(the lines to download, the target's own pins of the packages it already has)."""
+    wanted, kept = [], []
+    for line in requirements:
+        name = canonical(_PIN.match(line)["name"])
+        if name in have:
+            kept.append(f"{name}=={have[name]}")
+        else:
+            wanted.append(line)
+    return wanted, kept
+
+
+def target_options(python_version: str | None, platform: str | None) -> list[str]:
+    """pip's options for downloading another interpreter's wheels (none: this interpreter's)."""
+    if not python_version and not platform:
+        return []
+    version = python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
+    options = ["--python-version", version, "--implementation", "cp", "--abi", f"cp{version.replace('.', '')}"]
+    options += ["--platform", platform or sysconfig.get_platform().replace("-", "_").replace(".", "_")]
+    return options
+
+
+def pip(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
+
+
+def download(lines: list[str], out: Path, target: list[str]) -> None:
+    """Each line's wheel for the target into ``out``; a package with no such wheel is built here from source."""
+    with tempfile.NamedTemporaryFile("w", suffix=".txt") as listed:
+        listed.write("\n".join(lines) + "\n")
+        listed.flush()
+        if (
+            pip(
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--dest",
+                str(out),
+                *target,
+                "-r",
+                listed.name,
+            ).returncode
+            == 0
+        ):
+            return
+    # One of them has no wheel for the target: find which, one at a time (those already fetched are skipped).
+    for line in lines:
+        done = pip("download", "--quiet", "--no-deps", "--only-binary=:all:", "--dest", str(out), *target, line)
+        if done.returncode == 0:
+            continue
+        pin = line.split(";")[0].strip()
+        with tempfile.TemporaryDirectory() as src:
+            fetched = pip("download", "--quiet", "--no-deps", "--no-binary=:all:", "--dest", src, pin)
+            built = (
+                fetched.returncode == 0
+                and pip(
+                    "wheel", "--quiet", "--no-deps", "--no-index", "--find-links", src, "--wheel-dir", str(out), pin
+                ).returncode
+                == 0
+            )
+        if not built:
+            raise StageError(
+                f"no wheel of {pin} for the target, and building one here failed: {done.stderr.strip()[-500:]}"
+            )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tools.wheelhouse", description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="the folder to fill (created)")
+    parser.add_argument("--uv", default="uv", help="the uv executable that reads uv.lock")
+    parser.add_argument("--extras", default="cpu,dev", help="pyproject.toml extras, comma-separated")
+    parser.add_argument("--python-version", help="the target's Python, e.g. 3.12 (default: this one)")
+    parser.add_argument("--platform", help="the target's platform tag, e.g. manylinux_2_28_x86_64 (default: this one)")
+    parser.add_argument("--have", type=Path, help="the target's `pip freeze`: packages it has are left out")
+    args = parser.parse_args(argv)
+
+    requirements = locked_requirements(args.uv, [e for e in args.extras.split(",") if e])
+    have = frozen_names(args.have.read_text()) if args.have else {}
+    wanted, kept = split_by_target(requirements, have)
+    args.out.mkdir(parents=True, exist_ok=True)
+    download([*wanted, *BUILD_REQUIREMENTS], args.out, target_options(args.python_version, args.platform))
+    (args.out / REQUIREMENTS).write_text("\n".join(wanted) + "\n")
+    if args.have:
+        (args.out / SYSTEM_PACKAGES).write_text("\n".join(kept) + "\n")
+    wheels = sorted(args.out.glob("*.whl"))
+    size = sum(w.stat().st_size for w in wheels) / 2**20
+    print(f"{args.out}: {len(wheels)} wheels, {size:.0f} MiB; {len(kept)} locked packages left to the target")
+
+
+if __name__ == "__main__":
+    from tasks.core.cli import run_stage
+
+    run_stage(main)
