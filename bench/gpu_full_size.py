@@ -1,4 +1,4 @@
-"""The full-size experiment on a host without DVC (a GPU machine with only a bare Python stack): the stages' own code, one folder a run.
+"""The full-size experiment on a GPU host without DVC (a bare Python stack): the stages' own code, one folder a run.
 
 Such GPU machines may have JAX and PyTorch but no TensorFlow, DVC, Prefect or Great Expectations,
 so this script plays DVC's part by hand: it runs ``python -m tasks.download`` and

@@ -21,7 +21,7 @@ is configured; ``DVC_STUDIO_OFFLINE`` turns that off. No HTML report is written 
 Vega from a CDN), and DVCLive leaves dvc.yaml (which declares these files) and the experiment
 (which ``dvc exp run`` records) alone.
 
-Hosts that carry Keras but not DVC (GPU machines reached without an install, as ``bench/gpu_full_size.py`` runs on) have no
+Hosts that carry Keras but not DVC (bare GPU machines, as ``bench/gpu_full_size.py`` runs on) have no
 DVCLive either: there :class:`PlainLive` writes the same files itself.
 """
 

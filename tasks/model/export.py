@@ -82,7 +82,8 @@ def write_onnx(model: keras.Model, path: Path, class_names: Sequence[str] | None
         warnings.simplefilter("ignore")
         copy.export(str(tmp), format="onnx", verbose=False, input_signature=[spec], opset_version=OPSET)
         _name_interface(tmp, class_names)
-    log.info("exported %s (%.1f MB, float32, ONNX opset %d)", path, os.path.getsize(path) / 1e6, OPSET)
+        size = os.path.getsize(tmp)  # inside atomic.together() the file reaches ``path`` only later
+    log.info("exported %s (%.1f MB, float32, ONNX opset %d)", path, size / 1e6, OPSET)
 
 
 def export_saved(keras_path: Path, path: Path, class_names: Sequence[str] | None = None) -> None:
