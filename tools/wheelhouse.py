@@ -22,6 +22,8 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
+from packaging.markers import Marker, default_environment
+
 from tasks.core.errors import StageError
 
 #: What ``make setup WHEELHOUSE=DIR`` needs beside the locked packages: the build backend of the
@@ -57,15 +59,34 @@ def frozen_names(freeze: str) -> dict[str, str]:
     return found
 
 
+def for_target(requirements: list[str], python_version: str | None, platform: str | None) -> list[str]:
+    """The pins whose environment markers hold on the target (the lock has per-Python versions, and pip
+    would judge the markers by the interpreter it runs on), without their markers."""
+    env = default_environment()
+    if python_version:
+        env.update(python_version=python_version, python_full_version=f"{python_version}.0")
+    if platform and (m := re.fullmatch(r"(?:many)?linux\w*?_(x86_64|aarch64|i686|ppc64le|s390x)", platform)):
+        env.update(sys_platform="linux", platform_system="Linux", platform_machine=m[1])
+    pins = []
+    for line in requirements:
+        pin, _, marker = line.partition(";")
+        if not marker.strip() or Marker(marker.strip()).evaluate(env):
+            pins.append(pin.strip())
+    return pins
+
+
 def split_by_target(requirements: list[str], have: dict[str, str]) -> tuple[list[str], list[str]]:
-    """(the lines to download, the target's own pins of the packages it already has)."""
+    """(the pins to download, the target's own pins of the packages it already has, noting where the
+    lock differs)."""
     wanted, kept = [], []
     for line in requirements:
-        name = canonical(_PIN.match(line)["name"])
-        if name in have:
-            kept.append(f"{name}=={have[name]}")
-        else:
+        pin = _PIN.match(line)
+        name = canonical(pin["name"])
+        if name not in have:
             wanted.append(line)
+        else:
+            differs = f"  # uv.lock has {pin['version']}" if have[name] != pin["version"] else ""
+            kept.append(f"{name}=={have[name]}{differs}")
     return wanted, kept
 
 
@@ -74,9 +95,29 @@ def target_options(python_version: str | None, platform: str | None) -> list[str
     if not python_version and not platform:
         return []
     version = python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
-    options = ["--python-version", version, "--implementation", "cp", "--abi", f"cp{version.replace('.', '')}"]
-    options += ["--platform", platform or sysconfig.get_platform().replace("-", "_").replace(".", "_")]
+    options = ["--python-version", version, "--implementation", "cp"]
+    # pip takes only the ABIs it is given: the version's own, the stable one (abi3) and pure Python.
+    for abi in (f"cp{version.replace('.', '')}", "abi3", "none"):
+        options += ["--abi", abi]
+    for tag in compatible_platforms(platform or sysconfig.get_platform().replace("-", "_").replace(".", "_")):
+        options += ["--platform", tag]
     return options
+
+
+def compatible_platforms(platform: str) -> list[str]:
+    """``platform`` and, for a manylinux tag, every older manylinux its glibc also runs (pip takes only
+    the tags it is given, so ``manylinux_2_28`` alone would miss the many ``manylinux2014`` wheels)."""
+    m = re.fullmatch(r"manylinux_2_(\d+)_(\w+)", platform)
+    if not m:
+        return [platform]
+    glibc, arch = int(m[1]), m[2]
+    legacy = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+    tags = []
+    for minor in range(glibc, 4, -1):
+        tags.append(f"manylinux_2_{minor}_{arch}")
+        if minor in legacy:
+            tags.append(f"{legacy[minor]}_{arch}")
+    return tags
 
 
 def pip(*args: str) -> subprocess.CompletedProcess[str]:
@@ -134,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--have", type=Path, help="the target's `pip freeze`: packages it has are left out")
     args = parser.parse_args(argv)
 
-    requirements = locked_requirements(args.uv, [e for e in args.extras.split(",") if e])
+    locked = locked_requirements(args.uv, [e for e in args.extras.split(",") if e])
+    requirements = for_target(locked, args.python_version, args.platform)
     have = frozen_names(args.have.read_text()) if args.have else {}
     wanted, kept = split_by_target(requirements, have)
     args.out.mkdir(parents=True, exist_ok=True)
