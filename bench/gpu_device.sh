@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The device-machine side of the full-size GPU experiment (bench/gpu_full_size.py), one step per call.
 #
-# A call to the lent GPU machine carries at most 64 MiB, so the 163 MiB archive travels as three parts
+# The remote-command channel to the GPU host carries at most 64 MiB a call, so the 163 MiB archive travels as three parts
 # (`split -n 3 -d ARCHIVE .gpu/part-`), one per consecutive call while the machine stays warm; each
 # call stashes its part outside the working tree, where the next call finds it.
 #   bash bench/gpu_device.sh stash .gpu/part-00   # keep one part
