@@ -114,7 +114,14 @@ def dvc_repo(tmp_path: Path, fixture_archive: tuple[Path, str]) -> Path:
 #: Params that make both training stages take seconds on the fixture archive.
 TINY_TRAINING: dict[str, dict] = {
     "alexnet": {"width": 0.0625, "epochs": 2, "batch_size": 32, "warmup_epochs": 1, "jit_compile": False},
-    "vgg16": {"weights": "none", "epochs": 2, "head_epochs": 1, "batch_size": 32, "jit_compile": False},
+    "vgg16": {
+        "weights": "none",
+        "width": 0.0625,
+        "epochs": 2,
+        "head_epochs": 1,
+        "batch_size": 32,
+        "jit_compile": False,
+    },
 }
 
 

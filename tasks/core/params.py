@@ -181,6 +181,7 @@ class VGG16Params(Recipe):
 
     weights: str  # "imagenet", "none" or a path to a weights file
     batch_norm: bool  # batch normalisation after every convolution; from random weights only
+    width: Annotated[float, Field(gt=0.0, le=4.0)]  # filter multiplier; other than 1.0 from random weights only
     input_size: Annotated[int, Field(ge=32, le=1024)]  # VGG16's own is 224
     dropout: Annotated[float, Field(ge=0.0, le=0.9)]
     head_epochs: Annotated[int, Field(ge=0, le=MAX_EPOCHS)]
@@ -195,14 +196,15 @@ class VGG16Params(Recipe):
         return weights
 
     @model_validator(mode="after")
-    def _batch_norm(self) -> VGG16Params:
-        # ImageNet (or file) weights belong to keras.applications.VGG16, which has no batch norm.
-        if self.batch_norm and self.weights != "none":
-            why = (
-                f"true needs vgg16.weights: none (got {self.weights!r}): pretrained VGG16 weights "
-                "have no batch-norm layers to load into"
-            )
-            raise _problem(why, "batch_norm")
+    def _scratch_only(self) -> VGG16Params:
+        # ImageNet (or file) weights belong to keras.applications.VGG16: no batch norm, its own widths.
+        for key, value, what in (
+            ("batch_norm", "true" if self.batch_norm else None, "batch-norm layers"),
+            ("width", f"{self.width:g}" if self.width != 1.0 else None, "other widths"),
+        ):
+            if value and self.weights != "none":
+                why = f"{value} needs vgg16.weights: none (got {self.weights!r}): pretrained weights have no {what}"
+                raise _problem(why, key)
         return self
 
     @model_validator(mode="after")

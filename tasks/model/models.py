@@ -113,29 +113,34 @@ def _to_float(inputs: keras.KerasTensor) -> keras.KerasTensor:
 VGG_CONVS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
 
 
-def vgg16_batch_norm_base(input_size: int) -> keras.Model:
-    """VGG16 without its classifier, batch normalisation between every convolution and its ReLU,
-    random weights. Layer names are keras.applications.VGG16's (``block1_conv1`` ... ``block5_pool``)
-    plus ``<conv>_bn`` and ``<conv>_relu``, so block-wise freezing works the same."""
+def vgg16_scratch_base(input_size: int, batch_norm: bool = False, width: float = 1.0) -> keras.Model:
+    """VGG16 without its classifier, random weights, built layer by layer: ``width`` scales every
+    convolution's filters (1.0 = VGG16's own), ``batch_norm`` puts batch normalisation between every
+    convolution and its ReLU. Layer names are keras.applications.VGG16's (``block1_conv1`` ...
+    ``block5_pool``), plus ``<conv>_bn`` and ``<conv>_relu`` with batch norm, so block-wise freezing
+    works the same."""
     inputs = keras.Input((input_size, input_size, 3), name="input_layer")
     x = inputs
     for b, (convs, filters) in enumerate(VGG_CONVS, start=1):
         for c in range(1, convs + 1):
             name = f"block{b}_conv{c}"
-            x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=name)(x)
-            x = custom_layers.FusedBatchNormalization(name=f"{name}_bn")(x)
-            x = layers.ReLU(name=f"{name}_relu")(x)
+            if batch_norm:
+                x = layers.Conv2D(_scaled(filters, width), 3, padding="same", use_bias=False, name=name)(x)
+                x = custom_layers.FusedBatchNormalization(name=f"{name}_bn")(x)
+                x = layers.ReLU(name=f"{name}_relu")(x)
+            else:
+                x = layers.Conv2D(_scaled(filters, width), 3, padding="same", activation="relu", name=name)(x)
         x = layers.MaxPooling2D(2, 2, name=f"block{b}_pool")(x)
     return keras.Model(inputs, x, name="vgg16")
 
 
-def vgg16_base(weights: str, input_size: int, batch_norm: bool = False) -> keras.Model:
+def vgg16_base(weights: str, input_size: int, batch_norm: bool = False, width: float = 1.0) -> keras.Model:
     """``keras.applications.VGG16(include_top=False)`` with ImageNet, no, or file-loaded weights;
-    with ``batch_norm`` (random weights only) :func:`vgg16_batch_norm_base`."""
-    if batch_norm:
+    with ``batch_norm`` or another ``width`` (random weights only) :func:`vgg16_scratch_base`."""
+    if batch_norm or width != 1.0:
         if weights != "none":
-            raise ValueError(f"VGG16 with batch norm has no pretrained weights to load ({weights!r})")
-        return vgg16_batch_norm_base(input_size)
+            raise ValueError(f"VGG16 with batch norm or width {width} has no pretrained weights to load ({weights!r})")
+        return vgg16_scratch_base(input_size, batch_norm, width)
     resolved = {"imagenet": "imagenet", "none": None}.get(weights, weights)
     if resolved not in ("imagenet", None) and not Path(resolved).is_file():
         raise FileNotFoundError(resolved)
@@ -157,13 +162,13 @@ def vgg16_base(weights: str, input_size: int, batch_norm: bool = False) -> keras
 
 
 def build_vgg16(params: VGG16Params) -> keras.Model:
-    """VGG16 base (batch-normalised with ``vgg16.batch_norm``) + global average pooling + (dropout)
-    + Dense(10); VGG's own preprocessing inside.
+    """VGG16 base (batch-normalised with ``vgg16.batch_norm``, filters scaled by ``vgg16.width``)
+    + global average pooling + (dropout) + Dense(10); VGG's own preprocessing inside.
 
     Inputs larger than 32x32 are reached by resizing inside the model (``vgg16.input_size``),
     so the stored arrays stay 32x32.
     """
-    base = vgg16_base(params.weights, params.input_size, params.batch_norm)
+    base = vgg16_base(params.weights, params.input_size, params.batch_norm, params.width)
     inputs = keras.Input(INPUT_SHAPE, dtype="uint8", name="image")
     x = _to_float(inputs)
     for layer in augmentation(params.recipe.augmentation, params.recipe.seed, params.recipe.crop_padding):

@@ -103,6 +103,11 @@ BAD = {
         {"weights": "imagenet", "batch_norm": True},
         "'vgg16.batch_norm' true needs vgg16.weights: none (got 'imagenet')",
     ),
+    "a narrower VGG16 with ImageNet weights": (
+        "vgg16",
+        {"weights": "imagenet", "width": 0.5},
+        "'vgg16.width' 0.5 needs vgg16.weights: none (got 'imagenet')",
+    ),
     "warmup as long as training": (
         "alexnet",
         {"epochs": 5, "warmup_epochs": 5},

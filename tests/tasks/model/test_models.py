@@ -10,7 +10,15 @@ import pytest
 
 from tasks.core.params import alexnet_params, vgg16_params
 from tasks.model.layers import LocalResponseNormalization, RandomPadCrop, VGGPreprocess
-from tasks.model.models import build_alexnet, build_vgg16, for_inference, load_model, set_vgg_trainable, vgg16_base
+from tasks.model.models import (
+    build_alexnet,
+    build_vgg16,
+    for_inference,
+    load_model,
+    set_vgg_trainable,
+    vgg16_base,
+    vgg16_scratch_base,
+)
 from tests.conftest import params_section
 
 #: Over params.yaml's sections: a one-epoch recipe without augmentation (unless a test says otherwise).
@@ -169,6 +177,22 @@ def test_vgg16_freezing_by_block() -> None:
     set_vgg_trainable(model, "block4")
     trainable = {layer.name for layer in base.layers if layer.trainable and layer.weights}
     assert trainable == {f"block{b}_conv{c}" for b in (4, 5) for c in (1, 2, 3)}
+
+
+def test_vgg16_width_scales_every_convolution_and_keeps_keras_names() -> None:
+    """Built layer by layer at width 1, the base is keras.applications.VGG16 (same layers, same weight
+    shapes); ``width`` scales each convolution's filters, and freezing by block still works."""
+    keras_base, ours = vgg16_base("none", 32), vgg16_scratch_base(32)
+    # The input layer's name is Keras' own counter (input_layer_N) in a process that built other models.
+    assert [layer.name for layer in ours.layers[1:]] == [layer.name for layer in keras_base.layers[1:]]
+    assert [w.shape for w in ours.get_weights()] == [w.shape for w in keras_base.get_weights()]
+    narrow = vgg(width=0.25)
+    filters = [layer.filters for layer in narrow.get_layer("vgg16").layers if isinstance(layer, keras.layers.Conv2D)]
+    assert filters == [16, 16, 32, 32, 64, 64, 64, 128, 128, 128, 128, 128, 128]
+    assert narrow.count_params() < vgg().count_params() / 10
+    set_vgg_trainable(narrow, "block5")
+    trainable = {layer.name for layer in narrow.get_layer("vgg16").layers if layer.trainable and layer.weights}
+    assert trainable == {f"block5_conv{c}" for c in (1, 2, 3)}
 
 
 def test_vgg16_batch_norm_keeps_keras_layer_names_and_trains() -> None:
