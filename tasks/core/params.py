@@ -147,6 +147,7 @@ class Recipe(_Section):
     ema_decay: Annotated[float, Field(ge=0.0, lt=1.0)] | None  # weight averaging; null or 0 = off
     augmentation: Literal["none", "student", "student_keras", "crop_flip"]
     crop_padding: Annotated[int, Field(ge=1, le=16)]  # crop_flip: pixels of zero padding around the image
+    whiten_conv1: bool  # first convolution set from training patches' covariance (tasks.model.whitening)
     # The saved model's inference (tasks.model.models.for_inference).
     test_time_augmentation: Literal["none", "flip", "flip_translate"]
     early_stopping_patience: Epochs | None
@@ -203,6 +204,16 @@ class VGG16Params(Recipe):
                 "have no batch-norm layers to load into"
             )
             raise _problem(why, "batch_norm")
+        return self
+
+    @model_validator(mode="after")
+    def _whiten_conv1(self) -> VGG16Params:
+        if self.whiten_conv1 and self.weights != "none":
+            why = (
+                f"true needs vgg16.weights: none (got {self.weights!r}): the whitening would overwrite "
+                "the pretrained block1_conv1"
+            )
+            raise _problem(why, "whiten_conv1")
         return self
 
     @model_validator(mode="after")
