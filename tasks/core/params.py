@@ -147,6 +147,7 @@ class Recipe(_Section):
     ema_decay: Annotated[float, Field(ge=0.0, lt=1.0)] | None  # weight averaging; null or 0 = off
     augmentation: Literal["none", "student", "student_keras", "crop_flip"]
     crop_padding: Annotated[int, Field(ge=1, le=16)]  # crop_flip: pixels of zero padding around the image
+    whiten_conv1: bool  # first convolution set from training patches' covariance (tasks.model.whitening)
     # The saved model's inference (tasks.model.models.for_inference).
     test_time_augmentation: Literal["none", "flip", "flip_translate"]
     early_stopping_patience: Epochs | None
@@ -197,14 +198,18 @@ class VGG16Params(Recipe):
 
     @model_validator(mode="after")
     def _scratch_only(self) -> VGG16Params:
-        # ImageNet (or file) weights belong to keras.applications.VGG16: no batch norm, its own widths.
-        for key, value, what in (
-            ("batch_norm", "true" if self.batch_norm else None, "batch-norm layers"),
-            ("width", f"{self.width:g}" if self.width != 1.0 else None, "other widths"),
+        # ImageNet (or file) weights belong to keras.applications.VGG16 as it is.
+        for key, value, why in (
+            ("batch_norm", "true" if self.batch_norm else None, "pretrained weights have no batch-norm layers"),
+            ("width", f"{self.width:g}" if self.width != 1.0 else None, "pretrained weights have no other widths"),
+            (
+                "whiten_conv1",
+                "true" if self.whiten_conv1 else None,
+                "the whitening would overwrite the pretrained block1_conv1",
+            ),
         ):
             if value and self.weights != "none":
-                why = f"{value} needs vgg16.weights: none (got {self.weights!r}): pretrained weights have no {what}"
-                raise _problem(why, key)
+                raise _problem(f"{value} needs vgg16.weights: none (got {self.weights!r}): {why}", key)
         return self
 
     @model_validator(mode="after")

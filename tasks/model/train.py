@@ -51,6 +51,7 @@ from tasks.model.feed import feed
 from tasks.model.models import for_inference, load_model
 from tasks.model.progress import EpochProgress, stage_estimate
 from tasks.model.recipe import make_loss
+from tasks.model.whitening import whiten_first_conv
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +249,8 @@ def fit(
 
     ``budget_seconds`` (benchmarks) stops after the first epoch that brings the summed training
     time to the budget or past it. ``epoch_log`` gets every finished epoch, the checkpoint's first.
+    With ``recipe.whiten_conv1`` a freshly built model's first convolution is set from the patches of
+    ``train`` (:mod:`tasks.model.whitening`) before the first epoch.
     """
     total = sum(p.epochs for p in phases)
     model, state = checkpoints.load(fingerprint)
@@ -257,6 +260,8 @@ def fit(
     if model is None:
         keras.utils.set_random_seed(recipe.seed)
         model = build()
+        if recipe.whiten_conv1:  # a fresh model only: a resumed one goes on from its checkpoint's weights
+            whiten_first_conv(model, train.x, seed=recipe.seed)
     y_train, y_val = one_hot(train.y), one_hot(val.y)
     patience = recipe.early_stopping_patience
     first = state.epochs_done

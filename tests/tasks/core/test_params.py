@@ -108,6 +108,11 @@ BAD = {
         {"weights": "imagenet", "width": 0.5},
         "'vgg16.width' 0.5 needs vgg16.weights: none (got 'imagenet')",
     ),
+    "whitening over ImageNet weights": (
+        "vgg16",
+        {"weights": "imagenet", "whiten_conv1": True},
+        "'vgg16.whiten_conv1' true needs vgg16.weights: none (got 'imagenet'): the whitening would overwrite",
+    ),
     "warmup as long as training": (
         "alexnet",
         {"epochs": 5, "warmup_epochs": 5},

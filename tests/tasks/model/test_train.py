@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -21,8 +22,11 @@ from tasks.core.params import alexnet_params
 from tasks.core.precision import cpu_flags, decide
 from tasks.model.epoch_log import read_history
 from tasks.model.models import build_alexnet, load_model
+from tasks.model import train
 from tasks.model.train import one_hot
-from tests.conftest import REPO, copy_of, finish, params_section, stage, subprocess_env
+from tasks.model.whitening import whiten_first_conv
+from tasks.train_alexnet import phases
+from tests.conftest import TINY_TRAINING, REPO, copy_of, finish, params_section, stage, subprocess_env
 
 
 def test_alexnet_overfits_64_images() -> None:
@@ -243,3 +247,42 @@ def test_vgg16_imagenet_weights_unreachable_is_one_retryable_line(workspace: Pat
     assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in errors[0]
     assert "'none'" in errors[0] and "local copy" in errors[0]
     assert not (work / "models").exists()
+
+
+def test_whiten_conv1_starts_training_from_the_whitening_and_a_resumed_run_keeps_its_weights(
+    workspace: Path, tmp_path: Path
+) -> None:
+    """``whiten_conv1``: the first epoch starts from :func:`whiten_first_conv` of the train split, the
+    epoch trains conv1 on from there, and a run resumed from the checkpoint goes on from the trained
+    kernel (whitening it again would put back the start, which here does not depend on the random init)."""
+    train_split, val_split, facts = train.load_data(workspace / "data/prepared")
+    section = params_section("alexnet", **TINY_TRAINING["alexnet"]) | {"batch_norm": False, "whiten_conv1": True}
+    params = alexnet_params(section)
+
+    def build() -> keras.Model:
+        return build_alexnet(params, facts["train_channel_mean"], facts["train_channel_std"])
+
+    kernels: list[np.ndarray] = []
+
+    def prepare(model: keras.Model, steps: int) -> None:
+        kernels.append(keras.ops.convert_to_numpy(model.get_layer("conv1").kernel).copy())
+        phases(params)[0].prepare(model, steps)
+
+    # Two phases, so the resumed run prepares the loaded model too.
+    two = [train.Phase("first", 1, prepare), train.Phase("second", 1, prepare)]
+    checkpoints = train.Checkpoints(tmp_path, "alexnet")
+    args = (params.recipe, train_split, val_split, checkpoints, "fingerprint")
+    model, state = train.fit("alexnet", build, two, *args, budget_seconds=0)
+    assert state.epochs_done == 1 and math.isfinite(state.history[0]["train_loss"])
+    after_first = keras.ops.convert_to_numpy(model.get_layer("conv1").kernel)
+
+    keras.utils.set_random_seed(params.recipe.seed)
+    default, expected = build(), build()
+    whiten_first_conv(expected, train_split.x, seed=params.recipe.seed)
+    np.testing.assert_array_equal(kernels[0], keras.ops.convert_to_numpy(expected.get_layer("conv1").kernel))
+    assert not np.allclose(kernels[0], keras.ops.convert_to_numpy(default.get_layer("conv1").kernel))
+    assert not np.allclose(after_first, kernels[0]), "conv1 trains"
+
+    model, state = train.fit("alexnet", build, two, *args)
+    assert state.epochs_done == 2 and state.resumed_from == [1]
+    np.testing.assert_array_equal(kernels[1], after_first)
