@@ -17,7 +17,7 @@
 # `run` sets params.yaml to the defaults + configs/vgg16-scratch.yaml (ImageNet weights cannot be
 # downloaded there) + the stashed archive as data.url; --tiny adds configs/smoke.yaml, --overlay
 # any other overlay; --cpu drops require_gpu (a rehearsal on a machine without one). Without git it
-# runs DVC with core.no_scm (docs/pipeline.md says what that gives up).
+# runs DVC with core.no_scm (docs/gpu-host.md says what that gives up).
 #
 # Environment: GPU_HOME; HOST_PYTHON (default python3: the host's interpreter, whose packages the
 # venv sees); KERAS_BACKEND (default jax); RUN_TIMEOUT (seconds the flow run may take, default 3000).
@@ -150,19 +150,24 @@ EOF
 
     local logs=$GPU_HOME/logs
     rm -rf "$logs" "$GPU_HOME/prefect-home" && mkdir -p "$logs"
-    export PREFECT_HOME=$GPU_HOME/prefect-home PREFECT_API_URL=http://127.0.0.1:4200/api
+    local port
+    port=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    export PREFECT_HOME=$GPU_HOME/prefect-home PREFECT_API_URL=http://127.0.0.1:$port/api
     # The server on loopback only, with an auth string as a team would run it (docs/security.md).
     PREFECT_API_AUTH_STRING="gpu:$(head -c 18 /dev/urandom | base64 | tr -d '/+=')"
     export PREFECT_API_AUTH_STRING PREFECT_SERVER_API_AUTH_STRING=$PREFECT_API_AUTH_STRING
-    local started=$SECONDS server worker
-    prefect server start --host 127.0.0.1 --port 4200 >"$logs/server.log" 2>&1 &
+    local started=$SECONDS
+    server='' worker=''
+    # Whatever happens, the worker and the server stop when this step does (the worker on SIGINT).
+    trap '[ -z "$worker" ] || kill -INT $worker 2>/dev/null; [ -z "$server" ] || kill $server 2>/dev/null; wait' EXIT
+    prefect server start --host 127.0.0.1 --port "$port" >"$logs/server.log" 2>&1 &
     server=$!
     until python -c 'import base64, os, urllib.request as u
 r = u.Request(os.environ["PREFECT_API_URL"] + "/health")
 r.add_header("Authorization", "Basic " + base64.b64encode(os.environ["PREFECT_API_AUTH_STRING"].encode()).decode())
 u.urlopen(r, timeout=2)' 2>/dev/null; do
         kill -0 $server 2>/dev/null || { cat "$logs/server.log"; echo "error: prefect server exited" >&2; exit 1; }
-        [ $((SECONDS - started)) -lt 120 ] || { echo "error: prefect server not healthy after 120 s" >&2; exit 1; }
+        [ $((SECONDS - started)) -lt 300 ] || { echo "error: prefect server not healthy after 300 s" >&2; exit 1; }
         sleep 1
     done
     say "prefect server healthy after $((SECONDS - started)) s"
@@ -184,12 +189,14 @@ u.urlopen(r, timeout=2)' 2>/dev/null; do
     local wall=$((SECONDS - started)) id
     id=$(grep -oE 'UUID: [0-9a-f-]{36}' "$logs/deployment-run.log" | head -1 | cut -d' ' -f2)
     kill -INT $worker 2>/dev/null; wait $worker 2>/dev/null || true
+    worker=''
     if [ -n "$id" ]; then
         prefect --no-prompt flow-run logs "$id" >"$logs/flow-run.log" 2>&1 || true
         prefect --no-prompt flow-run inspect "$id" >"$logs/flow-run-inspect.txt" 2>&1 || true
         prefect --no-prompt flow-run inspect "$id" -o json >"$logs/flow-run.json" 2>/dev/null || true
     fi
     kill $server 2>/dev/null; wait $server 2>/dev/null || true
+    server=''
     collect "$logs" "$name" "$wall"
 }
 

@@ -7,14 +7,14 @@
 #   bash bench/gpu_pipeline_parts.sh archive [ARCHIVE]    # the archive's parts (default ../shared/data/cifar-10/...)
 #   bash bench/gpu_pipeline_parts.sh wheels FREEZE        # FULL minus the host's `pip freeze` (seconds, no index)
 #
-# Environment: PARTS (default .gpu: git-ignored, in the checkout the remote call sends), PART_SIZE (60M),
+# Environment: PARTS (default .gpu: git-ignored, in the checkout the remote call sends), PART_SIZE (58M),
 # EXTRAS (cpu,jax: TensorFlow for the ONNX export, JAX only where the host lacks its own),
 # TARGET_PYTHON (3.12) and TARGET_PLATFORM (manylinux_2_28_x86_64), both empty for this machine;
 # FULL (the full wheelhouse, default /tmp/gpu-wheelhouse-full); UV and PY (the tools of a `make setup` venv).
 set -euo pipefail
 
 PARTS=${PARTS:-.gpu}
-PART_SIZE=${PART_SIZE:-60M}
+PART_SIZE=${PART_SIZE:-58M}
 EXTRAS=${EXTRAS:-cpu,jax}
 TARGET_PYTHON=${TARGET_PYTHON-3.12}
 TARGET_PLATFORM=${TARGET_PLATFORM-manylinux_2_28_x86_64}
