@@ -49,7 +49,7 @@ facts() {
     {
         echo "python: $(command -v "$HOST_PYTHON") $("$HOST_PYTHON" --version 2>&1)"
         for tool in git make nvidia-smi; do echo "$tool: $(command -v $tool || echo missing)"; done
-        nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 || true
+        ! command -v nvidia-smi >/dev/null || nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1
         "$HOST_PYTHON" -c 'import jax; print("jax", jax.__version__, jax.devices())' 2>&1 | tail -1
         echo "cpus: $(nproc); disk free under $GPU_HOME: $(df -h --output=avail "$GPU_HOME" | tail -1)"
     } | tee "$OUT/host.txt"
@@ -121,8 +121,10 @@ run() {
 
     # The run's params: defaults + overlays, written into params.yaml (so the on-demand deployment
     # runs plain `dvc repro` stage by stage; `set_params` would need git for `dvc exp run`).
-    overlays=(configs/vgg16-scratch.yaml "${overlays[@]}")
-    [ $tiny = 1 ] && overlays+=(configs/smoke.yaml)
+    # Later overlays win: the from-scratch VGG16, then the toy size, then the caller's own.
+    local base=(configs/vgg16-scratch.yaml)
+    [ $tiny = 1 ] && base+=(configs/smoke.yaml)
+    overlays=("${base[@]}" "${overlays[@]}")
     printf 'data:\n  url: %s\n  sha256: %s\n' "$archive" "$sha" >"$GPU_HOME/data-overlay.yaml"
     python - "$GPU_HOME/data-overlay.yaml" "${overlays[@]}" <<'EOF'
 import sys
