@@ -46,14 +46,30 @@ $(VENV)/.setup-stamp: pyproject.toml uv.lock | $(UV)
 	touch $@
 else
 # Offline, from a folder `make wheelhouse` filled: no index at all. Where the wheelhouse left packages to the
-# target (system-packages.txt), the venv sees the system's site-packages.
+# target (system-packages.txt), the venv sees those of PYTHON: its system's site-packages and, when PYTHON is
+# itself a venv (a GPU image's python3 often is), that venv's too, which --system-site-packages alone skips.
+# A Python without ensurepip gets a venv without pip, which then runs the pip PYTHON has.
 $(VENV)/.setup-stamp: pyproject.toml uv.lock $(WHEELHOUSE)/requirements.txt
-	$(PYTHON) -m venv $(if $(wildcard $(WHEELHOUSE)/system-packages.txt),--system-site-packages) $(VENV)
+ifneq ($(wildcard $(WHEELHOUSE)/system-packages.txt),)
+	$(PYTHON) -m venv --system-site-packages $(VENV) || $(PYTHON) -m venv --system-site-packages --without-pip $(VENV)
+	$(PYTHON) -c "$$PARENT_SITE" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/parent.pth"
+else
+	$(PYTHON) -m venv $(VENV)
+endif
 	$(BIN)/python -m pip install --quiet --no-index --find-links $(WHEELHOUSE) \
 		-r $(WHEELHOUSE)/requirements.txt setuptools
 	$(BIN)/python -m pip install --quiet --no-index --no-deps --no-build-isolation -e .
 	touch $@
 endif
+
+# The site-packages folders of a Python that is a venv (none for one that is not), one a line: a .pth file of them
+# puts them on another venv's path after its own.
+define PARENT_SITE
+import sys, sysconfig
+if sys.prefix != sys.base_prefix:
+    print(*dict.fromkeys(sysconfig.get_path(k) for k in ("purelib", "platlib")), sep="\n")
+endef
+export PARENT_SITE
 
 # Every wheel of uv.lock for EXTRAS into WHEELHOUSE (default wheelhouse/), for another host:
 #   make wheelhouse WHEELHOUSE=/tmp/wh EXTRAS=jax-gpu TARGET_PYTHON=3.12 TARGET_PLATFORM=manylinux_2_28_x86_64 \
@@ -61,10 +77,12 @@ endif
 TARGET_PYTHON ?=
 TARGET_PLATFORM ?=
 TARGET_FREEZE ?=
+# A wheelhouse made earlier for the same target and extras: the wheels come from it, with no index (seconds).
+WHEELS_FROM ?=
 wheelhouse: | $(UV)
 	$(BIN)/python -m tools.wheelhouse $(or $(WHEELHOUSE),wheelhouse) --uv $(UV) --extras $(EXTRAS) \
 		$(if $(TARGET_PYTHON),--python-version $(TARGET_PYTHON)) $(if $(TARGET_PLATFORM),--platform $(TARGET_PLATFORM)) \
-		$(if $(TARGET_FREEZE),--have $(TARGET_FREEZE))
+		$(if $(TARGET_FREEZE),--have $(TARGET_FREEZE)) $(if $(WHEELS_FROM),--wheels-from $(WHEELS_FROM))
 
 # Re-resolve every dependency to its newest release within pyproject.toml's ranges and rewrite uv.lock.
 lock: | $(UV)

@@ -39,10 +39,13 @@ def allowed_roots(checkout: Path) -> list[Path]:
 
 def allowed_remotes(checkout: Path) -> list[str]:
     """The checkout's ``origin`` (when it has one), then every URL ``CIFAR10_ALLOWED_REMOTES`` lists."""
-    origin = subprocess.run(
-        ["git", "remote", "get-url", "origin"], cwd=checkout, capture_output=True, text=True, check=False
-    )
-    own = [origin.stdout.strip()] if origin.returncode == 0 and origin.stdout.strip() else []
+    try:
+        origin = subprocess.run(
+            ["git", "remote", "get-url", "origin"], cwd=checkout, capture_output=True, text=True, check=False
+        )
+    except OSError:  # no git on this host: a checkout without git has no origin either
+        origin = None
+    own = [origin.stdout.strip()] if origin and origin.returncode == 0 and origin.stdout.strip() else []
     return [*own, *os.environ.get(REMOTES_VARIABLE, "").split()]
 
 

@@ -60,3 +60,19 @@ def test_git_remotes(checkout: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_flow_run_without_a_deployment_is_not_checked(tmp_path: Path) -> None:
     check({"repo_dir": "/"}, {"git_url": "https://anywhere.example.invalid/x.git"}, deployed=False)
+
+
+def test_a_host_without_git_checks_folders_and_listed_remotes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No git program at all (a GPU host may lack it): the checkout has no origin, and the rules still hold."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "no-programs-here"))
+    monkeypatch.setenv(REMOTES_VARIABLE, "https://mirror.example.invalid/cifar10.git")
+    check(
+        {"repo_dir": checkout},
+        {"git_url": "https://mirror.example.invalid/cifar10.git"},
+        checkout=checkout,
+        deployed=True,
+    )
+    with pytest.raises(AccessDenied, match="not a git remote this deployment allows"):
+        check({}, {"git_url": "https://evil.example.invalid/x.git"}, checkout=checkout, deployed=True)

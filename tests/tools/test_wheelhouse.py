@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 
+from tasks.core.errors import StageError
 from tools import wheelhouse
 
 LOCKED = [
@@ -63,3 +65,24 @@ def test_the_real_lock_pins_other_versions_for_another_python() -> None:
     assert not any(p.startswith("cifar10-pipeline") for p in here)
     assert len({p.split("==")[0] for p in here}) == len(here), "one pin per package"
     assert set(here) != set(there)
+
+
+def _wheel(folder: Path, name: str, version: str) -> None:
+    """A minimal pure-Python wheel, as pip reads one."""
+    dist = f"{name}-{version}.dist-info"
+    with zipfile.ZipFile(folder / f"{name}-{version}-py3-none-any.whl", "w") as whl:
+        whl.writestr(f"{name}/__init__.py", "")
+        whl.writestr(f"{dist}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        whl.writestr(f"{dist}/WHEEL", "Wheel-Version: 1.0\nGenerator: t\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        whl.writestr(f"{dist}/RECORD", "")
+
+
+def test_a_wheelhouse_cut_from_a_full_one_takes_only_its_pins_and_no_index(tmp_path: Path) -> None:
+    full, out = tmp_path / "full", tmp_path / "out"
+    full.mkdir()
+    _wheel(full, "alpha", "1.0")
+    _wheel(full, "beta", "2.0")
+    wheelhouse.download(["alpha==1.0"], out, [], wheels_from=full)
+    assert [p.name for p in out.iterdir()] == ["alpha-1.0-py3-none-any.whl"]
+    with pytest.raises(StageError, match=f"{full} lacks a wheel the lock needs"):
+        wheelhouse.download(["gamma==3.0"], out, [], wheels_from=full)
