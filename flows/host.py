@@ -60,9 +60,8 @@ def backend_devices(timeout: float = 120) -> dict[str, Any]:
         return {"error": f"backend probe timed out after {timeout:.0f} s"}
     last = proc.stdout.strip().splitlines()[-1:]
     if proc.returncode != 0 or not last:
-        return {
-            "error": f"backend probe exited with {proc.returncode}: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}"
-        }
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"backend probe exited with {proc.returncode}: {tail}"}
     return json.loads(last[0])
 
 

@@ -85,7 +85,9 @@ def run_stage(stage: str, repo: str, pull: bool = False) -> dict[str, Any]:
     run-cache; its output goes to the run log line by line."""
     logger = get_run_logger()
     started, before = time.monotonic(), read_lock(Path(repo))
-    result = run_dvc(["repro", "--single-item", stage, *(["--pull"] if pull else [])], Path(repo), logger, what=f"stage '{stage}'")
+    result = run_dvc(
+        ["repro", "--single-item", stage, *(["--pull"] if pull else [])], Path(repo), logger, what=f"stage '{stage}'"
+    )
     outcome = outcomes(before, read_lock(Path(repo)), [stage], result.lines)[stage]
     seconds = time.monotonic() - started
     logger.info("stage '%s' %s in %.1f s", stage, outcome, seconds)
@@ -97,7 +99,15 @@ def exp_run(experiment: str, overrides: list[str], stages: list[str], repo: str,
     """``dvc exp run -n <experiment> -S ... <stages>`` in the workspace; what it did to each stage."""
     logger, root = get_run_logger(), Path(repo)
     before = read_lock(root)
-    args = ["exp", "run", *(["--pull"] if pull else []), "-n", experiment, *(f"--set-param={o}" for o in overrides), *stages]
+    args = [
+        "exp",
+        "run",
+        *(["--pull"] if pull else []),
+        "-n",
+        experiment,
+        *(f"--set-param={o}" for o in overrides),
+        *stages,
+    ]
     result = run_dvc(args, root, logger, what=f"dvc exp run {experiment}")
     done = outcomes(before, read_lock(root), stages, result.lines)
     logger.info("experiment %s: %s", experiment, ", ".join(f"{s} {o}" for s, o in done.items()) or "nothing to do")

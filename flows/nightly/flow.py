@@ -130,7 +130,8 @@ def crash_report(chain: list[Crash], limit: int) -> tuple[bool, str, str]:
     crash, go_on = chain[0], len(chain) <= limit
     where = f"in stage {crash.stage}" if crash.stage else "before its first stage"
     verdict = (
-        f"restarted as {current_flow_run.get_name()}: restart {len(chain)} of at most {limit} in a row; training resumes from its checkpoints"
+        f"restarted as {current_flow_run.get_name()}: restart {len(chain)} of at most {limit} in a row; "
+        "training resumes from its checkpoints"
         if go_on
         else f"not restarted again: {len(chain)} crashes in a row, more than max_crash_restarts={limit}"
     )

@@ -303,11 +303,11 @@ def run_sweep(
             with get_client(sync_client=True) as client:
                 client.read_deployment_by_name(point_deployment)
         except ObjectNotFound:
-            why = f"deployment {point_deployment!r} not found: run `prefect --no-prompt deploy --all`, or executor='local'"
+            why = f"deployment {point_deployment!r} not found: `prefect --no-prompt deploy --all`, or executor='local'"
             raise DeterministicFailure("sweep", [f"error: {why}"]) from None
 
     def launch(points: dict[str, dict[str, Any]]) -> dict[str, Outcome]:
-        """The experiments' outcomes: run here one after another, or as concurrent tasks each waiting on its flow run."""
+        """The experiments' outcomes: run here one after another, or as concurrent tasks each waiting on a flow run."""
         if executor == "local":
             with tags(*tag_list):
                 return {name: _run_here(params) for name, params in points.items()}
