@@ -1,11 +1,7 @@
-"""The Prefect flow that runs the DVC pipeline: one task per dvc.yaml stage, in DVC's order.
-
-DVC owns the graph and decides what reruns; Prefect schedules, retries and records. Each stage task
-runs ``dvc repro --single-item <stage>``, so an unchanged stage costs one DVC start-up and a stage
-whose inputs ran before (here or, with ``share_cache``, on another host) is restored from the
-run-cache. With ``set_params`` the run is one named DVC experiment, ``dvc exp run -n NAME -S ...``.
-Tasks pass stage names and paths, never arrays; Prefect caches and persists nothing
-(docs/orchestration.md). Once, here, with no server::
+"""The Prefect flow that runs the DVC pipeline (docs/orchestration.md): one task per dvc.yaml stage in
+DVC's order, each ``dvc repro --single-item <stage>``, so DVC decides what reruns or is restored from
+the run-cache, and Prefect schedules, retries and records; with ``set_params``, one named experiment
+``dvc exp run -n NAME -S ...``. Tasks pass stage names and paths; Prefect caches and persists nothing::
 
     python -m flows.pipeline --stages validate
     python -m flows.pipeline -S data.limit_train=5000 --experiment-name small
@@ -234,7 +230,8 @@ def pipeline(
                 done = exp_run.with_options(**retry)(experiment, set_params, order, str(repo), share_cache)
                 results = [{"stage": s, "outcome": o, "seconds": None} for s, o in done.items()]
             else:
-                results = [run_stage.with_options(**retry)(stage, str(repo), pull=share_cache) for stage in order]
+                for stage in order:  # appended one by one: what finished is shared even after a failure
+                    results.append(run_stage.with_options(**retry)(stage, str(repo), pull=share_cache))
             publish(str(repo), results, experiment, where)
         finally:
             for path, text in originals.items():  # dvc exp run leaves its params in the workspace

@@ -1,11 +1,8 @@
-"""The git clones the sweep and nightly flows run in: git with its errors as :class:`WorkspaceError`,
-a clone's ``.dvc/config.local`` (shared cache, link type, remote), the nightly clone brought to a
-branch head without losing anything, a sweep experiment's clone at its baseline, and the experiments
-recorded in a clone. No Prefect here.
-
-Hand-written rather than Prefect's ``git_clone`` pull step, which clones shallow (DVC cannot push
-experiments from a shallow clone) and deletes and re-clones a folder whose local changes conflict
-with the new commit -- training checkpoints and an unrecorded run's results with it.
+"""The git clones the sweep and nightly flows run in: git with its errors as :class:`WorkspaceError`, a
+clone's ``.dvc/config.local``, a sweep experiment's clone at its baseline, the nightly clone brought to
+a branch head without losing anything, and the experiments recorded in it. No Prefect here. Not
+Prefect's ``git_clone`` pull step: it clones shallow (DVC cannot push experiments from a shallow
+clone) and re-clones a folder whose local changes conflict, checkpoints and unrecorded results with it.
 """
 
 from __future__ import annotations

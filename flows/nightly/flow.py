@@ -1,13 +1,8 @@
-"""The nightly deployment: the head of a branch in, the pipeline run, the run recorded as a DVC
-experiment and compared with the last one, and someone told when it fails or crashes.
-
-Each run brings the branch into a worker-owned clone (:func:`flows.workspace.sync`; shared DVC cache,
-outputs linked), runs the stages through the pipeline flow's own tasks, saves the result as experiment
-``<deployment>-<UTC time>`` and pushes it to the git remote and, when there is one, the DVC remote. A
-failed run sends the notification block ``notify_block``. A crashed run cannot speak for itself: the
-deployment's trigger (prefect.yaml) starts a new run with ``restart_of`` set, which reports the crash,
-resumes from the training checkpoints, and gives up after ``max_crash_restarts`` crashes in a row
-(docs/orchestration.md). Once, here, against a server::
+"""The nightly deployment (docs/orchestration.md): the head of a branch into a worker-owned clone, the
+pipeline run through the pipeline flow's own tasks, the run recorded as DVC experiment
+``<deployment>-<UTC time>``, pushed and compared with the last one, and someone told when it fails. A
+crashed run cannot speak for itself: the deployment's trigger starts a new run with ``restart_of``
+set, which reports the crash, resumes, and gives up after ``max_crash_restarts`` crashes in a row::
 
     python -m flows.nightly --branch main --notify-block custom-webhook/cifar10-nightly
 """

@@ -1,15 +1,9 @@
-"""Sweeps: many DVC experiments -- a grid or list of params overrides times seeds -- fanned out over
-the ``gpu`` pool's workers, then compared in one table (docs/sweeps.md).
-
-``cifar10-sweep`` (:func:`run_sweep`) reads a sweep file (:mod:`flows.sweep.spec`), settles what
+"""Sweeps (docs/sweeps.md): ``cifar10-sweep`` (:func:`run_sweep`) expands a sweep file, settles what
 already exists or failed for good, runs the stages every experiment shares once, then one task per
-remaining experiment that starts a flow run of ``cifar10-sweep-point/point`` with ``run_deployment``
-(any idle worker of the pool picks it up) and waits for it; a failed one does not stop the others.
-It publishes the comparison (:mod:`flows.sweep.table`) as an artifact and ``reports/sweeps/<name>.*``.
-``cifar10-sweep-point`` (:func:`sweep_point`) runs one experiment in a clone of its own at the
-sweep's baseline: ``dvc exp run -n <experiment> -S ...``, restoring from DVC's run-cache what another
-workspace ran (the host's cache, the DVC remote across hosts), then ``dvc exp push`` back. DVC's own
-queue runs on one machine only; Prefect's workers spread a sweep over several::
+remaining experiment that starts a ``cifar10-sweep-point/point`` flow run with ``run_deployment`` (any
+idle worker of the pool takes it) and waits for it, and publishes the comparison. ``cifar10-sweep-point``
+(:func:`sweep_point`) runs one ``dvc exp run -n <experiment> -S ...`` in a clone of its own at the
+sweep's baseline, restoring from DVC's run-cache what another workspace ran, and pushes it back::
 
     python -m flows.sweep sweeps/learning-rate.yaml --local        # one experiment after another, here
     python -m flows.sweep sweeps/alexnet-variants.yaml             # on the gpu pool's workers
