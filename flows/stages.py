@@ -15,12 +15,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 #: Exit status of a stage that failed for a reason its ``error:`` line explains (tasks/core/cli.py):
@@ -120,11 +122,11 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return {**env, **(extra or {})}
 
 
-def _child_setup() -> None:
+def _default_sigint() -> None:
     # A worker started in the background passes SIGINT on as ignored; DVC and its stage would then
-    # shrug off the SIGINT that stops them cleanly. A process group of their own lets it reach both.
+    # shrug off the SIGINT that stops them cleanly. (No process group of their own: a killed flow
+    # run's group takes dvc and its stage with it, so they cannot block the next run.)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    os.setpgrp()
 
 
 def run_dvc(args: Sequence[str], cwd: Path, logger: Any = None, *, what: str | None = None) -> CommandResult:
@@ -146,7 +148,7 @@ def run_dvc(args: Sequence[str], cwd: Path, logger: Any = None, *, what: str | N
         text=True,
         errors="replace",
         bufsize=1,
-        preexec_fn=_child_setup,  # noqa: PLW1509 -- touches no threads
+        preexec_fn=_default_sigint,  # noqa: PLW1509 -- touches no threads
     )
     try:
         for raw in proc.stdout or ():  # text mode turns tqdm's \r updates into lines of their own
@@ -156,25 +158,37 @@ def run_dvc(args: Sequence[str], cwd: Path, logger: Any = None, *, what: str | N
                     (logger.error if line.startswith(("error: ", "ERROR")) else logger.info)(line)
         proc.wait()
     finally:
-        _stop_group(proc)
+        if proc.poll() is None:
+            _stop_tree(proc)
     result = CommandResult(proc.returncode, list(lines))
     if what and result.returncode != 0:
         raise classify(what, result.lines)
     return result
 
 
-def _stop_group(proc: subprocess.Popen) -> None:
-    """Stop ``dvc`` and its stage (its process group), one signal of :data:`STOP_SIGNALS` after the
-    other; whatever outlived ``dvc`` is killed at the end."""
+def _stop_tree(proc: subprocess.Popen) -> None:
+    """Stop ``dvc`` and its descendants, one signal of :data:`STOP_SIGNALS` after the other, each also
+    to a child spawned meanwhile (DVC ignores SIGINT while its stage runs, the stage does not, and DVC
+    then releases its locks); whatever outlived ``dvc`` is killed at the end."""
+    seen: dict[int, psutil.Process] = {}
     for sig, wait in STOP_SIGNALS:
-        if proc.poll() is not None:
-            break
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(wait)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+        sent: set[int] = set()
+        deadline = time.monotonic() + wait
+        while proc.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                root = psutil.Process(proc.pid)
+                for p in [root, *root.children(recursive=True)]:
+                    seen.setdefault(p.pid, p)
+                    if p.pid not in sent:
+                        sent.add(p.pid)
+                        with contextlib.suppress(psutil.NoSuchProcess):
+                            p.send_signal(sig)
+            time.sleep(0.05)
+    proc.wait()
+    for p in seen.values():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if p.is_running():
+                p.kill()
 
 
 def dvc_out(args: Sequence[str], cwd: Path) -> str:
