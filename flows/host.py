@@ -48,13 +48,7 @@ def backend_devices(timeout: float = 120) -> dict[str, Any]:
     env = {"TF_CPP_MIN_LOG_LEVEL": "2", **os.environ}
     try:
         proc = subprocess.run(
-            [sys.executable, *_PROBE],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
+            [sys.executable, *_PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
         )
     except subprocess.TimeoutExpired:
         return {"error": f"backend probe timed out after {timeout:.0f} s"}

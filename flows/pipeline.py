@@ -1,7 +1,6 @@
-"""The Prefect flow that runs the DVC pipeline (docs/orchestration.md): one task per dvc.yaml stage in
-DVC's order, each ``dvc repro --single-item <stage>``, so DVC decides what reruns or is restored from
-the run-cache, and Prefect schedules, retries and records; with ``set_params``, one named experiment
-``dvc exp run -n NAME -S ...``. Tasks pass stage names and paths; Prefect caches and persists nothing::
+"""The Prefect flow that runs the DVC pipeline (docs/orchestration.md): one task per stage in DVC's
+order, each ``dvc repro --single-item <stage>`` (DVC decides what reruns or comes from the run-cache;
+Prefect schedules, retries and records, caching nothing), or with ``set_params`` one ``dvc exp run``::
 
     python -m flows.pipeline --stages validate
     python -m flows.pipeline -S data.limit_train=5000 --experiment-name small
@@ -29,35 +28,28 @@ from prefect.tasks import exponential_backoff
 
 from flows import access, host
 from flows.stages import DeterministicFailure, check_overrides, outcomes, override_files, push_uncached_outputs
-from flows.stages import read_lock, retry_unless_deterministic, run_dvc, stage_order
+from flows.stages import markdown_diff, read_lock, retry_unless_deterministic, run_dvc, stage_order
 from flows.summary import REPORT, pipeline_summary
 
 ARTIFACT_SUMMARY = "cifar10-pipeline-summary"
 ARTIFACT_REPORT = "cifar10-report"
-#: Every task that runs ``dvc`` retries only what may pass (:func:`flows.stages.classify`).
-DVC_TASK = {"cache_policy": NO_CACHE, "persist_result": False, "retry_condition_fn": retry_unless_deterministic}
 QUIET = {"cache_policy": NO_CACHE, "persist_result": False}
+#: Every task that runs ``dvc`` retries only what may pass (:func:`flows.stages.classify`).
+DVC_TASK = {**QUIET, "retry_condition_fn": retry_unless_deterministic}
 
 
 def retry_options(retries: int, first_delay: float) -> dict[str, Any]:
-    """``Task.with_options`` arguments: ``retries`` after the first attempt, Prefect's exponential
-    backoff from ``first_delay`` seconds, with jitter so retries of many runs do not align."""
-    return {
-        "retries": max(retries, 0),
-        "retry_delay_seconds": exponential_backoff(first_delay),
-        "retry_jitter_factor": 0.2,
-    }
+    """``Task.with_options`` arguments: exponential backoff from ``first_delay``, jittered so that the
+    retries of many runs do not align."""
+    delays = exponential_backoff(first_delay)
+    return {"retries": max(retries, 0), "retry_delay_seconds": delays, "retry_jitter_factor": 0.2}
 
 
 @task(name="host", **QUIET)
 def report_host(require_gpu: bool) -> dict[str, Any]:
     """Log where this run executes and what accelerators it has; fail at once for ``require_gpu`` without one."""
     logger = get_run_logger()
-    try:
-        info = host.describe(require_gpu)
-    except host.GPUUnavailable as exc:
-        logger.error(str(exc))
-        raise
+    info = host.describe(require_gpu)  # Prefect logs the GPUUnavailable that fails the task
     logger.info(
         "host %s: %s, Python %s, %s CPUs, %s GiB RAM; nvidia-smi: %s%s",
         *(info[k] for k in ("host", "platform", "python", "cpu_count", "memory_gib", "nvidia_smi")),
@@ -95,15 +87,8 @@ def exp_run(experiment: str, overrides: list[str], stages: list[str], repo: str,
     """``dvc exp run -n <experiment> -S ... <stages>`` in the workspace; what it did to each stage."""
     logger, root = get_run_logger(), Path(repo)
     before = read_lock(root)
-    args = [
-        "exp",
-        "run",
-        *(["--pull"] if pull else []),
-        "-n",
-        experiment,
-        *(f"--set-param={o}" for o in overrides),
-        *stages,
-    ]
+    sets = [f"--set-param={o}" for o in overrides]
+    args = ["exp", "run", *(["--pull"] if pull else []), "-n", experiment, *sets, *stages]
     result = run_dvc(args, root, logger, what=f"dvc exp run {experiment}")
     done = outcomes(before, read_lock(root), stages, result.lines)
     logger.info("experiment %s: %s", experiment, ", ".join(f"{s} {o}" for s, o in done.items()) or "nothing to do")
@@ -149,9 +134,8 @@ def share_results(ws: str, experiment: str | None, git_url: str, remote: bool) -
 def publish(repo: str, results: list[dict[str, Any]], experiment: str | None, host: str) -> str:
     """Artifacts: the stages' outcomes, both models' test metrics, ``dvc metrics diff HEAD``, the report."""
     root = Path(repo)
-    diff = run_dvc(["metrics", "diff", "HEAD", "--md"], root)
-    diff_text = diff.output if diff.returncode == 0 else f"_`dvc metrics diff HEAD` failed:_\n\n```\n{diff.output}\n```"
-    markdown = pipeline_summary(root, results, diff_text, experiment=experiment, host=host)
+    diff = markdown_diff(["metrics", "diff", "HEAD"], root)
+    markdown = pipeline_summary(root, results, diff, experiment=experiment, host=host)
     create_markdown_artifact(
         markdown=markdown, key=ARTIFACT_SUMMARY, description="Stages, test metrics and metrics diff of this run"
     )
@@ -214,9 +198,8 @@ def pipeline(
 
     with workspace_lock(repo, logger) if serialize else nullcontext():
         order = plan_stages(str(repo), stages)
-        originals = {
-            p: (repo / p).read_text() if (repo / p).is_file() else None for p in override_files(set_params or [])
-        }
+        files = override_files(set_params or [])
+        originals = {p: (repo / p).read_text() if (repo / p).is_file() else None for p in files}
         if experiment:
             if experiment in dvc_command("exp", ["list", "--name-only"], str(repo)).split():
                 problem = f"a DVC experiment named {experiment!r} already exists on this commit; pick another"

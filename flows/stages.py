@@ -1,9 +1,7 @@
-"""DVC for the Prefect flows, through its command line and machine-readable files only: ``dvc`` run
-with its output streamed line by line, the stage order (``dvc dag --dot``), what a run did to each
-stage (``dvc.lock`` before and after), ``-S`` overrides checked before DVC gets them, and the one
-rule that tells a transient failure from a deterministic one. No Prefect here: DVC stays the judge
-of what reruns, and ``dvc.lock`` the record of what ran.
-"""
+"""DVC for the Prefect flows, through its command line and files only: ``dvc`` run with its output
+streamed, the stage order, what a run did to each stage (``dvc.lock`` before and after), ``-S``
+overrides checked before DVC gets them, and the rule that tells a transient failure from a
+deterministic one. No Prefect here: DVC judges what reruns, ``dvc.lock`` records what ran."""
 
 from __future__ import annotations
 
@@ -122,21 +120,10 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return {**env, **(extra or {})}
 
 
-def _default_sigint() -> None:
-    # A worker started in the background passes SIGINT on as ignored; DVC and its stage would then
-    # shrug off the SIGINT that stops them cleanly. (No process group of their own: a killed flow
-    # run's group takes dvc and its stage with it, so they cannot block the next run.)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def run_dvc(args: Sequence[str], cwd: Path, logger: Any = None, *, what: str | None = None) -> CommandResult:
-    """``dvc <args>`` in ``cwd``, each output line to ``logger`` as it arrives (``error:`` and ``ERROR``
-    lines at error level); with ``what``, a failure raises :func:`classify`'s exception.
-
-    ``--wait-for-lock`` queues behind another DVC process in the workspace. Interrupted (a Prefect
-    cancellation, Ctrl-C), ``dvc`` and its stage get SIGINT, as Ctrl-C in a terminal would (DVC stops
-    the stage and releases its locks), then SIGTERM and SIGKILL if they linger.
-    """
+    """``dvc --wait-for-lock <args>`` in ``cwd``, each output line to ``logger`` as it arrives (``error:``
+    and ``ERROR`` lines at error level); with ``what``, a failure raises :func:`classify`'s exception.
+    Interrupted (a Prefect cancellation, Ctrl-C), ``dvc`` and its stage are stopped by :func:`_stop_tree`."""
     lines: deque[str] = deque(maxlen=2000)
     proc = subprocess.Popen(
         [sys.executable, "-m", "dvc", "--wait-for-lock", *args],
@@ -148,7 +135,10 @@ def run_dvc(args: Sequence[str], cwd: Path, logger: Any = None, *, what: str | N
         text=True,
         errors="replace",
         bufsize=1,
-        preexec_fn=_default_sigint,  # noqa: PLW1509 -- touches no threads
+        # A worker started in the background passes SIGINT on as ignored; DVC and its stage would then
+        # shrug off the SIGINT that stops them cleanly. No process group of their own: a killed flow
+        # run's group takes dvc and its stage with it, so they cannot block the next run.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         for raw in proc.stdout or ():  # text mode turns tqdm's \r updates into lines of their own
@@ -189,6 +179,13 @@ def _stop_tree(proc: subprocess.Popen) -> None:
         with contextlib.suppress(psutil.NoSuchProcess):
             if p.is_running():
                 p.kill()
+
+
+def markdown_diff(args: Sequence[str], cwd: Path) -> str:
+    """The table ``dvc <args> --md`` prints (``metrics diff``, ``params diff``), or a note holding its
+    output where it failed."""
+    result = run_dvc([*args, "--md"], cwd)
+    return result.output if result.returncode == 0 else f"_`dvc {' '.join(args)}` failed:_\n\n```\n{result.output}\n```"
 
 
 def dvc_out(args: Sequence[str], cwd: Path) -> str:
@@ -282,12 +279,9 @@ def uncached_outputs(repo: Path) -> list[str]:
 
 def push_uncached_outputs(repo: Path) -> int:
     """Push the ``cache: false`` outputs to the workspace's default DVC remote; return how many went.
-
-    ``dvc push --run-cache`` sends the run-cache records but not these outputs' objects, so another
-    host would find the entry, miss the metrics file, and run the stage again. ``dvc add`` of copies
-    in a scratch DVC project with the workspace's config makes the same objects; its ``dvc push``
-    sends them.
-    """
+    ``dvc push --run-cache`` sends the run-cache records but not their objects, so another host would
+    run the stage again; ``dvc add`` of copies in a scratch DVC project with the workspace's config
+    makes the same objects, and its ``dvc push`` sends them."""
     if not (paths := uncached_outputs(repo)):
         return 0
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,9 +1,8 @@
-"""The git clones the sweep and nightly flows run in: git with its errors as :class:`WorkspaceError`, a
-clone's ``.dvc/config.local``, a sweep experiment's clone at its baseline, the nightly clone brought to
-a branch head without losing anything, and the experiments recorded in it. No Prefect here. Not
-Prefect's ``git_clone`` pull step: it clones shallow (DVC cannot push experiments from a shallow
-clone) and re-clones a folder whose local changes conflict, checkpoints and unrecorded results with it.
-"""
+"""The git clones the sweep and nightly flows run in: a sweep experiment's clone at its baseline, the
+nightly clone brought to a branch head without losing anything, their ``.dvc/config.local``, the
+experiments recorded in them. No Prefect here. Not Prefect's ``git_clone`` pull step: it clones
+shallow (DVC cannot push experiments from a shallow clone) and re-clones a folder whose local
+changes conflict, checkpoints and unrecorded results with it."""
 
 from __future__ import annotations
 
@@ -109,12 +108,8 @@ def prepare(ws: Path, git_url: str, rev: str, *, cache_dir: str | None, dvc_remo
 
 def has_experiment(ws: Path, baseline: str, name: str) -> bool:
     """Whether ``ws`` holds experiment ``name`` of ``baseline`` (an earlier attempt ran it but did not push it)."""
-    return (
-        git(
-            ["show-ref", "--verify", "-q", f"refs/exps/{baseline[:2]}/{baseline[2:]}/{name}"], ws, check=False
-        ).returncode
-        == 0
-    )
+    ref = f"refs/exps/{baseline[:2]}/{baseline[2:]}/{name}"
+    return git(["show-ref", "--verify", "-q", ref], ws, check=False).returncode == 0
 
 
 # -- the nightly clone ----------------------------------------------------------------------------------
@@ -143,7 +138,6 @@ def sync(
     ws: Path,
     git_url: str,
     branch: str,
-    *,
     cache_dir: str | None,
     dvc_remote: str | None,
     link_type: str | None,

@@ -1,8 +1,7 @@
-"""The nightly deployment (docs/orchestration.md): the head of a branch into a worker-owned clone, the
-pipeline run through the pipeline flow's own tasks, the run recorded as DVC experiment
-``<deployment>-<UTC time>``, pushed and compared with the last one, and someone told when it fails. A
-crashed run cannot speak for itself: the deployment's trigger starts a new run with ``restart_of``
-set, which reports the crash, resumes, and gives up after ``max_crash_restarts`` crashes in a row::
+"""The nightly deployment (docs/orchestration.md): a branch head in a worker-owned clone, run by the
+pipeline flow's tasks, recorded as DVC experiment ``<deployment>-<UTC time>``, pushed, compared with
+the last, and a notification when it fails. A crashed run cannot speak for itself: the deployment's
+trigger starts one with ``restart_of``, which reports the crash and resumes (up to ``max_crash_restarts``)::
 
     python -m flows.nightly --branch main --notify-block custom-webhook/cifar10-nightly
 """
@@ -19,13 +18,12 @@ from uuid import UUID
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment as current_deployment
 from prefect.runtime import flow_run as current_flow_run
 
 from flows import access
-from flows.pipeline import pipeline, save_experiment, share_results, workspace_lock
-from flows.stages import DeterministicFailure, StageFailure, run_dvc
+from flows.pipeline import QUIET, pipeline, save_experiment, share_results, workspace_lock
+from flows.stages import DeterministicFailure, StageFailure, markdown_diff
 from flows.summary import accuracy_rows, render
 from flows.workspace import (
     RecordedRun,
@@ -139,42 +137,24 @@ def crash_report(chain: list[Crash], limit: int) -> tuple[bool, str, str]:
     return go_on, f"cifar10 nightly: {crash.name} crashed {where}" + ("" if go_on else "; giving up"), "\n".join(body)
 
 
-@task(name="checkout", cache_policy=NO_CACHE, persist_result=False, retries=2, retry_delay_seconds=[10, 30])
+@task(name="checkout", **QUIET, retries=2, retry_delay_seconds=[10, 30])
 def checkout(ws: str, git_url: str, branch: str, cache_dir: str | None, dvc_remote: str | None, prefix: str) -> Sync:
     """The branch head in the workspace clone (:func:`flows.workspace.sync`)."""
     logger = get_run_logger()
-    synced = sync(
-        Path(ws),
-        git_url,
-        branch,
-        cache_dir=cache_dir,
-        dvc_remote=dvc_remote,
-        link_type=LINK_TYPE,
-        recorded_prefix=prefix,
-    )
+    synced = sync(Path(ws), git_url, branch, cache_dir, dvc_remote, LINK_TYPE, prefix)
     if synced.stash:
         logger.warning("%s: local changes no recorded run holds were stashed (%s)", ws, synced.stash)
-    logger.info(
-        "workspace %s %s: %s of %s at %s (was %s)",
-        ws,
-        synced.how,
-        branch,
-        git_url,
-        synced.commit[:12],
-        (synced.previous or "-")[:12],
-    )
+    was = (synced.previous or "-")[:12]
+    logger.info("workspace %s %s: %s of %s at %s (was %s)", ws, synced.how, branch, git_url, synced.commit[:12], was)
     return synced
 
 
 def _diff(kind: str, old: RecordedRun, new: RecordedRun, ws: Path) -> str:
     """``dvc <kind> diff`` of two recorded runs as a markdown table, its columns named after the runs."""
-    result = run_dvc([kind, "diff", old.ref, new.ref, "--md"], ws)
-    if result.returncode != 0:
-        return f"_`dvc {kind} diff` failed:_\n\n```\n{result.output}\n```"
-    return result.output.replace(old.ref, old.name).replace(new.ref, new.name)
+    return markdown_diff([kind, "diff", old.ref, new.ref], ws).replace(old.ref, old.name).replace(new.ref, new.name)
 
 
-@task(name="publish-nightly", cache_policy=NO_CACHE, persist_result=False)
+@task(name="publish-nightly", **QUIET)
 def publish_nightly(
     ws: str, previous: RecordedRun | None, experiment: str | None, nothing_changed: bool, **context: Any
 ) -> str:
@@ -242,15 +222,10 @@ def nightly(
         remote = bool(dvc_remote or default_remote(ws)[0])
         with workspace_lock(ws, logger):
             previous = (recorded_runs(ws, prefix) or [None])[-1]
-            kwargs = {"stage_retries": stage_retries, "retry_delay_seconds": retry_delay_seconds}
-            stages = pipeline.fn(
-                repo_dir=str(ws), require_gpu=require_gpu, share_cache=remote, serialize=False, **kwargs
-            )["stages"]
-            nothing_changed = (
-                previous is not None
-                and previous.baseline == synced.commit
-                and not any(r["outcome"] == "ran" for r in stages)
-            )
+            retry = {"stage_retries": stage_retries, "retry_delay_seconds": retry_delay_seconds}
+            run = pipeline.fn(repo_dir=str(ws), require_gpu=require_gpu, share_cache=remote, serialize=False, **retry)
+            stages, ran = run["stages"], any(r["outcome"] == "ran" for r in run["stages"])
+            nothing_changed = previous is not None and previous.baseline == synced.commit and not ran
             experiment = pushed_to = None
             if nothing_changed:
                 logger.info("nothing changed since %s (same commit, no stage ran): nothing recorded", previous.name)
@@ -259,18 +234,10 @@ def nightly(
                 save_experiment(str(ws), experiment)
                 share_results(str(ws), experiment, "origin", remote)
                 pushed_to = f"{url} and the DVC remote" if remote else url
-            publish_nightly(
-                str(ws),
-                previous,
-                experiment,
-                nothing_changed,
-                run_name=run_name,
-                branch=branch,
-                git_url=url,
-                synced=synced,
-                stages=stages,
-                pushed_to=pushed_to,
+            context = dict(
+                run_name=run_name, branch=branch, git_url=url, synced=synced, stages=stages, pushed_to=pushed_to
             )
+            publish_nightly(str(ws), previous, experiment, nothing_changed, **context)
     except Exception as exc:
         subject, body = failure_message(deployment, exc, commit)
         logger.error("%s\n%s", subject, body)

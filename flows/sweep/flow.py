@@ -1,9 +1,8 @@
-"""Sweeps (docs/sweeps.md): ``cifar10-sweep`` (:func:`run_sweep`) expands a sweep file, settles what
-already exists or failed for good, runs the stages every experiment shares once, then one task per
-remaining experiment that starts a ``cifar10-sweep-point/point`` flow run with ``run_deployment`` (any
-idle worker of the pool takes it) and waits for it, and publishes the comparison. ``cifar10-sweep-point``
-(:func:`sweep_point`) runs one ``dvc exp run -n <experiment> -S ...`` in a clone of its own at the
-sweep's baseline, restoring from DVC's run-cache what another workspace ran, and pushes it back::
+"""Sweeps (docs/sweeps.md): ``cifar10-sweep`` expands a sweep file, settles what exists or failed for
+good, runs the stages all experiments share once, then one task per experiment that starts a
+``cifar10-sweep-point/point`` flow run (``run_deployment``: an idle worker of the pool takes it) and
+waits for it, and publishes the comparison. A point runs ``dvc exp run -n <experiment> -S ...`` in a
+clone of its own at the sweep's baseline, restoring from the run-cache what others ran, and pushes it::
 
     python -m flows.sweep sweeps/learning-rate.yaml --local        # one experiment after another, here
     python -m flows.sweep sweeps/alexnet-variants.yaml             # on the gpu pool's workers
@@ -19,19 +18,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, tags, task
+from prefect import flow, get_run_logger, tags, task, unmapped
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.states import Completed, Failed
 
 from flows import access
-from flows.pipeline import exp_run, report_host, retry_options, share_results
+from flows.pipeline import QUIET, exp_run, report_host, retry_options, share_results
 from flows.stages import DeterministicFailure, StageFailure, check_overrides, dvc_out, run_dvc, shared_stages
 from flows.sweep import spec as sweep_spec
 from flows.sweep import table as sweep_table
 from flows.sweep.table import DONE, DONE_EARLIER, FAILED, FAILED_EARLIER, Outcome
-from flows.workspace import cache_dir_of, default_remote, git, has_experiment, prepare
+from flows.workspace import cache_dir_of, default_remote, git, has_experiment, prepare, read_at
 
 POINT_DEPLOYMENT = "cifar10-sweep-point/point"
 POINT_FLOW = "cifar10-sweep-point"
@@ -41,7 +39,6 @@ WORKSPACES = Path(".dvc/tmp/sweeps")
 #: The name of a point's Failed state when another attempt would fail the same way (bad params,
 #: failed validation): a rerun of the sweep skips it unless told to retry.
 DETERMINISTIC = "FailedForGood"
-QUIET = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
 class SweepFailed(RuntimeError):
@@ -96,15 +93,13 @@ def sweep_point(
             logger.info("%s already ran in this workspace; sharing it", what)
         else:
             name = experiment or f"{Path(workspace).parent.name}-shared-stages"
-            exp_run.with_options(**retry_options(retries, retry_delay_seconds))(
-                name, overrides, stages or [], str(ws), remote
-            )
+            run = exp_run.with_options(**retry_options(retries, retry_delay_seconds))
+            run(name, overrides, stages or [], str(ws), remote)
         share_results(str(ws), experiment, git_url, remote)
     except StageFailure as exc:
         if remote:  # what did finish is worth sharing
-            logger.info(
-                "dvc push --run-cache after the failure: exit %s", run_dvc(["push", "--run-cache"], ws).returncode
-            )
+            pushed = run_dvc(["push", "--run-cache"], ws).returncode
+            logger.info("dvc push --run-cache after the failure: exit %s", pushed)
         return Failed(message=exc.describe(), name="Failed" if exc.retryable else DETERMINISTIC)
     if not keep_workspace:
         shutil.rmtree(ws, ignore_errors=True)
@@ -115,18 +110,14 @@ def outcome_of(flow_run: Any) -> Outcome:
     """An experiment's outcome from its point flow run."""
     wall = flow_run.total_run_time.total_seconds() if flow_run.total_run_time else None
     state = flow_run.state
-    if state is not None and state.is_completed():
+    if state is None:
+        return Outcome(FAILED, "no state", wall)
+    if state.is_completed():
         return Outcome(DONE, wall_seconds=wall)
-    message = ((state.message if state else "") or (state.name if state else "no state")).removeprefix(
-        "Flow run encountered an exception: "
-    )
-    failed = state is None or state.name in ("Failed", DETERMINISTIC)
-    return Outcome(
-        FAILED,
-        message if failed else f"{state.name}: {message}",
-        wall,
-        deterministic=bool(state) and state.name == DETERMINISTIC,
-    )
+    message = (state.message or state.name).removeprefix("Flow run encountered an exception: ")
+    if state.name not in ("Failed", DETERMINISTIC):
+        message = f"{state.name}: {message}"
+    return Outcome(FAILED, message, wall, deterministic=state.name == DETERMINISTIC)
 
 
 def previous_runs(sweep: str, baseline: str) -> dict[str, Any]:
@@ -149,9 +140,8 @@ def previous_runs(sweep: str, baseline: str) -> dict[str, Any]:
 
 def read_experiments(repo: Path, baseline: str) -> dict[str, dict[str, Any]]:
     """The experiments of ``baseline`` as ``dvc exp show --json`` in ``repo`` lists them."""
-    return sweep_table.experiments_from_show(
-        json.loads(dvc_out(["exp", "show", "--json", "--rev", baseline, "--no-fetch"], repo) or "[]"), baseline
-    )
+    show = dvc_out(["exp", "show", "--json", "--rev", baseline, "--no-fetch"], repo)
+    return sweep_table.experiments_from_show(json.loads(show or "[]"), baseline)
 
 
 @task(name="plan-sweep", **QUIET)
@@ -160,39 +150,24 @@ def plan_sweep(repo: str, sweep: sweep_spec.Sweep, baseline: str, retry_failed: 
     failed for good before on this commit with the same overrides, or whose overrides DVC would refuse."""
     root, experiments = Path(repo), sweep.experiments()
     existing, previous = read_experiments(root, baseline), previous_runs(sweep.name, baseline)
-
-    def committed(path: str) -> str | None:
-        proc = git(["show", f"{baseline}:{path}"], root, check=False)
-        return proc.stdout if proc.returncode == 0 else None
-
     settled: dict[str, Outcome] = {}
     for e in experiments:
         before = outcome_of(previous[e.name]) if e.name in previous else None
+        same = before and before.deterministic and previous[e.name].parameters.get("overrides") == e.overrides
         if e.name in existing:
             if wrong := sweep_table.mismatched_params(e, existing[e.name]["params"]):
                 why = f"an experiment named {e.name} exists on this commit with other params: {'; '.join(wrong)}"
                 settled[e.name] = Outcome(FAILED, f"{why}. Remove it (dvc exp remove {e.name}) or rename the point")
             else:
-                settled[e.name] = Outcome(
-                    DONE_EARLIER, wall_seconds=before.wall_seconds if before and before.status == DONE else None
-                )
-        elif (
-            before
-            and before.deterministic
-            and previous[e.name].parameters.get("overrides") == e.overrides
-            and not retry_failed
-        ):
+                wall = before.wall_seconds if before and before.status == DONE else None
+                settled[e.name] = Outcome(DONE_EARLIER, wall_seconds=wall)
+        elif same and not retry_failed:  # failed for good before with the same overrides
             settled[e.name] = Outcome(FAILED_EARLIER, before.message, deterministic=True)
-        elif problems := check_overrides(committed, e.overrides):
+        elif problems := check_overrides(lambda path: read_at(root, baseline, path), e.overrides):
             settled[e.name] = Outcome(FAILED, f"bad override: {'; '.join(problems)}", deterministic=True)
     summary = ", ".join(f"{n}: {o.status}" for n, o in settled.items()) or "none"
-    get_run_logger().info(
-        "sweep %s at %s: %d experiments, settled before running: %s",
-        sweep.name,
-        baseline[:12],
-        len(experiments),
-        summary,
-    )
+    logged = (sweep.name, baseline[:12], len(experiments), summary)
+    get_run_logger().info("sweep %s at %s: %d experiments, settled before running: %s", *logged)
     return settled
 
 
@@ -201,9 +176,8 @@ def run_point(deployment: str, name: str, parameters: dict[str, Any], tags: list
     """One experiment as a flow run of ``deployment`` (the pool's next idle worker takes it); waits for it to end."""
     from prefect.deployments import run_deployment
 
-    outcome = outcome_of(
-        run_deployment(deployment, parameters=parameters, flow_run_name=name, tags=tags, poll_interval=poll_seconds)
-    )
+    run = run_deployment(deployment, parameters=parameters, flow_run_name=name, tags=tags, poll_interval=poll_seconds)
+    outcome = outcome_of(run)
     log = get_run_logger().info if outcome.status == DONE else get_run_logger().error
     log("%s: %s (%.0f s)", name, outcome.message or outcome.status, outcome.wall_seconds or 0)
     return outcome
@@ -222,17 +196,12 @@ def publish_sweep(repo: str, sweep: sweep_spec.Sweep, baseline: str, outcomes: d
     root = Path(repo)
     table = sweep_table.build(sweep, outcomes, read_experiments(root, baseline))
     (root / RESULTS_DIR).mkdir(parents=True, exist_ok=True)
-    files = {
-        kind: RESULTS_DIR / f"{sweep.name}{suffix}"
-        for kind, suffix in (("md", ".md"), ("csv", ".csv"), ("groups", "-groups.csv"))
-    }
+    stem = RESULTS_DIR / sweep.name
+    files = {"md": Path(f"{stem}.md"), "csv": Path(f"{stem}.csv"), "groups": Path(f"{stem}-groups.csv")}
     md = sweep_table.markdown(sweep, table, baseline=baseline, files=[str(p) for p in files.values()])
-    for kind, text in (
-        ("md", md),
-        ("csv", sweep_table.to_csv(table.rows)),
-        ("groups", sweep_table.to_csv(table.groups)),
-    ):
-        (root / files[kind]).write_text(text)
+    texts = {"md": md, "csv": sweep_table.to_csv(table.rows), "groups": sweep_table.to_csv(table.groups)}
+    for kind, path in files.items():
+        (root / path).write_text(texts[kind])
     key = "sweep-" + re.sub(r"[^a-z0-9-]+", "-", sweep.name.lower()).strip("-")
     create_markdown_artifact(markdown=md, key=key, description=f"Comparison of the experiments of sweep {sweep.name}")
     get_run_logger().info("comparison published: artifact %s, %s", key, ", ".join(map(str, files.values())))
@@ -305,45 +274,23 @@ def run_sweep(
         if executor == "local":
             with tags(*tag_list):
                 return {name: _run_here(params) for name, params in points.items()}
-        futures = {
-            name: run_point.submit(point_deployment, name, params, tag_list, poll_seconds)
-            for name, params in points.items()
-        }
-        return {name: future.result() for name, future in futures.items()}
+        futures = run_point.map(point_deployment, list(points), list(points.values()), unmapped(tag_list), poll_seconds)
+        return {name: future.result() for name, future in zip(points, futures)}
 
     # Stages no experiment changes run once, first; the experiments then restore them.
     shared = shared_stages(repo, {k for e in pending for k in e.own}, spec.stages) if len(pending) >= 2 else []
     if shared:
         logger.info("running the stages every experiment shares once, first: %s", ", ".join(shared))
-        name = f"{spec.name}-shared-stages"
-        base = {
-            **common,
-            "experiment": None,
-            "overrides": sweep_spec.to_overrides(spec.base),
-            "stages": shared,
-            "workspace": f"{spec.name}/_shared",
-        }
+        name, overrides = f"{spec.name}-shared-stages", sweep_spec.to_overrides(spec.base)
+        base = dict(common, experiment=None, overrides=overrides, stages=shared, workspace=f"{spec.name}/_shared")
         first = launch({name: base})[name]
         if first.status != DONE and first.deterministic:
-            outcomes.update(
-                {e.name: Outcome(FAILED, f"not run: the shared stages failed: {first.message}") for e in pending}
-            )
+            why = f"not run: the shared stages failed: {first.message}"
+            outcomes.update({e.name: Outcome(FAILED, why) for e in pending})
             pending = []
     own = {"keep_workspace": keep_workspaces}
-    outcomes.update(
-        launch(
-            {
-                e.name: {
-                    **common,
-                    **own,
-                    "experiment": e.name,
-                    "overrides": e.overrides,
-                    "workspace": f"{spec.name}/{e.name}",
-                }
-                for e in pending
-            }
-        )
-    )
+    points = {e.name: {**common, **own, "experiment": e.name, "overrides": e.overrides} for e in pending}
+    outcomes.update(launch({n: {**p, "workspace": f"{spec.name}/{n}"} for n, p in points.items()}))
 
     if url != str(repo) and (names := [e.name for e in experiments if outcomes[e.name].status == DONE]):
         if run_dvc(["exp", "pull", "--no-cache", url, *names], repo, logger).returncode != 0:

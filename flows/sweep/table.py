@@ -97,15 +97,8 @@ def build(sweep: Sweep, outcomes: Mapping[str, Outcome], shown: Mapping[str, Map
         evaluate = (shown.get(e.name) or {}).get("evaluate", {}) if outcome.status in SUCCESS else {}
         metrics = {c: _number((evaluate.get(c.split(".")[0]) or {}).get(c.split(".", 1)[1])) for c in columns}
         row = {"experiment": e.name, "point": e.point, "seed": e.seed, "status": outcome.status}
-        rows.append(
-            {
-                **row,
-                **{k: e.params.get(k) for k in keys},
-                **metrics,
-                "wall_seconds": outcome.wall_seconds,
-                "message": outcome.message,
-            }
-        )
+        row |= {k: e.params.get(k) for k in keys} | metrics
+        rows.append({**row, "wall_seconds": outcome.wall_seconds, "message": outcome.message})
     groups = []
     for point in sweep.points:
         members = [r for r in rows if r["point"] == point]
@@ -121,11 +114,6 @@ def build(sweep: Sweep, outcomes: Mapping[str, Outcome], shown: Mapping[str, Map
     return Table(keys, point_keys, columns, rows, groups)
 
 
-def _text(value: Any) -> str:
-    """A param's value as the markdown table shows it."""
-    return "-" if value is None else value_text(value)
-
-
 def _metric(column: str, value: float | None) -> str:
     """A metric (``model.metric``, ``wall_seconds``) as the markdown table shows it."""
     if value is None:
@@ -137,19 +125,16 @@ def _metric(column: str, value: float | None) -> str:
 
 def markdown(sweep: Sweep, table: Table, *, baseline: str, files: Sequence[str] = ()) -> str:
     """The comparison as markdown."""
-    model_metric = [c.split(".", 1) for c in table.columns]
+    statuses = [r["status"] for r in table.rows]
     return render(
         "sweep_table.md.j2",
         package="flows",
         sweep=sweep,
         table=table,
         baseline=baseline[:12],
-        counts={
-            s.replace(" ", "_"): sum(r["status"] == s for r in table.rows)
-            for s in (DONE, DONE_EARLIER, FAILED, FAILED_EARLIER)
-        },
-        labels=[f"{model} {METRICS[metric]}" for model, metric in model_metric],
-        text=_text,
+        counts={s.replace(" ", "_"): statuses.count(s) for s in (DONE, DONE_EARLIER, FAILED, FAILED_EARLIER)},
+        labels=[f"{model} {METRICS[metric]}" for model, metric in (c.split(".", 1) for c in table.columns)],
+        text=lambda value: "-" if value is None else value_text(value),
         metric=_metric,
         files=files,
     )
