@@ -1,19 +1,9 @@
-"""What a deployed flow run's parameters may point at: folders under the allowed roots, git remotes on
-the allowed list.
-
-Whoever may start a deployment chooses its parameters, and those that name a workspace or a git URL
-decide which ``dvc.yaml`` -- which code -- the worker runs. So a run started from a deployment accepts:
-
-- a folder (``repo_dir``, ``workspace``, ``workspace_root``, ``cache_dir``) only inside the deployment's
-  working directory (the checkout its pull step sets) or inside a root listed in
-  ``CIFAR10_ALLOWED_ROOTS`` (paths separated by ``os.pathsep``);
-- a git URL (``git_url``) only if it is the checkout's own ``origin``, a folder under an allowed root,
-  or listed in ``CIFAR10_ALLOWED_REMOTES`` (exact URLs, separated by whitespace).
-
-Both variables belong in the deployment's or the work pool's job variables (``env``), which only those
-who administer the deployment can change (docs/security.md). A flow called in-process or from the
-command line, with no deployment, is its caller's own and is not checked. Parameters left at their
-defaults are the deployment's own and are not checked either.
+"""What a deployed flow run's parameters may point at: a folder (``repo_dir``, ``workspace``,
+``workspace_root``, ``cache_dir``) only inside the deployment's working directory or a root listed in
+``CIFAR10_ALLOWED_ROOTS``; a git URL (``git_url``) only if it is the checkout's ``origin``, a folder
+under an allowed root, or listed in ``CIFAR10_ALLOWED_REMOTES`` -- because those parameters decide
+which ``dvc.yaml``, which code, the worker runs (docs/security.md). Flows called in-process or from the
+command line, and parameters left at their defaults, are their caller's own and are not checked.
 """
 
 from __future__ import annotations
@@ -31,26 +21,8 @@ class AccessDenied(PermissionError):
     """A parameter names a folder or a git remote this deployment does not allow."""
 
 
-def allowed_roots(checkout: Path) -> list[Path]:
-    """The deployment's working directory, then every root ``CIFAR10_ALLOWED_ROOTS`` lists."""
-    listed = [Path(p).expanduser().resolve() for p in os.environ.get(ROOTS_VARIABLE, "").split(os.pathsep) if p]
-    return [checkout.resolve(), *listed]
-
-
-def allowed_remotes(checkout: Path) -> list[str]:
-    """The checkout's ``origin`` (when it has one), then every URL ``CIFAR10_ALLOWED_REMOTES`` lists."""
-    try:
-        origin = subprocess.run(
-            ["git", "remote", "get-url", "origin"], cwd=checkout, capture_output=True, text=True, check=False
-        )
-    except OSError:  # no git on this host: a checkout without git has no origin either
-        origin = None
-    own = [origin.stdout.strip()] if origin and origin.returncode == 0 and origin.stdout.strip() else []
-    return [*own, *os.environ.get(REMOTES_VARIABLE, "").split()]
-
-
 def _inside(path: Path, roots: list[Path]) -> bool:
-    return any(path == root or path.is_relative_to(root) for root in roots)
+    return any(path.is_relative_to(root) for root in roots)
 
 
 def check(
@@ -61,11 +33,8 @@ def check(
     deployed: bool | None = None,
 ) -> None:
     """Refuse, with :class:`AccessDenied`, a folder outside the allowed roots or a git URL not allowed.
-
-    ``folders`` and ``remotes`` map each parameter's name to its value (None: left at its default).
-    ``checkout`` is the deployment's working directory (default: the current one); ``deployed`` whether
-    this run came from a deployment (default: Prefect's runtime says).
-    """
+    ``folders`` and ``remotes`` map parameter names to values; ``checkout`` is the deployment's working
+    directory (default: the current one); ``deployed`` defaults to what Prefect's runtime says."""
     if deployed is None:
         from prefect.runtime import deployment
 
@@ -73,7 +42,8 @@ def check(
     if not deployed:
         return
     checkout = (checkout or Path.cwd()).resolve()
-    roots = allowed_roots(checkout)
+    listed = os.environ.get(ROOTS_VARIABLE, "").split(os.pathsep)
+    roots = [checkout, *(Path(p).expanduser().resolve() for p in listed if p)]
     for name, value in (folders or {}).items():
         if value is not None and not _inside(Path(value).expanduser().resolve(), roots):
             raise AccessDenied(
@@ -81,7 +51,12 @@ def check(
                 f"({', '.join(map(str, roots))}); its administrators can add roots to {ROOTS_VARIABLE} "
                 "in the deployment's job variables"
             )
-    allowed = allowed_remotes(checkout)
+    try:
+        origin = subprocess.run(["git", "remote", "get-url", "origin"], cwd=checkout, capture_output=True, text=True)
+        own = origin.stdout.split()
+    except OSError:  # no git on this host: a checkout without git has no origin either
+        own = []
+    allowed = [*own, *os.environ.get(REMOTES_VARIABLE, "").split()]
     for name, url in (remotes or {}).items():
         if url is None or url in allowed:
             continue

@@ -1,17 +1,14 @@
-"""DVC for the Prefect flows, through its command line and machine-readable files only: running a
-``dvc`` command with its output streamed line by line, the stage order (``dvc dag --dot``), what a
-run did to each stage (``dvc.lock`` before and after), checking ``-S`` overrides before DVC gets
-them, and the rule that tells a transient failure from a deterministic one.
-
-Nothing here imports Prefect, so the pipeline, sweep and nightly flows share one copy. DVC stays
-the judge of what reruns: ``dvc repro`` skips an unchanged stage or restores it from the run-cache,
-and ``dvc.lock`` stays the record of what ran.
-"""
+"""DVC for the Prefect flows, through its command line and files only: ``dvc`` run with its output
+streamed, the stage order, what a run did to each stage (``dvc.lock`` before and after), ``-S``
+overrides checked before DVC gets them, and the rule that tells a transient failure from a
+deterministic one. No Prefect here: DVC judges what reruns, ``dvc.lock`` records what ran."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,28 +16,28 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
-# -- which failures may pass on another attempt: the one place this rule lives --------------------------
-
-#: Exit status of a stage that failed for a reason its message explains (tasks/core/cli.py): bad input,
-#: bad params, failed validation. Another attempt would fail the same way.
+#: Exit status of a stage that failed for a reason its ``error:`` line explains (tasks/core/cli.py):
+#: bad input, bad params, failed validation. Another attempt would fail the same way.
 EXIT_STAGE_ERROR = 2
-#: ``error:`` messages that exit 2 but name a condition another attempt may not meet: the
-#: download gave up after its own retries (server down, network gone), or the disk was full
-#: (tasks/core/errors.py, DISK_FULL: space may be freed meanwhile), so a later attempt can win.
-#: A damaged checkpoint needs no retry: the stage moves it aside and starts afresh by itself.
+#: ``error:`` messages that exit 2 but name a condition a later attempt may not meet: the download
+#: gave up after its own retries, or the disk was full (tasks/core/errors.py: space may be freed).
 TRANSIENT_ERROR_MARKERS = ("giving up after", "error: disk full")
 #: How many output lines a failure keeps for its message.
 TAIL_LINES = 40
-#: DVC reports a stage's exit status only in this line of its log; no machine-readable form has it.
+#: DVC reports a stage's exit status, and a run-cache restore, only in these lines of its log.
 _STAGE_EXIT = re.compile(r"failed to run: .*, exited with (-?\d+)")
-#: ...and a run-cache restore only in this one (``dvc.lock`` changes the same way as when it runs).
 _RESTORED = re.compile(r"^Stage '(?P<stage>[^']+)' is cached - skipping run")
+_DOT_EDGE = re.compile(r'^"(?P<a>[^"]+)" -> "(?P<b>[^"]+)";$')
+_DOT_NODE = re.compile(r'^"(?P<a>[^"]+)";$')
+#: How an interrupted ``dvc`` and its stage are stopped: each signal, then how long to wait for it.
+STOP_SIGNALS = ((signal.SIGINT, 10.0), (signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0))
 
 
 class StageFailure(RuntimeError):
@@ -69,18 +66,10 @@ class TransientFailure(StageFailure):
     """A crash, a lost connection, a held lock: another attempt may succeed."""
 
 
-class PlanError(ValueError):
-    """The requested stages are not in the pipeline."""
-
-
 def classify(what: str, lines: Sequence[str]) -> StageFailure:
-    """The failure a non-zero ``dvc`` run stands for: deterministic only when the stage said so.
-
-    A stage reports bad input by exiting 2 with a line ``error: ...`` (tasks/core/cli.py); DVC then
-    prints ``failed to run: <cmd>, exited with 2``. Everything else -- a signal, a traceback, any
-    other exit status (75, sysexits' EX_TEMPFAIL, is the one to use for "try again"), a DVC lock
-    held too long, an ``error:`` naming exhausted network retries -- may pass on its own.
-    """
+    """The failure a non-zero ``dvc`` run stands for: deterministic only when the stage exited 2 with
+    an ``error:`` line that names no transient condition. A signal, a traceback, any other exit status
+    (75, sysexits' EX_TEMPFAIL, asks for another try) or a DVC lock held too long may pass on its own."""
     errors = error_messages(lines)
     codes = [int(m.group(1)) for ln in lines if (m := _STAGE_EXIT.search(ln))]
     exit_code = codes[-1] if codes else None
@@ -90,8 +79,8 @@ def classify(what: str, lines: Sequence[str]) -> StageFailure:
 
 
 def error_messages(lines: Sequence[str], limit: int = 1500) -> list[str]:
-    """The stages' ``error: ...`` lines, each with the indented lines that continue it
-    (validate lists each failed expectation that way)."""
+    """The ``error: ...`` lines, each joined with the indented lines that continue it (validate
+    lists each failed expectation that way)."""
     found: list[str] = []
     in_block = False
     for line in lines:
@@ -107,8 +96,7 @@ def error_messages(lines: Sequence[str], limit: int = 1500) -> list[str]:
 
 def retry_unless_deterministic(task: Any, task_run: Any, state: Any) -> bool:
     """A Prefect ``retry_condition_fn``: retry anything but a :class:`DeterministicFailure`."""
-    exc = state.result(raise_on_failure=False) if state is not None else None
-    return not isinstance(exc, DeterministicFailure)
+    return not isinstance(state.result(raise_on_failure=False) if state else None, DeterministicFailure)
 
 
 # -- running dvc ----------------------------------------------------------------------------------------
@@ -117,7 +105,7 @@ def retry_unless_deterministic(task: Any, task_run: Any, state: Any) -> bool:
 @dataclass
 class CommandResult:
     returncode: int
-    lines: list[str] = field(default_factory=list)
+    lines: list[str]
 
     @property
     def output(self) -> str:
@@ -125,40 +113,20 @@ class CommandResult:
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for ``dvc``: this interpreter's bin first, so ``python`` in dvc.yaml is ours."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    """Environment for ``dvc`` and git: this interpreter's bin first, so ``python`` in dvc.yaml is ours."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.setdefault("DVC_NO_ANALYTICS", "1")
     env["PYTHONUNBUFFERED"] = "1"  # stage output reaches the run log as it happens
-    env.update(extra or {})
-    return env
+    return {**env, **(extra or {})}
 
 
-def _default_sigint() -> None:
-    # A worker started in the background (``&``, nohup, some service managers) passes SIGINT on as
-    # ignored; DVC and its stage would then shrug off the SIGINT that stops them cleanly.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def log_lines(logger: Any) -> Callable[[str], None]:
-    """``run_dvc``'s ``log`` for a logger: ``error:`` and ``ERROR`` lines at error level, the rest at info."""
-    return lambda line: (logger.error if line.startswith(("error: ", "ERROR")) else logger.info)(line)
-
-
-def run_dvc(
-    args: Sequence[str], cwd: Path, log: Callable[[str], None] = print, *, wait_for_lock: bool = True, keep: int = 2000
-) -> CommandResult:
-    """Run ``dvc <args>`` in ``cwd``, passing each output line to ``log`` as it arrives.
-
-    ``--wait-for-lock`` makes DVC queue behind another DVC process in the same workspace instead of
-    failing. If this process is interrupted (a Prefect cancellation, Ctrl-C), ``dvc`` and the stage
-    it runs get SIGINT, as Ctrl-C in a terminal would (DVC stops the stage and releases its locks),
-    then SIGTERM and SIGKILL if they linger (``STOP_SIGNALS``).
-    """
-    cmd = [sys.executable, "-m", "dvc", *(["--wait-for-lock"] if wait_for_lock else []), *args]
-    lines: deque[str] = deque(maxlen=keep)
+def run_dvc(args: Sequence[str], cwd: Path, logger: Any = None, *, what: str | None = None) -> CommandResult:
+    """``dvc --wait-for-lock <args>`` in ``cwd``, each output line to ``logger`` as it arrives (``error:``
+    and ``ERROR`` lines at error level); with ``what``, a failure raises :func:`classify`'s exception.
+    Interrupted (a Prefect cancellation, Ctrl-C), ``dvc`` and its stage are stopped by :func:`_stop_tree`."""
+    lines: deque[str] = deque(maxlen=2000)
     proc = subprocess.Popen(
-        cmd,
+        [sys.executable, "-m", "dvc", "--wait-for-lock", *args],
         cwd=cwd,
         env=child_env(),
         stdin=subprocess.DEVNULL,
@@ -167,114 +135,119 @@ def run_dvc(
         text=True,
         errors="replace",
         bufsize=1,
-        preexec_fn=_default_sigint if os.name == "posix" else None,  # noqa: PLW1509 -- no threads touched
+        # A worker started in the background passes SIGINT on as ignored; DVC and its stage would then
+        # shrug off the SIGINT that stops them cleanly. No process group of their own: a killed flow
+        # run's group takes dvc and its stage with it, so they cannot block the next run.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
-        assert proc.stdout is not None
-        for raw in proc.stdout:  # text mode turns tqdm's \r updates into lines of their own
+        for raw in proc.stdout or ():  # text mode turns tqdm's \r updates into lines of their own
             if line := raw.rstrip():
                 lines.append(line)
-                log(line)
+                if logger is not None:
+                    (logger.error if line.startswith(("error: ", "ERROR")) else logger.info)(line)
         proc.wait()
     finally:
         if proc.poll() is None:
             _stop_tree(proc)
-    return CommandResult(proc.returncode, list(lines))
+    result = CommandResult(proc.returncode, list(lines))
+    if what and result.returncode != 0:
+        raise classify(what, result.lines)
+    return result
 
 
-def dvc_out(args: Sequence[str], cwd: Path) -> str:
-    """The output of a quick ``dvc`` query; :class:`TransientFailure` if it fails."""
-    result = run_dvc(args, cwd, lambda line: None, wait_for_lock=False)
-    if result.returncode != 0:
-        raise TransientFailure(f"dvc {' '.join(args)}", [], tail=result.lines)
-    return result.output
-
-
-#: How an interrupted ``dvc`` and its stage are stopped: each signal, then how long to wait for it.
-STOP_SIGNALS = ((signal.SIGINT, 10.0), (signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0))
-
-
-def _stop_tree(proc: subprocess.Popen) -> str:
-    """Stop ``proc`` and all its descendants; return the signal that did it.
-
-    SIGINT first (DVC ignores it while its stage runs, the stage does not, and DVC then releases its
-    locks), re-scanning the tree so a child spawned meanwhile gets it too; SIGTERM if that was not
-    enough, then SIGKILL. Whatever outlived ``proc`` is killed at the end.
-    """
-    import psutil
-
-    def tree() -> list[psutil.Process]:
-        try:
-            root = psutil.Process(proc.pid)
-            return [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-
+def _stop_tree(proc: subprocess.Popen) -> None:
+    """Stop ``dvc`` and its descendants, one signal of :data:`STOP_SIGNALS` after the other, each also
+    to a child spawned meanwhile (DVC ignores SIGINT while its stage runs, the stage does not, and DVC
+    then releases its locks); whatever outlived ``dvc`` is killed at the end."""
     seen: dict[int, psutil.Process] = {}
-    stopped_by = "none"
     for sig, wait in STOP_SIGNALS:
-        if proc.poll() is not None:
-            break
-        stopped_by = signal.Signals(sig).name
         sent: set[int] = set()
         deadline = time.monotonic() + wait
         while proc.poll() is None and time.monotonic() < deadline:
-            for p in tree():
-                seen.setdefault(p.pid, p)
-                if p.pid not in sent:
-                    sent.add(p.pid)
-                    try:
-                        p.send_signal(sig)
-                    except psutil.NoSuchProcess:
-                        pass
+            with contextlib.suppress(psutil.NoSuchProcess):
+                root = psutil.Process(proc.pid)
+                for p in [root, *root.children(recursive=True)]:
+                    seen.setdefault(p.pid, p)
+                    if p.pid not in sent:
+                        sent.add(p.pid)
+                        with contextlib.suppress(psutil.NoSuchProcess):
+                            p.send_signal(sig)
             time.sleep(0.05)
     proc.wait()
-    for p in seen.values():  # a stage process DVC left behind
-        try:
+    for p in seen.values():
+        with contextlib.suppress(psutil.NoSuchProcess):
             if p.is_running():
                 p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    return stopped_by
+
+
+def markdown_diff(args: Sequence[str], cwd: Path) -> str:
+    """The table ``dvc <args> --md`` prints (``metrics diff``, ``params diff``), or a note holding its
+    output where it failed."""
+    result = run_dvc([*args, "--md"], cwd)
+    return result.output if result.returncode == 0 else f"_`dvc {' '.join(args)}` failed:_\n\n```\n{result.output}\n```"
+
+
+def dvc_out(args: Sequence[str], cwd: Path) -> str:
+    """The standard output of a quick ``dvc`` query; :class:`TransientFailure` if it fails."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=cwd, env=child_env(), capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise TransientFailure(f"dvc {' '.join(args)}", [], tail=(proc.stdout + proc.stderr).splitlines()[-TAIL_LINES:])
+    return proc.stdout
 
 
 # -- the stages: their order, and what a run did to them ----------------------------------------------
 
-_DOT_EDGE = re.compile(r'^"(?P<a>[^"]+)" -> "(?P<b>[^"]+)";$')
-_DOT_NODE = re.compile(r'^"(?P<a>[^"]+)";$')
 
-
-def dag(repo: Path, target: str | None = None) -> tuple[list[str], list[tuple[str, str]]]:
-    """``dvc dag --dot [target]``: the stages (``target`` and its upstream; all without one) in DVC's
-    order, and the edges between them (upstream first). Data sources (``.dvc`` files) are left out."""
-    result = run_dvc(["dag", "--dot", *([target] if target else [])], repo, lambda line: None, wait_for_lock=False)
-    if result.returncode != 0:
-        raise PlanError(f"dvc dag {target or ''} failed: {result.output.strip()[-500:]}")
-    nodes = [m.group("a") for ln in result.lines if (m := _DOT_NODE.match(ln.strip()))]
-    edges = [(m.group("a"), m.group("b")) for ln in result.lines if (m := _DOT_EDGE.match(ln.strip()))]
-    keep = [n for n in nodes if not n.endswith(".dvc")]
-    return keep, [(a, b) for a, b in edges if a in keep and b in keep]
+def dag(repo: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """``dvc dag --dot``: the stages in DVC's order and the edges between them (upstream first);
+    data sources (``.dvc`` files) are left out."""
+    lines = [ln.strip() for ln in dvc_out(["dag", "--dot"], repo).splitlines()]
+    stages = [m.group("a") for ln in lines if (m := _DOT_NODE.match(ln)) and not m.group("a").endswith(".dvc")]
+    edges = [(m.group("a"), m.group("b")) for ln in lines if (m := _DOT_EDGE.match(ln))]
+    return stages, [(a, b) for a, b in edges if a in stages and b in stages]
 
 
 def stage_order(repo: Path, targets: Sequence[str] | None = None) -> list[str]:
-    """The stages ``dvc repro <targets>`` runs (all when empty), each after the ones it depends on;
-    ties keep DVC's order. The graph and the upstream sets are DVC's (``dvc dag``)."""
-    everything, _ = dag(repo)
-    unknown = [t for t in targets or [] if t not in everything]
-    if unknown:
-        raise PlanError(f"unknown stage(s) {', '.join(map(repr, unknown))}; the pipeline has: {', '.join(everything)}")
-    wanted: set[str] = set()
-    edges: set[tuple[str, str]] = set()
-    for target in targets or [None]:
-        nodes, found = dag(repo, target) if target else dag(repo)
-        wanted.update(nodes)
-        edges.update(found)
+    """The stages ``dvc repro <targets>`` runs (all without targets), each after the ones it depends
+    on, ties in DVC's order; the graph is DVC's (``dvc dag``)."""
+    stages, edges = dag(repo)
+    if unknown := [t for t in targets or [] if t not in stages]:
+        problem = f"unknown stage(s) {', '.join(map(repr, unknown))}; the pipeline has: {', '.join(stages)}"
+        raise DeterministicFailure("plan", [f"error: {problem}"])
+    wanted = set(targets or stages)
+    while upstream := {a for a, b in edges if b in wanted} - wanted:
+        wanted |= upstream
     order: list[str] = []
-    while len(order) < len(wanted):
-        ready = [s for s in everything if s in wanted and s not in order]
-        ready = [s for s in ready if all(a in order for a, b in edges if b == s)]
-        order.append(ready[0])  # DVC refuses cyclic pipelines, so there always is one
+    while len(order) < len(wanted):  # DVC refuses cyclic pipelines, so a stage is always ready
+        ready = (s for s in stages if s in wanted and s not in order)
+        order.append(next(s for s in ready if all(a in order for a, b in edges if b == s)))
     return order
+
+
+def shared_stages(repo: Path, varied: Iterable[str], targets: Sequence[str] | None = None) -> list[str]:
+    """The stages of ``targets``' pipeline that no experiment of a sweep changes: neither their params
+    (``dvc.api.params_show``) nor those of a stage upstream are among ``varied``, in ``dvc repro`` order."""
+    import dvc.api
+
+    varied = [k.split(":", 1)[-1] for k in varied]
+    edges, order = dag(repo)[1], stage_order(repo, targets)
+    changed: set[str] = set()
+    for stage in order:  # upstream first: downstream of a changed stage changes too
+        with contextlib.chdir(repo):  # dvc.api reads params files relative to the working directory
+            keys = _keys(dvc.api.params_show(stages=stage))
+        touched = any(v == k or v.startswith(f"{k}.") or k.startswith(f"{v}.") for k in keys for v in varied)
+        if touched or any(a in changed for a, b in edges if b == stage):
+            changed.add(stage)
+    return [s for s in order if s not in changed]
+
+
+def _keys(params: Any, prefix: str = "") -> list[str]:
+    if not isinstance(params, dict) or not params:
+        return [prefix.rstrip(".")]
+    return [k for key, value in params.items() for k in _keys(value, f"{prefix}{key}.")]
 
 
 def read_lock(repo: Path) -> dict[str, Any]:
@@ -286,38 +259,31 @@ def read_lock(repo: Path) -> dict[str, Any]:
 def outcomes(
     before: dict[str, Any], after: dict[str, Any], stages: Iterable[str], lines: Iterable[str]
 ) -> dict[str, str]:
-    """What a ``dvc repro`` / ``dvc exp run`` did to each of ``stages``: ``skipped`` when its
-    ``dvc.lock`` entry did not change, ``restored`` when DVC took it from the run-cache, else ``ran``."""
+    """What a ``dvc repro`` / ``dvc exp run`` did to each stage: ``skipped`` when its ``dvc.lock``
+    entry did not change, ``restored`` when DVC took it from the run-cache, else ``ran``."""
     restored = {m.group("stage") for ln in lines if (m := _RESTORED.match(ln))}
     return {s: "skipped" if before.get(s) == after.get(s) else "restored" if s in restored else "ran" for s in stages}
 
 
-def uncached_outputs(repo: Path, stages: Iterable[str] | None = None) -> list[str]:
-    """The outputs of ``stages`` (default: all) that git, not the DVC cache, carries: ``cache: false``
-    metrics and plots, the ones ``dvc.lock`` lists that DVC did not add to a ``.gitignore``."""
-    lock = read_lock(repo)
-    paths = [o["path"] for s, e in lock.items() if stages is None or s in stages for o in e.get("outs", [])]
-    paths = [p for p in paths if (repo / p).exists()]
+def uncached_outputs(repo: Path) -> list[str]:
+    """The outputs ``dvc.lock`` lists that git, not the DVC cache, carries (``cache: false`` metrics
+    and plots): those DVC did not add to a ``.gitignore``."""
+    paths = [
+        o["path"] for entry in read_lock(repo).values() for o in entry.get("outs", []) if (repo / o["path"]).exists()
+    ]
     ignored = subprocess.run(
         ["git", "check-ignore", "--stdin"], cwd=repo, input="\n".join(paths), capture_output=True, text=True
     ).stdout.split()
     return [p for p in paths if p not in ignored]
 
 
-def push_uncached_outputs(repo: Path, stages: Iterable[str] | None = None) -> int:
-    """Push the ``cache: false`` outputs of ``stages`` to the workspace's default DVC remote; return
-    how many paths went.
-
-    DVC's run-cache records them, so a stage with metrics in git can still be restored, but
-    ``dvc push --run-cache`` sends only the records and the cached outputs: another host would find
-    the entry, miss the metrics file, and run the stage again. ``dvc add`` of copies in a scratch
-    DVC project with the workspace's config gives the same objects, which its ``dvc push`` sends.
-    """
-    paths = uncached_outputs(repo, stages)
-    if not paths:
+def push_uncached_outputs(repo: Path) -> int:
+    """Push the ``cache: false`` outputs to the workspace's default DVC remote; return how many went.
+    ``dvc push --run-cache`` sends the run-cache records but not their objects, so another host would
+    run the stage again; ``dvc add`` of copies in a scratch DVC project with the workspace's config
+    makes the same objects, and its ``dvc push`` sends them."""
+    if not (paths := uncached_outputs(repo)):
         return 0
-    import shutil
-
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         subprocess.run(["git", "init", "-q"], cwd=scratch, check=True)
@@ -326,9 +292,8 @@ def push_uncached_outputs(repo: Path, stages: Iterable[str] | None = None) -> in
             if (repo / ".dvc" / name).is_file():
                 shutil.copy2(repo / ".dvc" / name, scratch / ".dvc" / name)
         for path in paths:
-            target = scratch / path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            (shutil.copytree if (repo / path).is_dir() else shutil.copy2)(repo / path, target)
+            (scratch / path).parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if (repo / path).is_dir() else shutil.copy2)(repo / path, scratch / path)
         dvc_out(["add", "-q", *paths], scratch)
         dvc_out(["push", "-q", *[f"{p}.dvc" for p in paths]], scratch)
     return len(paths)
@@ -345,14 +310,14 @@ def split_override(item: str) -> tuple[str, str, str]:
 
 
 def override_files(overrides: Sequence[str]) -> list[str]:
-    """The params files (relative paths) that ``-S`` ``overrides`` change, in first-named order."""
+    """The params files that ``-S`` ``overrides`` change, in first-named order."""
     return list(dict.fromkeys(split_override(o)[0] for o in overrides))
 
 
 def override_problem(params_text: str | None, item: str) -> str | None:
-    """Why ``dvc exp run -S item`` would refuse to change a params file holding ``params_text``
-    (Hydra's rule: a plain ``key=value`` changes an existing key, ``+key`` adds a new one, ``++key``
-    either, ``~key`` removes one); None when it would accept it."""
+    """Why ``dvc exp run -S item`` would refuse to change a params file holding ``params_text``, by
+    Hydra's rule (``key=value`` changes an existing key, ``+key`` adds one, ``++key`` either, ``~key``
+    removes one); None when it would accept it."""
     path, key, value = split_override(item)
     if "=" not in item and not key.startswith("~"):
         return f"{item!r} is not KEY=VALUE"
@@ -363,12 +328,11 @@ def override_problem(params_text: str | None, item: str) -> str | None:
     bare = key.lstrip("+~")
     for part in bare.split("."):
         node = node.get(part, KeyError) if isinstance(node, dict) else KeyError
-    exists = node is not KeyError
     if key.startswith("++"):
         return None
-    if key.startswith("+") and exists:
+    if key.startswith("+") and node is not KeyError:
         return f"could not add {bare!r} to {path}: it is already there (override it with {bare}={value})"
-    if not key.startswith("+") and not exists:
+    if not key.startswith("+") and node is KeyError:
         return f"could not override {bare!r} in {path}: no such key (add it with +{bare}={value})"
     return None
 

@@ -1,6 +1,6 @@
-"""The markdown a flow run leaves behind as Prefect artifacts: what each stage did, the test
-metrics of both models, what changed against the last commit, and where the report is. The
-numbers are picked and formatted here; flows/templates/*.md.j2 lay them out."""
+"""The markdown the pipeline and nightly flows leave as Prefect artifacts: what each stage did, both
+models' test metrics, the change in test accuracy against the previous run, and where the report is.
+The numbers are picked and formatted here; flows/templates/*.md.j2 lay them out."""
 
 from __future__ import annotations
 
@@ -13,49 +13,44 @@ from tasks.core.paths import EVALUATE_METRICS, MODELS
 from tasks.core.paths import REPORT_HTML as REPORT
 from tasks.reporting.templating import render as render_template
 
-#: Rows that lead the table when present; the other numeric metrics follow in name order.
+#: Rows that lead the metrics table when present; the other numeric metrics follow in name order.
 LEADING = ("test_accuracy", "test_loss", "macro_f1", "macro_precision", "macro_recall")
 
 
+def render(template: str, **context: Any) -> str:
+    """``flows/templates/<template>`` filled with ``context``."""
+    return render_template(template, package="flows", **context)
+
+
 def _fmt(name: str, value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
     if "accuracy" in name and 0 <= value <= 1:
         return f"{100 * value:.2f} %"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return f"{value:.4g}"
+    return f"{value:,}" if isinstance(value, int) else f"{value:.4g}"
 
 
-def metrics_rows(repo: Path) -> dict[str, Any]:
-    """What the metrics table shows, from metrics/evaluate.json: the models (columns), one
-    ``(metric, cells)`` row per numeric metric, the models with no metrics -- or ``problem``, a
-    line saying why there is no table."""
-    path = repo / EVALUATE_METRICS
-    if not path.is_file():
-        why = "does not exist (the `evaluate` stage has not run)"
-        return {"problem": f"_No test metrics yet: `{EVALUATE_METRICS}` {why}._"}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        return {"problem": f"_`{EVALUATE_METRICS}` could not be read: {exc}_"}
-    models = [m for m in MODELS if isinstance(data, dict) and isinstance(data.get(m), dict)]
-    if isinstance(data, dict):
-        models += sorted(k for k, v in data.items() if isinstance(v, dict) and k not in models)
-    if not models:
-        return {"problem": f"_`{EVALUATE_METRICS}` holds no per-model metrics._"}
-    numeric = {k for m in models for k, v in data[m].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    metrics = [c for c in LEADING if c in numeric] + sorted(numeric - set(LEADING))
-    rows = [(name, [_fmt(name, data[m][name]) if name in data[m] else "-" for m in models]) for name in metrics]
-    return {"problem": None, "models": models, "rows": rows, "missing": [m for m in MODELS if m not in models]}
+def _numeric(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def metrics_table(repo: Path) -> str:
-    """A markdown table of both models' test metrics side by side, or a line saying why there is none."""
-    return render_template("metrics_table.md.j2", package="flows", path=EVALUATE_METRICS, **metrics_rows(repo)).strip()
+    """A markdown table of both models' test metrics side by side (metrics/evaluate.json, written by
+    the evaluate stage), or a line saying why there is none."""
+    path = repo / EVALUATE_METRICS
+    if not path.is_file():
+        problem = f"_No test metrics yet: `{EVALUATE_METRICS}` does not exist (the `evaluate` stage has not run)._"
+        return render("metrics_table.md.j2", problem=problem).strip()
+    data = json.loads(path.read_text())
+    models = [m for m in MODELS if m in data]
+    numeric = {k for m in models for k, v in data[m].items() if _numeric(v)}
+    names = [c for c in LEADING if c in numeric] + sorted(numeric - set(LEADING))
+    rows = [(name, [_fmt(name, data[m][name]) if name in data[m] else "-" for m in models]) for name in names]
+    missing = [m for m in MODELS if m not in models]
+    return render(
+        "metrics_table.md.j2", problem=None, models=models, rows=rows, missing=missing, path=EVALUATE_METRICS
+    ).strip()
 
 
-def render(
+def pipeline_summary(
     repo: Path,
     results: Sequence[dict[str, Any]],
     metrics_diff: str,
@@ -63,10 +58,10 @@ def render(
     experiment: str | None = None,
     host: str | None = None,
 ) -> str:
+    """The pipeline flow's summary artifact."""
     report = repo / REPORT
-    return render_template(
+    return render(
         "pipeline_summary.md.j2",
-        package="flows",
         repo=repo,
         host=host,
         experiment=experiment,
@@ -77,3 +72,23 @@ def render(
         report_uri=report.as_uri() if report.is_file() else None,
         report_path=report,
     )
+
+
+def accuracy_rows(before: str | None, after: str | None) -> list[tuple[str, str, str, str]]:
+    """``(model, before, after, change in points)`` cells from two texts of metrics/evaluate.json
+    (None where a run has none); one row per model, present or not."""
+
+    def accuracies(text: str | None) -> dict[str, float]:
+        try:
+            data = json.loads(text or "{}")
+        except ValueError:
+            return {}
+        return {m: v["test_accuracy"] for m, v in data.items() if _numeric((v or {}).get("test_accuracy"))}
+
+    old, new = accuracies(before), accuracies(after)
+    rows = []
+    for model in MODELS:
+        a, b = old.get(model), new.get(model)
+        change = "-" if a is None or b is None else f"{100 * (b - a):+.2f} pp"
+        rows.append((model, *("-" if v is None else f"{100 * v:.2f} %" for v in (a, b)), change))
+    return rows

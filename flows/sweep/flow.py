@@ -1,30 +1,11 @@
-"""Sweeps: many DVC experiments -- a grid or list of params overrides times seeds -- fanned out
-over the ``gpu`` pool's workers, then compared in one table.
-
-Two flows:
-
-- ``cifar10-sweep`` (:func:`run_sweep`) reads a sweep file (``sweeps/*.yaml``, see
-  :mod:`flows.sweep.spec`), skips the experiments that already exist, runs the stages every
-  experiment shares once, then one task per remaining experiment that starts a flow run of the
-  ``cifar10-sweep-point/point`` deployment (``run_deployment``; any idle worker of the pool picks it
-  up) and waits for it -- a failed one does not stop the others -- and publishes the comparison
-  (:mod:`flows.sweep.table`) as a Prefect artifact and as ``reports/sweeps/<name>.md`` and ``.csv``.
-- ``cifar10-sweep-point`` (:func:`sweep_point`) runs one experiment in a git clone of its own at
-  the sweep's baseline commit: ``dvc exp run -n <experiment> -S ...``, restoring every stage some
-  other workspace already ran from DVC's run-cache (a shared cache directory on the host, the DVC
-  remote across hosts), then ``dvc exp push`` of the experiment back to the repository the
-  sweep started from, with its data and run-cache to the DVC remote.
-
-DVC's own queue (``dvc exp run --queue``) runs on one machine only; Prefect's workers are what
-spreads a sweep over several. Metrics come from ``dvc exp show --json``; wall times, and which
-experiments failed for good before, from the point flow runs Prefect recorded.
-
-Run a sweep from the repository root::
+"""Sweeps (docs/sweeps.md): ``cifar10-sweep`` expands a sweep file, settles what exists or failed for
+good, runs the stages all experiments share once, then one task per experiment that starts a
+``cifar10-sweep-point/point`` flow run (``run_deployment``: an idle worker of the pool takes it) and
+waits for it, and publishes the comparison. A point runs ``dvc exp run -n <experiment> -S ...`` in a
+clone of its own at the sweep's baseline, restoring from the run-cache what others ran, and pushes it::
 
     python -m flows.sweep sweeps/learning-rate.yaml --local        # one experiment after another, here
     python -m flows.sweep sweeps/alexnet-variants.yaml             # on the gpu pool's workers
-
-or through the ``cifar10-sweep/sweep`` deployment (prefect.yaml; docs/sweeps.md).
 """
 
 from __future__ import annotations
@@ -32,33 +13,30 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, tags, task
+from prefect import flow, get_run_logger, tags, task, unmapped
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
 from prefect.states import Completed, Failed
 
 from flows import access
-from flows.pipeline import exp_run, report_host, retry_options, share_results
-from flows.stages import DeterministicFailure, StageFailure, check_overrides, child_env, log_lines, run_dvc
+from flows.pipeline import QUIET, exp_run, report_host, retry_options, share_results
+from flows.stages import DeterministicFailure, StageFailure, check_overrides, dvc_out, run_dvc, shared_stages
 from flows.sweep import spec as sweep_spec
 from flows.sweep import table as sweep_table
-from flows.sweep import workspace as sweep_workspace
 from flows.sweep.table import DONE, DONE_EARLIER, FAILED, FAILED_EARLIER, Outcome
-from flows.workspace import cache_dir_of, default_remote, git
+from flows.workspace import cache_dir_of, default_remote, git, has_experiment, prepare, read_at
 
-#: The deployment (prefect.yaml) whose flow runs execute the experiments on the pool's workers.
 POINT_DEPLOYMENT = "cifar10-sweep-point/point"
 POINT_FLOW = "cifar10-sweep-point"
-#: Where the comparison goes, in the repository the sweep started from.
 RESULTS_DIR = Path("reports/sweeps")
 #: Where the experiments' workspaces live, under the checkout the worker runs in.
 WORKSPACES = Path(".dvc/tmp/sweeps")
-#: The name of a point's Failed state when running it again would fail the same way (bad params,
+#: The name of a point's Failed state when another attempt would fail the same way (bad params,
 #: failed validation): a rerun of the sweep skips it unless told to retry.
 DETERMINISTIC = "FailedForGood"
 
@@ -71,22 +49,12 @@ class SweepFailed(RuntimeError):
         self.summary = summary
 
 
-# -- one experiment: the point flow --------------------------------------------------------------------
-
-
-@task(name="workspace", cache_policy=NO_CACHE, persist_result=False, retries=1, retry_delay_seconds=5)
+@task(name="workspace", **QUIET, retries=1, retry_delay_seconds=5)
 def prepare_workspace(ws: str, git_url: str, rev: str, cache_dir: str | None, dvc_remote: str | None) -> str:
     """A clone of the sweep's repository at its baseline commit, with the shared cache and remote."""
-    how = sweep_workspace.prepare(Path(ws), git_url, rev, cache_dir=cache_dir, dvc_remote=dvc_remote)
+    how = prepare(Path(ws), git_url, rev, cache_dir=cache_dir, dvc_remote=dvc_remote)
     get_run_logger().info("workspace %s (%s from %s at %s); DVC cache %s", ws, how, git_url, rev[:12], cache_dir)
     return how
-
-
-def _workspace_root(workspace_root: str | None) -> Path:
-    if workspace_root:
-        return Path(workspace_root).expanduser().resolve()
-    here = Path.cwd()
-    return (here / WORKSPACES) if (here / ".dvc").is_dir() else Path.home() / ".cache" / "cifar10-sweeps"
 
 
 @flow(name=POINT_FLOW, persist_result=False)
@@ -106,91 +74,54 @@ def sweep_point(
     retry_delay_seconds: float = 30.0,
     keep_workspace: bool = False,
 ) -> Any:
-    """One experiment of a sweep (or, with ``experiment=None``, the stages all its experiments share).
-
-    Args:
-        experiment: the DVC experiment's name; None runs the shared ``stages`` and shares only the run-cache.
-        overrides: ``-S`` values, in order.
-        git_url: the repository the sweep started from: cloned here, and the experiment is pushed back to it.
-        rev: the sweep's baseline commit.
-        workspace: the workspace's path under ``workspace_root`` (``<sweep>/<experiment>``).
-        stages: ``dvc exp run`` targets (default: the whole pipeline).
-        dvc_remote: URL of the DVC remote to use; None: the one the committed ``.dvc/config`` names.
-        remote: whether there is a DVC remote at all (pull and push through it).
-        cache_dir: a DVC cache directory to share; default: with ``host_cache``, the cache of the
-            checkout this run works in (the deployment's working directory), so experiments on one
-            host restore each other's stages without a trip to the remote.
-        host_cache: see ``cache_dir``.
-        workspace_root: where the workspaces live (default ``.dvc/tmp/sweeps`` of that checkout).
-        retries, retry_delay_seconds: attempts after the first for a transient failure, and the
-            first delay (doubling); a training stage resumes from its checkpoint in the workspace.
-        keep_workspace: keep the clone after success (it is kept after a failure anyway).
-
-    Returns a Completed state, or a Failed one named :data:`DETERMINISTIC` when another attempt
-    would fail the same way.
-    """
+    """One experiment of a sweep (with ``experiment=None``, the stages all its experiments share) in its
+    workspace ``<workspace_root>/<workspace>``; a Failed state named :data:`DETERMINISTIC` when another
+    attempt would fail the same way."""
     logger = get_run_logger()
     report_host(False)
-    ws = _workspace_root(workspace_root) / workspace
+    here = Path.cwd()
+    root = Path(workspace_root).expanduser().resolve() if workspace_root else here / WORKSPACES
+    ws = root / workspace
     access.check({"workspace": ws, "workspace_root": workspace_root, "cache_dir": cache_dir}, {"git_url": git_url})
-    shared = cache_dir or (cache_dir_of(Path.cwd()) if host_cache else None)
     what = f"experiment {experiment!r}" if experiment else "the shared stages"
     try:
-        prepare_workspace(str(ws), git_url, rev, shared, dvc_remote)
+        prepare_workspace(str(ws), git_url, rev, cache_dir or (cache_dir_of(here) if host_cache else None), dvc_remote)
     except Exception as exc:
         return Failed(message=f"{what}: preparing the workspace failed: {exc}")
     try:
-        if experiment and sweep_workspace.has_experiment(ws, rev, experiment):
+        if experiment and has_experiment(ws, rev, experiment):
             logger.info("%s already ran in this workspace; sharing it", what)
         else:
             name = experiment or f"{Path(workspace).parent.name}-shared-stages"
-            exp_run.with_options(**retry_options(retries, retry_delay_seconds))(
-                name, overrides, stages or [], str(ws), remote
-            )
+            run = exp_run.with_options(**retry_options(retries, retry_delay_seconds))
+            run(name, overrides, stages or [], str(ws), remote)
         share_results(str(ws), experiment, git_url, remote)
     except StageFailure as exc:
         if remote:  # what did finish is worth sharing
-            result = run_dvc(["push", "--run-cache"], ws, lambda line: None)
-            logger.info("dvc push --run-cache after the failure: exit %s", result.returncode)
+            pushed = run_dvc(["push", "--run-cache"], ws).returncode
+            logger.info("dvc push --run-cache after the failure: exit %s", pushed)
         return Failed(message=exc.describe(), name="Failed" if exc.retryable else DETERMINISTIC)
     if not keep_workspace:
-        sweep_workspace.remove(ws)
+        shutil.rmtree(ws, ignore_errors=True)
     return Completed(message=f"{what} finished")
-
-
-# -- the sweep: plan, fan out, compare -------------------------------------------------------------------
-
-
-def read_experiments(repo: Path, baseline: str) -> dict[str, dict[str, Any]]:
-    """The experiments of ``baseline`` as ``dvc exp show --json`` in ``repo`` lists them."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "dvc", "exp", "show", "--json", "--rev", baseline, "--no-fetch"],
-        cwd=repo,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"dvc exp show failed in {repo}: {proc.stderr.strip()[-2000:]}")
-    return sweep_table.experiments_from_show(json.loads(proc.stdout or "[]"), baseline)
 
 
 def outcome_of(flow_run: Any) -> Outcome:
     """An experiment's outcome from its point flow run."""
     wall = flow_run.total_run_time.total_seconds() if flow_run.total_run_time else None
     state = flow_run.state
-    if state is not None and state.is_completed():
+    if state is None:
+        return Outcome(FAILED, "no state", wall)
+    if state.is_completed():
         return Outcome(DONE, wall_seconds=wall)
-    message = (state.message if state else "") or (state.name if state else "no state")
-    message = message.removeprefix("Flow run encountered an exception: ")
-    deterministic = state is not None and state.name == DETERMINISTIC
-    shown = message if state is None or state.name in ("Failed", DETERMINISTIC) else f"{state.name}: {message}"
-    return Outcome(FAILED, shown, wall_seconds=wall, deterministic=deterministic)
+    message = (state.message or state.name).removeprefix("Flow run encountered an exception: ")
+    if state.name not in ("Failed", DETERMINISTIC):
+        message = f"{state.name}: {message}"
+    return Outcome(FAILED, message, wall, deterministic=state.name == DETERMINISTIC)
 
 
 def previous_runs(sweep: str, baseline: str) -> dict[str, Any]:
     """``{experiment: its latest finished point flow run}`` of earlier runs of this sweep on ``baseline``."""
-    from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterTags
     from prefect.client.schemas.sorting import FlowRunSort
 
@@ -207,120 +138,74 @@ def previous_runs(sweep: str, baseline: str) -> dict[str, Any]:
     }
 
 
-@task(name="plan-sweep", cache_policy=NO_CACHE, persist_result=False)
+def read_experiments(repo: Path, baseline: str) -> dict[str, dict[str, Any]]:
+    """The experiments of ``baseline`` as ``dvc exp show --json`` in ``repo`` lists them."""
+    show = dvc_out(["exp", "show", "--json", "--rev", baseline, "--no-fetch"], repo)
+    return sweep_table.experiments_from_show(json.loads(show or "[]"), baseline)
+
+
+@task(name="plan-sweep", **QUIET)
 def plan_sweep(repo: str, sweep: sweep_spec.Sweep, baseline: str, retry_failed: bool) -> dict[str, Outcome]:
     """What is already settled: experiments that exist (with the params the sweep gives them), that
-    failed for good before on this commit with these params, or whose overrides DVC would refuse.
-    Everything else still has to run."""
-    root = Path(repo)
-    existing = read_experiments(root, baseline)
-    previous = previous_runs(sweep.name, baseline)
+    failed for good before on this commit with the same overrides, or whose overrides DVC would refuse."""
+    root, experiments = Path(repo), sweep.experiments()
+    existing, previous = read_experiments(root, baseline), previous_runs(sweep.name, baseline)
     settled: dict[str, Outcome] = {}
-    for e in sweep.experiments():
+    for e in experiments:
         before = outcome_of(previous[e.name]) if e.name in previous else None
-        same = e.name in previous and previous[e.name].parameters.get("overrides") == list(e.overrides)
+        same = before and before.deterministic and previous[e.name].parameters.get("overrides") == e.overrides
         if e.name in existing:
-            wrong = sweep_table.mismatched_params(e, existing[e.name]["params"])
-            settled[e.name] = (
-                Outcome(
-                    FAILED,
-                    f"an experiment named {e.name} exists on this commit with other params: {'; '.join(wrong)}. "
-                    f"Remove it (dvc exp remove {e.name}) or rename the point",
-                )
-                if wrong
-                else Outcome(
-                    DONE_EARLIER, wall_seconds=before.wall_seconds if before and before.status == DONE else None
-                )
-            )
-        elif before and before.deterministic and same and not retry_failed:
+            if wrong := sweep_table.mismatched_params(e, existing[e.name]["params"]):
+                why = f"an experiment named {e.name} exists on this commit with other params: {'; '.join(wrong)}"
+                settled[e.name] = Outcome(FAILED, f"{why}. Remove it (dvc exp remove {e.name}) or rename the point")
+            else:
+                wall = before.wall_seconds if before and before.status == DONE else None
+                settled[e.name] = Outcome(DONE_EARLIER, wall_seconds=wall)
+        elif same and not retry_failed:  # failed for good before with the same overrides
             settled[e.name] = Outcome(FAILED_EARLIER, before.message, deterministic=True)
-        elif problems := check_overrides(lambda p: _show(root, baseline, p), list(e.overrides)):
+        elif problems := check_overrides(lambda path: read_at(root, baseline, path), e.overrides):
             settled[e.name] = Outcome(FAILED, f"bad override: {'; '.join(problems)}", deterministic=True)
-    get_run_logger().info(
-        "sweep %s at %s: %d experiments, %d settled before running (%s); %d to run",
-        sweep.name,
-        baseline[:12],
-        len(sweep.experiments()),
-        len(settled),
-        ", ".join(f"{n}: {o.status}" for n, o in settled.items()) or "none",
-        len(sweep.experiments()) - len(settled),
-    )
+    summary = ", ".join(f"{n}: {o.status}" for n, o in settled.items()) or "none"
+    logged = (sweep.name, baseline[:12], len(experiments), summary)
+    get_run_logger().info("sweep %s at %s: %d experiments, settled before running: %s", *logged)
     return settled
 
 
-def _show(repo: Path, rev: str, path: str) -> str | None:
-    proc = git(["show", f"{rev}:{path}"], repo, check=False)
-    return proc.stdout if proc.returncode == 0 else None
-
-
-@task(name="experiment", task_run_name="{name}", cache_policy=NO_CACHE, persist_result=False)
+@task(name="experiment", task_run_name="{name}", **QUIET)
 def run_point(deployment: str, name: str, parameters: dict[str, Any], tags: list[str], poll_seconds: float) -> Outcome:
-    """One experiment as a flow run of ``deployment`` (the pool's next idle worker takes it); waits
-    for it to end."""
+    """One experiment as a flow run of ``deployment`` (the pool's next idle worker takes it); waits for it to end."""
     from prefect.deployments import run_deployment
 
-    flow_run = run_deployment(
-        deployment, parameters=parameters, flow_run_name=name, tags=tags, poll_interval=poll_seconds
-    )
-    outcome = outcome_of(flow_run)
-    (get_run_logger().info if outcome.status == DONE else get_run_logger().error)(
-        "%s: %s (%.0f s)", name, outcome.message or outcome.status, outcome.wall_seconds or 0
-    )
+    run = run_deployment(deployment, parameters=parameters, flow_run_name=name, tags=tags, poll_interval=poll_seconds)
+    outcome = outcome_of(run)
+    log = get_run_logger().info if outcome.status == DONE else get_run_logger().error
+    log("%s: %s (%.0f s)", name, outcome.message or outcome.status, outcome.wall_seconds or 0)
     return outcome
 
 
 def _run_here(parameters: dict[str, Any]) -> Outcome:
     """One experiment as a subflow in this process (``executor="local"``)."""
-    from prefect.client.orchestration import get_client
-
     state = sweep_point(**parameters, return_state=True)
     with get_client(sync_client=True) as client:
         return outcome_of(client.read_flow_run(state.state_details.flow_run_id))
 
 
-def _require_deployment(name: str) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_deployment_by_name(name)
-        except ObjectNotFound:
-            raise DeterministicFailure(
-                "sweep",
-                [
-                    f"error: deployment {name!r} not found: run `prefect --no-prompt deploy --all` from the "
-                    "repository root, or run the sweep with executor='local'"
-                ],
-            ) from None
-
-
-@task(name="publish-sweep", cache_policy=NO_CACHE, persist_result=False)
+@task(name="publish-sweep", **QUIET)
 def publish_sweep(repo: str, sweep: sweep_spec.Sweep, baseline: str, outcomes: dict[str, Outcome]) -> dict[str, Any]:
-    """The comparison table: a markdown artifact, ``reports/sweeps/<name>.md`` and ``.csv``
-    (``-groups.csv`` for the per-point means)."""
+    """The comparison: a markdown artifact, ``reports/sweeps/<name>.md``, ``.csv`` and ``-groups.csv``."""
     root = Path(repo)
-    experiments = sweep.experiments()
-    recorded = read_experiments(root, baseline)
-    rows, keys, columns = sweep_table.build_rows(sweep, experiments, outcomes, recorded)
-    groups = sweep_table.build_groups(sweep, experiments, rows, keys, columns)
-    out = root / RESULTS_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    files = {
-        "md": out / f"{sweep.name}.md",
-        "csv": out / f"{sweep.name}.csv",
-        "groups": out / f"{sweep.name}-groups.csv",
-    }
-    md = sweep_table.markdown(
-        sweep, rows, groups, keys, columns, baseline=baseline, files=[str(p.relative_to(root)) for p in files.values()]
-    )
-    files["md"].write_text(md)
-    files["csv"].write_text(sweep_table.rows_csv(rows, keys, columns))
-    files["groups"].write_text(sweep_table.groups_csv(groups, columns))
+    table = sweep_table.build(sweep, outcomes, read_experiments(root, baseline))
+    (root / RESULTS_DIR).mkdir(parents=True, exist_ok=True)
+    stem = RESULTS_DIR / sweep.name
+    files = {"md": Path(f"{stem}.md"), "csv": Path(f"{stem}.csv"), "groups": Path(f"{stem}-groups.csv")}
+    md = sweep_table.markdown(sweep, table, baseline=baseline, files=[str(p) for p in files.values()])
+    texts = {"md": md, "csv": sweep_table.to_csv(table.rows), "groups": sweep_table.to_csv(table.groups)}
+    for kind, path in files.items():
+        (root / path).write_text(texts[kind])
     key = "sweep-" + re.sub(r"[^a-z0-9-]+", "-", sweep.name.lower()).strip("-")
     create_markdown_artifact(markdown=md, key=key, description=f"Comparison of the experiments of sweep {sweep.name}")
-    get_run_logger().info("comparison published: artifact %s, %s", key, ", ".join(str(p) for p in files.values()))
-    return {"rows": [r.__dict__ for r in rows], "markdown": md, "files": {k: str(v) for k, v in files.items()}}
+    get_run_logger().info("comparison published: artifact %s, %s", key, ", ".join(map(str, files.values())))
+    return {"rows": table.rows, "markdown": md, "files": {k: str(root / v) for k, v in files.items()}}
 
 
 @flow(name="cifar10-sweep", persist_result=False)
@@ -340,26 +225,8 @@ def run_sweep(
     keep_workspaces: bool = False,
     poll_seconds: float = 2.0,
 ) -> Any:
-    """Run every experiment of a sweep as a DVC experiment and compare them.
-
-    Args:
-        sweep: the sweep file, relative to the repository (``sweeps/alexnet-variants.yaml``).
-        set_params: more overrides for every experiment, ``-S`` syntax (``data.url=/path/to/archive``).
-        repo_dir: the repository (default: the working directory the deployment's pull step sets).
-        executor: ``workers``: one flow run per experiment through ``point_deployment``, picked up
-            by the pool's idle workers; ``local``: one after another in this process.
-        point_deployment: the deployment that runs one experiment.
-        git_url: where the workspaces clone from and push experiments to (default: ``repo_dir``,
-            which suits workers on this host; give a URL every worker can reach otherwise).
-        dvc_remote: the DVC remote URL the workspaces share results through (default: the
-            repository's default remote).
-        host_cache: experiments on one host share the DVC cache of the checkout they run in.
-        workspace_root: where the workers keep workspaces (default ``.dvc/tmp/sweeps`` of their checkout).
-        retry_failed: also rerun experiments that failed for good (bad params) last time.
-        point_retries, retry_delay_seconds: retries of a transient failure inside an experiment.
-        keep_workspaces: keep each experiment's clone after it succeeds.
-        poll_seconds: how often to look at the experiments' flow runs.
-    """
+    """Run every experiment of a sweep as a DVC experiment and compare them; the parameters are described
+    in docs/sweeps.md."""
     logger = get_run_logger()
     access.check({"repo_dir": repo_dir, "workspace_root": workspace_root}, {"git_url": git_url})
     repo = Path(repo_dir or ".").resolve()
@@ -367,22 +234,18 @@ def run_sweep(
         raise ValueError(f"executor must be 'workers' or 'local', not {executor!r}")
     try:
         spec = sweep_spec.load(sweep, repo, set_params or [])
-        experiments = spec.experiments()
     except sweep_spec.SweepError as exc:
         raise DeterministicFailure("sweep file", [f"error: {exc}"]) from None
-    baseline = sweep_workspace.head(repo)
-    if dirty := sweep_workspace.dirty_pipeline_files(repo):
-        logger.warning(
-            "uncommitted changes in %s are not part of the sweep (commit %s)", ", ".join(dirty), baseline[:12]
-        )
+    experiments = spec.experiments()
+    baseline = git(["rev-parse", "HEAD"], repo).stdout.strip()
+    if dirty := git(["status", "--porcelain", "--untracked-files=no"], repo).stdout.strip():
+        logger.warning("uncommitted changes are not part of the sweep (commit %s):\n%s", baseline[:12], dirty)
     url = git_url or str(repo)
     remote_url, remote_in_git = default_remote(repo)
-    remote = bool(dvc_remote or remote_url)
-    if not remote:
+    if not (remote := bool(dvc_remote or remote_url)):
         logger.warning("no DVC remote: experiments share stages only through the host's cache")
-    settled = plan_sweep(str(repo), spec, baseline, retry_failed)
-    pending = [e for e in experiments if e.name not in settled]
-    outcomes: dict[str, Outcome] = dict(settled)
+    outcomes = dict(plan_sweep(str(repo), spec, baseline, retry_failed))
+    pending = [e for e in experiments if e.name not in outcomes]
     common = {
         "git_url": url,
         "rev": baseline,
@@ -390,66 +253,54 @@ def run_sweep(
         "dvc_remote": dvc_remote or (None if remote_in_git else remote_url),
         "remote": remote,
         "host_cache": host_cache,
-        "workspace_root": workspace_root,
+        "workspace_root": workspace_root or (str(repo / WORKSPACES) if executor == "local" else None),
+        "cache_dir": cache_dir_of(repo) if executor == "local" and host_cache else None,
         "retries": point_retries,
         "retry_delay_seconds": retry_delay_seconds,
     }
-    if executor == "local":
-        common["workspace_root"] = workspace_root or str(repo / WORKSPACES)
-        common["cache_dir"] = cache_dir_of(repo) if host_cache else None
-
     tag_list = ["sweep", f"sweep:{spec.name}"]
     if executor == "workers" and pending:
-        _require_deployment(point_deployment)
+        from prefect.exceptions import ObjectNotFound
+
+        try:
+            with get_client(sync_client=True) as client:
+                client.read_deployment_by_name(point_deployment)
+        except ObjectNotFound:
+            why = f"deployment {point_deployment!r} not found: `prefect --no-prompt deploy --all`, or executor='local'"
+            raise DeterministicFailure("sweep", [f"error: {why}"]) from None
 
     def launch(points: dict[str, dict[str, Any]]) -> dict[str, Outcome]:
-        """Run the experiments -- here one after another, or as concurrent tasks each waiting on its
-        flow run -- and return their outcomes."""
+        """The experiments' outcomes: run here one after another, or as concurrent tasks each waiting on a flow run."""
         if executor == "local":
             with tags(*tag_list):
                 return {name: _run_here(params) for name, params in points.items()}
-        futures = {
-            name: run_point.submit(point_deployment, name, params, tag_list, poll_seconds)
-            for name, params in points.items()
-        }
-        return {name: future.result() for name, future in futures.items()}
+        futures = run_point.map(point_deployment, list(points), list(points.values()), unmapped(tag_list), poll_seconds)
+        return {name: future.result() for name, future in zip(points, futures)}
 
     # Stages no experiment changes run once, first; the experiments then restore them.
-    varied = {k for e in pending for k in e.own}
-    shared = sweep_workspace.shared_stages(repo, varied, spec.stages) if len(pending) >= 2 else []
+    shared = shared_stages(repo, {k for e in pending for k in e.own}, spec.stages) if len(pending) >= 2 else []
     if shared:
         logger.info("running the stages every experiment shares once, first: %s", ", ".join(shared))
-        base = {**common, "experiment": None, "overrides": sweep_spec.to_overrides(spec.base), "stages": shared}
-        name = f"{spec.name}-shared-stages"
-        first = launch({name: {**base, "workspace": f"{spec.name}/_shared"}})[name]
+        name, overrides = f"{spec.name}-shared-stages", sweep_spec.to_overrides(spec.base)
+        base = dict(common, experiment=None, overrides=overrides, stages=shared, workspace=f"{spec.name}/_shared")
+        first = launch({name: base})[name]
         if first.status != DONE and first.deterministic:
-            outcomes.update(
-                {e.name: Outcome(FAILED, f"not run: the shared stages failed: {first.message}") for e in pending}
-            )
+            why = f"not run: the shared stages failed: {first.message}"
+            outcomes.update({e.name: Outcome(FAILED, why) for e in pending})
             pending = []
     own = {"keep_workspace": keep_workspaces}
-    points = {
-        e.name: {
-            **common,
-            **own,
-            "experiment": e.name,
-            "overrides": list(e.overrides),
-            "workspace": f"{spec.name}/{e.name}",
-        }
-        for e in pending
-    }
-    outcomes.update(launch(points))
+    points = {e.name: {**common, **own, "experiment": e.name, "overrides": e.overrides} for e in pending}
+    outcomes.update(launch({n: {**p, "workspace": f"{spec.name}/{n}"} for n, p in points.items()}))
 
-    if url != str(repo):
-        names = [e.name for e in experiments if outcomes[e.name].status == DONE]
-        if names and run_dvc(["exp", "pull", "--no-cache", url, *names], repo, log_lines(logger)).returncode != 0:
+    if url != str(repo) and (names := [e.name for e in experiments if outcomes[e.name].status == DONE]):
+        if run_dvc(["exp", "pull", "--no-cache", url, *names], repo, logger).returncode != 0:
             logger.warning("dvc exp pull from %s failed; the experiments are there", url)
     summary = publish_sweep(str(repo), spec, baseline, outcomes)
-    rows = summary["rows"]
-    failed = [r for r in rows if r["status"] not in (DONE, DONE_EARLIER)]
+    statuses = [r["status"] for r in summary["rows"]]
+    failed = [r for r in summary["rows"] if r["status"] not in (DONE, DONE_EARLIER)]
     message = (
-        f"sweep {spec.name}: {len(experiments)} experiments, {sum(r['status'] == DONE for r in rows)} ran now, "
-        f"{sum(r['status'] == DONE_EARLIER for r in rows)} finished before, {len(failed)} failed"
+        f"sweep {spec.name}: {len(experiments)} experiments, {statuses.count(DONE)} ran now, "
+        f"{statuses.count(DONE_EARLIER)} finished before, {len(failed)} failed"
     )
     if failed:
         message += ": " + "; ".join(f"{r['experiment']} ({r['message'][:300]})" for r in failed)
@@ -469,21 +320,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dvc-remote")
     parser.add_argument("--retry-failed", action="store_true")
     parser.add_argument("--keep-workspaces", action="store_true")
-    args = parser.parse_args(argv)
-    state = run_sweep(
-        sweep=args.sweep,
-        set_params=args.set_params,
-        repo_dir=args.repo_dir,
-        executor="local" if args.local else "workers",
-        git_url=args.git_url,
-        dvc_remote=args.dvc_remote,
-        retry_failed=args.retry_failed,
-        keep_workspaces=args.keep_workspaces,
-        return_state=True,
-    )
+    args = vars(parser.parse_args(argv))
+    executor = "local" if args.pop("local") else "workers"
+    state = run_sweep(**args, executor=executor, return_state=True)
     summary = state.result(raise_on_failure=False)
     summary = summary.summary if isinstance(summary, SweepFailed) else summary
-    if isinstance(summary, dict) and "markdown" in summary:
+    if isinstance(summary, dict):
         print(summary["markdown"])
     print(state.message or state.name, file=sys.stderr)
     return 0 if state.is_completed() else 1

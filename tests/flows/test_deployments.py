@@ -47,8 +47,8 @@ def test_the_server_refuses_a_client_without_the_auth_string(prefect_server: Pre
         team.read_deployments()
 
 
-def test_a_workspace_outside_the_allowed_roots_is_refused(
-    deployed: Path, worker: object, prefect_server: PrefectServer, tmp_path: Path
+def refuses_a_workspace_outside_the_allowed_roots(
+    deployed: Path, prefect_server: PrefectServer, tmp_path: Path
 ) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -70,9 +70,7 @@ def test_a_workspace_outside_the_allowed_roots_is_refused(
     assert not (elsewhere / "dvc.lock").exists()
 
 
-def test_deploy_registers_a_nightly_schedule_and_an_on_demand_deployment(
-    deployed: Path, prefect_server: PrefectServer
-) -> None:
+def registers_a_nightly_schedule_and_an_on_demand_deployment(deployed: Path, prefect_server: PrefectServer) -> None:
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
     from prefect.client.schemas.filters import FlowRunFilterState, FlowRunFilterStateType
     from prefect.client.schemas.objects import StateType
@@ -113,12 +111,15 @@ def test_deploy_registers_a_nightly_schedule_and_an_on_demand_deployment(
         assert (when.hour, when.minute) == (2, 0), when
 
 
-def test_two_concurrent_runs_complete_in_turn_with_artifacts(
-    deployed: Path, worker: object, prefect_server: PrefectServer
+def test_deployments_refuse_foreign_folders_and_serialise_runs_with_artifacts(
+    deployed: Path, worker: object, prefect_server: PrefectServer, tmp_path: Path
 ) -> None:
-    """Two on-demand runs of the whole pipeline (tiny training) at once: the workspace lock makes
-    the second wait; it then finds every stage done. Both complete, with their artifacts, and
-    the workspace is consistent."""
+    """One deployed checkout and worker for all of it: the deployments prefect.yaml registers, a run
+    refused for a folder outside the allowed roots, then two on-demand runs of the whole pipeline
+    (tiny training) at once: the workspace lock makes the second wait; it then finds every stage
+    done. Both complete, with their artifacts, and the workspace is consistent."""
+    registers_a_nightly_schedule_and_an_on_demand_deployment(deployed, prefect_server)
+    refuses_a_workspace_outside_the_allowed_roots(deployed, prefect_server, tmp_path)
     tiny_training(deployed)
     run(["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qam", "tiny"], cwd=deployed)
     with prefect_server.client() as c:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.nightly import workspace as nws
+from flows import workspace as nws
 from flows.nightly.flow import LINK_TYPE
 from flows.workspace import WorkspaceError
 from tests.conftest import run

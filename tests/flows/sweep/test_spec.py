@@ -13,7 +13,8 @@ import yaml
 
 from flows.sweep import spec as sweep_spec
 from flows.sweep import table as sweep_table
-from flows.sweep import workspace as sweep_workspace
+from flows import workspace
+from flows.stages import shared_stages
 from flows.sweep.spec import SweepError
 from flows.sweep.table import DONE, DONE_EARLIER, FAILED, Outcome
 from flows.workspace import WorkspaceError, default_remote
@@ -34,7 +35,7 @@ grid:
   alexnet.batch_size: [64, 128]
 seeds: 2
 seed_params: [alexnet.seed]
-compare: alexnet
+compare: [alexnet]
 """)
     exps = sweep.experiments()
     assert [e.name for e in exps][:3] == [
@@ -76,11 +77,11 @@ points:
     exps = sweep.experiments()
     assert [e.name for e in exps] == ["variants-student", "variants-variant-paper_dropout-null"]
     assert exps[0].seed is None and "alexnet.seed" not in exps[0].params
-    assert exps[0].overrides == ("data.url=/data/cifar.tar.gz", "data.limit_test=50", "alexnet.variant=seed")
+    assert exps[0].overrides == ["data.url=/data/cifar.tar.gz", "data.limit_test=50", "alexnet.variant=seed"]
     assert "alexnet.dropout=null" in exps[1].overrides
     with_seeds = parse("name: s\nseeds: [7]\n").experiments()
     assert [e.name for e in with_seeds] == ["s-base-s7"]
-    assert with_seeds[0].overrides == ("alexnet.seed=7", "vgg16.seed=7")  # DEFAULT_SEED_PARAMS
+    assert with_seeds[0].overrides == ["alexnet.seed=7", "vgg16.seed=7"]  # DEFAULT_SEED_PARAMS
 
 
 @pytest.mark.parametrize(
@@ -89,11 +90,11 @@ points:
         ("name: x\ngrid: {alexnet.width: 0.5}\n", "non-empty list"),
         ("name: x\nseeds: 0\n", "at least 1"),
         ("name: x\nseeds: [1, 1]\n", "repeat"),
-        ("name: x\nsurprise: 1\n", "unknown key(s) surprise"),
+        ("name: x\nsurprise: 1\n", "surprise: Extra inputs are not permitted"),
         ("name: x\nparams: {alexnet: 3}\n", "section name"),
         ("name: x\nconfigs: [configs/none.yaml]\n", "cannot read"),
         ("name: x\npoints:\n  - {name: a}\n  - {name: a}\n", "share the name"),
-        ("name: x\npoints:\n  - {nme: a}\n", "unknown key(s) nme"),
+        ("name: x\npoints:\n  - {nme: a}\n", "points.0.nme: Extra inputs are not permitted"),
     ],
 )
 def test_malformed_sweeps_are_refused_with_a_reason(text: str, message: str) -> None:
@@ -103,7 +104,6 @@ def test_malformed_sweeps_are_refused_with_a_reason(text: str, message: str) -> 
 
 def test_names_are_valid_git_refs() -> None:
     assert sweep_spec.slug("lr 1e-4/a..b:c") == "lr-1e-4-a.b-c"
-    assert sweep_spec.experiment_name("s", "x.lock", 3) == "s-x.lock-s3"
     assert sweep_spec.slug(".hidden.lock") == "hidden"
 
 
@@ -162,25 +162,24 @@ compare: [alexnet]
     outcomes["t-variant-seed-s3"] = Outcome(DONE_EARLIER)
     outcomes["t-variant-paper-s2"] = Outcome(FAILED, "error: boom | pipe")
     outcomes["t-variant-paper-s3"] = Outcome(FAILED, "error: boom")
-    rows, keys, columns = sweep_table.build_rows(sweep, exps, outcomes, recorded)
-    assert keys == ["alexnet.variant", "alexnet.seed"]
-    assert columns == ["alexnet.test_accuracy", "alexnet.test_loss", "alexnet.train_seconds"]
-    groups = sweep_table.build_groups(sweep, exps, rows, keys, columns)
-    seed_group, paper_group = groups
-    assert (seed_group.n, seed_group.n_done, paper_group.n_done) == (3, 3, 1)
-    assert seed_group.mean["alexnet.test_accuracy"] == pytest.approx(statistics.mean([0.5, 0.6, 0.7]))
-    assert seed_group.std["alexnet.test_accuracy"] == pytest.approx(statistics.stdev([0.5, 0.6, 0.7]))
-    assert seed_group.std["alexnet.test_loss"] == pytest.approx(statistics.stdev([1.5, 1.2, 1.0]))
-    assert paper_group.mean["alexnet.test_accuracy"] == 0.4 and paper_group.std["alexnet.test_accuracy"] is None
-    assert seed_group.wall_mean == 10.0  # the experiment that finished before has no wall time here
+    table = sweep_table.build(sweep, outcomes, recorded)
+    assert table.keys == ["alexnet.variant", "alexnet.seed"]
+    assert table.columns == ["alexnet.test_accuracy", "alexnet.test_loss", "alexnet.train_seconds"]
+    seed_group, paper_group = table.groups
+    assert (seed_group["n"], seed_group["n_done"], paper_group["n_done"]) == (3, 3, 1)
+    assert seed_group["alexnet.test_accuracy_mean"] == pytest.approx(statistics.mean([0.5, 0.6, 0.7]))
+    assert seed_group["alexnet.test_accuracy_std"] == pytest.approx(statistics.stdev([0.5, 0.6, 0.7]))
+    assert seed_group["alexnet.test_loss_std"] == pytest.approx(statistics.stdev([1.5, 1.2, 1.0]))
+    assert paper_group["alexnet.test_accuracy_mean"] == 0.4 and paper_group["alexnet.test_accuracy_std"] is None
+    assert seed_group["wall_seconds_mean"] == 10.0  # the experiment that finished before has no wall time here
 
-    md = sweep_table.markdown(sweep, rows, groups, keys, columns, baseline="b" * 40)
+    md = sweep_table.markdown(sweep, table, baseline="b" * 40)
     assert "| variant-seed | seed | 3/3 | 60.00 % | 10.00 % |" in md
     assert "| t-variant-paper-s2 | failed | paper | 2 | - | - | - | - |" in md
     assert "error: boom \\| pipe" in md  # a pipe in a message does not break the table
-    table = list(csv.DictReader(io.StringIO(sweep_table.rows_csv(rows, keys, columns))))
-    assert table[0]["alexnet.test_accuracy"] == "0.5" and table[4]["status"] == FAILED
-    grouped = list(csv.DictReader(io.StringIO(sweep_table.groups_csv(groups, columns))))
+    rows = list(csv.DictReader(io.StringIO(sweep_table.to_csv(table.rows))))
+    assert rows[0]["alexnet.test_accuracy"] == "0.5" and rows[4]["status"] == FAILED
+    grouped = list(csv.DictReader(io.StringIO(sweep_table.to_csv(table.groups))))
     assert float(grouped[0]["alexnet.test_accuracy_mean"]) == pytest.approx(0.6)
     assert grouped[1]["alexnet.test_accuracy_std"] == ""
 
@@ -194,21 +193,21 @@ def test_recorded_params_must_match_the_sweep() -> None:
 
 
 def test_shared_stages_are_those_no_experiment_changes(dvc_repo: Path) -> None:
-    assert sweep_workspace.shared_stages(dvc_repo, ["alexnet.seed", "alexnet.variant"]) == [
+    assert shared_stages(dvc_repo, ["alexnet.seed", "alexnet.variant"]) == [
         "download",
         "preprocess",
         "validate",
         "train_vgg16",
     ]
-    assert sweep_workspace.shared_stages(dvc_repo, ["data.limit_train"]) == ["download"]
-    assert sweep_workspace.shared_stages(dvc_repo, ["evaluate.batch_size"], ["evaluate"]) == [
+    assert shared_stages(dvc_repo, ["data.limit_train"]) == ["download"]
+    assert shared_stages(dvc_repo, ["evaluate.batch_size"], ["evaluate"]) == [
         "download",
         "preprocess",
         "validate",
         "train_alexnet",
         "train_vgg16",
     ]
-    assert sweep_workspace.shared_stages(dvc_repo, ["params.yaml:train.require_gpu"], ["validate"]) == [
+    assert shared_stages(dvc_repo, ["params.yaml:train.require_gpu"], ["validate"]) == [
         "download",
         "preprocess",
         "validate",
@@ -216,21 +215,21 @@ def test_shared_stages_are_those_no_experiment_changes(dvc_repo: Path) -> None:
 
 
 def test_workspace_is_a_clone_at_the_baseline_that_is_reset_when_reused(dvc_repo: Path, tmp_path: Path) -> None:
-    rev = sweep_workspace.head(dvc_repo)
+    rev = run(["git", "rev-parse", "HEAD"], cwd=dvc_repo).stdout.strip()
     ws = tmp_path / "ws" / "one"
     assert (
-        sweep_workspace.prepare(
+        workspace.prepare(
             ws, str(dvc_repo), rev, cache_dir=str(dvc_repo / ".dvc/cache"), dvc_remote=str(tmp_path / "remote")
         )
         == "cloned"
     )
-    assert sweep_workspace.head(ws) == rev
+    assert run(["git", "rev-parse", "HEAD"], cwd=ws).stdout.strip() == rev
     config = dvc("config", "--list", "--local", cwd=ws).stdout
     assert f"cache.dir={dvc_repo / '.dvc/cache'}" in config and "core.remote=sweep" in config
     (ws / "params.yaml").write_text("changed: true\n")  # what a failed `dvc exp run -S` leaves behind
     (ws / "checkpoints/alexnet").mkdir(parents=True)  # a retried training resumes from it
     (ws / "checkpoints/alexnet/state.json").write_text("{}")
-    assert sweep_workspace.prepare(ws, str(dvc_repo), rev, cache_dir=None, dvc_remote=None) == "reused"
+    assert workspace.prepare(ws, str(dvc_repo), rev, cache_dir=None, dvc_remote=None) == "reused"
     assert (ws / "params.yaml").read_text() == (dvc_repo / "params.yaml").read_text()
     assert (ws / "checkpoints/alexnet/state.json").is_file()
     assert "cache.dir" not in dvc("config", "--list", "--local", cwd=ws).stdout
@@ -238,11 +237,11 @@ def test_workspace_is_a_clone_at_the_baseline_that_is_reset_when_reused(dvc_repo
     (dvc_repo / "new.txt").write_text("n")
     run(["git", "add", "new.txt"], cwd=dvc_repo)
     run(["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "new"], cwd=dvc_repo)
-    newer = sweep_workspace.head(dvc_repo)
-    assert sweep_workspace.prepare(ws, str(dvc_repo), newer, cache_dir=None, dvc_remote=None) == "reused"
-    assert sweep_workspace.head(ws) == newer  # fetched
+    newer = run(["git", "rev-parse", "HEAD"], cwd=dvc_repo).stdout.strip()
+    assert workspace.prepare(ws, str(dvc_repo), newer, cache_dir=None, dvc_remote=None) == "reused"
+    assert run(["git", "rev-parse", "HEAD"], cwd=ws).stdout.strip() == newer  # fetched
     with pytest.raises(WorkspaceError, match="is not in"):
-        sweep_workspace.prepare(tmp_path / "ws" / "two", str(dvc_repo), "0" * 40, cache_dir=None, dvc_remote=None)
+        workspace.prepare(tmp_path / "ws" / "two", str(dvc_repo), "0" * 40, cache_dir=None, dvc_remote=None)
 
 
 def test_default_remote_is_found_and_told_apart_from_a_committed_one(dvc_repo: Path, tmp_path: Path) -> None:
