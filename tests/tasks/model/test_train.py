@@ -225,7 +225,7 @@ def test_require_gpu_fails_fast_without_one(workspace: Path, tmp_path: Path, cha
 def test_vgg16_imagenet_weights_unreachable_is_one_retryable_line(workspace: Path, tmp_path: Path) -> None:
     # Nothing serves the weights: every HTTPS request goes to a closed port on 127.0.0.1, and the
     # Keras cache is empty.
-    work = copy_of(workspace, tmp_path, vgg16={"weights": "imagenet"})
+    work = copy_of(workspace, tmp_path, vgg16={"weights": "imagenet", "width": 1.0})  # pretrained: full width
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
     port = closed.getsockname()[1]

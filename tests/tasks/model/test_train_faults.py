@@ -177,7 +177,7 @@ def test_a_truncated_prepared_split_is_one_line(workspace: Path, tmp_path: Path)
 
 
 def test_vgg16_weights_naming_a_file_that_is_not_weights_is_one_line(workspace: Path, tmp_path: Path) -> None:
-    work = copy_of(workspace, tmp_path, vgg16={"weights": "notes_notop.h5"})
+    work = copy_of(workspace, tmp_path, vgg16={"weights": "notes_notop.h5", "width": 1.0})
     (work / "notes_notop.h5").write_text("not an HDF5 file\n")
     line = one_error(*finish(stage("tasks.train_vgg16", work)))
     assert line.startswith("error: damaged or not the right kind of file, reading notes_notop.h5 (vgg16.weights): ")
