@@ -26,6 +26,9 @@ export GX_ANALYTICS_ENABLED := false
 CIFAR_ARCHIVE ?=
 CIFAR_SHA256 ?=
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test` (auto: one per CPU); each test file runs whole on one worker, so its
+# module-scoped fixtures (a deployed checkout, a Prefect server) are built once.
+TEST_WORKERS ?= auto
 # A folder of wheels (make wheelhouse) to install from instead of the package index.
 WHEELHOUSE ?=
 
@@ -138,7 +141,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 test: lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

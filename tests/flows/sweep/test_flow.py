@@ -95,7 +95,7 @@ def workers(sweep_repo: Path, prefect_server: PrefectServer) -> Iterator[list[st
             stop(proc, signal.SIGINT, max(deadline - time.monotonic(), 0.1))
 
 
-def run_sweep_deployment(server: PrefectServer, repo: Path, timeout: float = 600, **parameters):
+def run_sweep_deployment(server: PrefectServer, repo: Path, timeout: float = 1200, **parameters):
     """Trigger cifar10-sweep/sweep; wait for it; return (flow run, wall seconds)."""
     with server.client() as c:
         deployment = c.read_deployment_by_name("cifar10-sweep/sweep")
@@ -151,6 +151,9 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+# Two sweeps of four tiny pipelines each: beside another test file on a second pytest-xdist worker, this needs
+# more than the suite's default timeout on a two-core machine.
+@pytest.mark.timeout(1800)
 def test_tiny_sweep_over_two_workers_then_rerun_starts_nothing(
     sweep_repo: Path, prefect_server: PrefectServer, workers: list[str]
 ) -> None:
