@@ -22,12 +22,11 @@ Writes bench/results/augmentation-<backend>-w<width>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
 from bench_throughput import MEAN, STD, WARMUP_BATCHES, images_needed
-from common import REPO, describe_machine, machine, one_hot, recipe_params, table
+from common import describe_machine, machine, one_hot, recipe_params, table, write_result
 
 import keras
 from tasks.core.devices import describe
@@ -102,11 +101,8 @@ def main() -> None:
     print()
     print(f"AlexNet seed x{args.width}, batch {args.batch}, {policy}, backend {keras.backend.backend()}")
     print(table(rows, list(rows[0])))
-    out = REPO / f"bench/results/augmentation-{keras.backend.backend()}-w{args.width}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     result = {"machine": host, "args": vars(args), "policy": policy, "rows": rows, "runs": runs}
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    write_result(f"augmentation-{keras.backend.backend()}-w{args.width}", result)
 
 
 if __name__ == "__main__":

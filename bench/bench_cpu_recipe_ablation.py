@@ -14,11 +14,10 @@ Writes bench/results/cpu_recipe_ablation.json.
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 from bench_throughput import images_needed, project_step
-from common import REPO, describe_machine, machine, one_hot, table, throughput_row
+from common import describe_machine, machine, one_hot, table, throughput_row, write_result
 
 VARIANTS: list[tuple[str, dict[str, object]]] = [
     ("quick-cpu as shipped", {}),
@@ -48,10 +47,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     print()
     print(table(rows, ["variant", "batch", "precision", "img/s", "GFLOP/s", "of matmul rate"]))
-    out = REPO / "bench/results/cpu_recipe_ablation.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": host, "rows": rows}, indent=2))
-    print(f"wrote {out}")
+    write_result("cpu_recipe_ablation", {"machine": host, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Prints a table and writes ``bench/results/data_stages.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DEFAULT_ARCHIVE, REPO, describe_machine, machine  # noqa: E402
+from common import DEFAULT_ARCHIVE, REPO, describe_machine, machine, write_result  # noqa: E402
 
 REAL_SHA256 = "74d36e93f7daa4ade4876a51e01bcd2ab1c202d05eb6cb36d9105e3144bc10c4"
 
@@ -86,10 +85,7 @@ def main() -> None:
     print(f"{'run':>3}  {'step':<48} {'wall s':>7} {'peak RSS MiB':>13}")
     for r in rows:
         print(f"{r['run']:>3}  {r['step']:<48} {r['wall_s']:>7} {r['peak_rss_mib']:>13}")
-    out = REPO / "bench/results/data_stages.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": host, "rows": rows}, indent=2))
-    print(f"wrote {out}")
+    write_result("data_stages", {"machine": host, "rows": rows})
 
 
 if __name__ == "__main__":

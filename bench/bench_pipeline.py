@@ -17,7 +17,6 @@ Writes bench/results/pipeline.json. (The whole quick run, training included, is 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -27,7 +26,7 @@ import time
 from pathlib import Path
 
 import yaml
-from common import DEFAULT_ARCHIVE, REPO, describe_machine, machine, table
+from common import DEFAULT_ARCHIVE, REPO, describe_machine, machine, table, write_result
 
 REAL_SHA256 = "74d36e93f7daa4ade4876a51e01bcd2ab1c202d05eb6cb36d9105e3144bc10c4"
 
@@ -81,10 +80,7 @@ def main() -> None:
             )
         rows.append({"what": "dvc status", "seconds": sh([*dvc, "status"], repo)})
     print(table(rows, ["what", "seconds"]))
-    out = REPO / "bench/results/pipeline.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": host, "rows": rows}, indent=2))
-    print(f"wrote {out}")
+    write_result("pipeline", {"machine": host, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -27,11 +27,19 @@ Writes bench/results/throughput.json.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
-from common import REPO, describe_machine, machine, one_hot, recipe_params, table, throughput_row, train_flops_per_image
+from common import (
+    describe_machine,
+    machine,
+    one_hot,
+    recipe_params,
+    table,
+    throughput_row,
+    train_flops_per_image,
+    write_result,
+)
 
 import keras
 from tasks.core.devices import describe
@@ -138,10 +146,7 @@ def main() -> None:
 
     print()
     print(table(rows, ["step", "batch", "precision", "img/s", "GFLOP/img", "GFLOP/s", "of matmul rate"]))
-    out = REPO / "bench/results/throughput.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": host, "rows": rows}, indent=2))
-    print(f"wrote {out}")
+    write_result("throughput", {"machine": host, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ Writes bench/results/time_to_accuracy_<budget>s.json.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
 import time
@@ -28,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from common import REPO, describe_machine, machine, real_splits, recipe_params, table
+from common import describe_machine, machine, real_splits, recipe_params, table, write_result
 
 from tasks.core import devices, runinfo
 from tasks.model import train
@@ -135,20 +134,13 @@ def main() -> None:
         print(
             f"\n{r['recipe']}: " + ", ".join(f"{c['train_seconds']:.0f}s {c['val_accuracy']:.3f}" for c in r["curve"])
         )
-    out = REPO / f"bench/results/time_to_accuracy_{int(args.budget)}s.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "machine": host,
-                "budget_seconds": args.budget,
-                "student_epoch_seconds": student_epoch,
-                "results": results,
-            },
-            indent=2,
-        )
-    )
-    print(f"\nwrote {out}")
+    record = {
+        "machine": host,
+        "budget_seconds": args.budget,
+        "student_epoch_seconds": student_epoch,
+        "results": results,
+    }
+    write_result(f"time_to_accuracy_{int(args.budget)}s", record)
 
 
 if __name__ == "__main__":

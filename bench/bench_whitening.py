@@ -12,12 +12,11 @@ Writes bench/results/whitening.json.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 
 from bench_time_to_accuracy import run_recipe
-from common import REPO, describe_machine, machine, real_splits, table
+from common import describe_machine, machine, real_splits, table, write_result
 
 
 def with_whitening(spec: str) -> str:
@@ -50,10 +49,7 @@ def main() -> None:
         for r in results
     ]
     print(table(rows, ["recipe", "train s", *[f"val {e}" for e in range(1, epochs + 1)], "test acc"]))
-    out = REPO / "bench/results/whitening.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": host, "results": results}, indent=2))
-    print(f"\nwrote {out}")
+    write_result("whitening", {"machine": host, "results": results})
 
 
 if __name__ == "__main__":

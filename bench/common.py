@@ -15,12 +15,23 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tasks.core.atomic import write_json  # noqa: E402
 from tasks.core.params import DataParams, alexnet_params, AlexNetParams  # noqa: E402
 from tasks.data.archive import read_archive  # noqa: E402
 from tasks.data.splits import Split, facts, make_splits  # noqa: E402
 from tools.overrides import load_overlay, merged  # noqa: E402
 
 DEFAULT_ARCHIVE = Path(os.environ.get("CIFAR10_ARCHIVE", REPO.parent / "shared/data/cifar-10/cifar-10-python.tar.gz"))
+#: Where every benchmark writes its record (docs/benchmarks.md quotes them).
+RESULTS = REPO / "bench" / "results"
+
+
+def write_result(name: str, record: dict[str, Any]) -> Path:
+    """Write a benchmark's record to ``bench/results/<name>.json`` (atomically) and say where."""
+    out = RESULTS / f"{name}.json"
+    write_json(out, record)
+    print(f"\nwrote {out}")
+    return out
 
 
 def real_splits(archive: Path = DEFAULT_ARCHIVE, seed: int = 42) -> tuple[dict[str, Split], dict[str, Any]]:
