@@ -32,7 +32,7 @@ TEST_WORKERS ?= auto
 # A folder of wheels (make wheelhouse) to install from instead of the package index.
 WHEELHOUSE ?=
 
-.PHONY: setup lock wheelhouse pipeline quick plots-diff exp-show bench lint test clean
+.PHONY: setup lock wheelhouse pipeline quick plots-diff exp-show bench lint test test-fast clean
 
 setup: $(VENV)/.setup-stamp
 
@@ -140,8 +140,14 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Every test (what CI runs). The tests marked e2e (the real `dvc repro`, make targets) or server (a Prefect
+# server or worker) start first, so the slowest files do not end the run on one worker.
 test: lint
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# The fast tier, for use while working: every test but the e2e and server ones.
+test-fast: lint
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not e2e and not server" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

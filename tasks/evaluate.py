@@ -17,8 +17,6 @@ from tasks.core.errors import StageError
 from tasks.core.params import load_evaluate_params
 from tasks.core.paths import CONFUSION, EVALUATE_METRICS, MODELS, PER_CLASS, PREPARED
 from tasks.data.splits import load_split
-from tasks.reporting import report
-from tasks.reporting.evaluation import confusion_csv, evaluate_model, metrics_entry, per_class_csv
 
 
 def main() -> None:
@@ -28,6 +26,10 @@ def main() -> None:
         class_names = json.loads((PREPARED / "facts.json").read_text())["class_names"]
     except (FileNotFoundError, KeyError) as exc:
         raise StageError(f"{PREPARED}: cannot read the test split ({exc}); run the preprocess stage first") from None
+    # Keras loads only now, after the params and the test split passed their checks.
+    from tasks.reporting import report
+    from tasks.reporting.evaluation import confusion_csv, evaluate_model, metrics_entry, per_class_csv
+
     info = devices.describe()
     results = [evaluate_model(name, test, class_names, params) for name in MODELS]
     context = {

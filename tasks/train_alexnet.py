@@ -1,21 +1,30 @@
-"""Stage ``train_alexnet``: AlexNet from scratch on the prepared train split (section ``alexnet``)."""
+"""Stage ``train_alexnet``: AlexNet from scratch on the prepared train split (section ``alexnet``).
+
+Keras loads inside the functions below, after ``main`` has checked the params and the validation gate: a
+typo costs a fraction of a second, not a TensorFlow import.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import keras
+from typing import TYPE_CHECKING
 
 from tasks.core.cli import run_stage
 from tasks.core.params import AlexNetParams, load_alexnet_params, load_train_params
-from tasks.model import train
-from tasks.model.models import build_alexnet
-from tasks.model.recipe import make_optimizer, make_schedule
+from tasks.data.gate import require_validated
+
+if TYPE_CHECKING:
+    import keras
+
+    from tasks.model import train
 
 NAME = "alexnet"
 
 
 def phases(params: AlexNetParams) -> list[train.Phase]:
+    from tasks.model import train
+    from tasks.model.recipe import make_optimizer, make_schedule
+
     recipe = params.recipe
 
     def prepare(model: keras.Model, steps: int) -> None:
@@ -25,6 +34,9 @@ def phases(params: AlexNetParams) -> list[train.Phase]:
 
 
 def run(params: AlexNetParams, checkpoint_root: Path, require_gpu: bool) -> None:
+    from tasks.model import train
+    from tasks.model.models import build_alexnet
+
     train.run(
         NAME,
         params,
@@ -37,8 +49,9 @@ def run(params: AlexNetParams, checkpoint_root: Path, require_gpu: bool) -> None
 
 
 def main() -> None:
-    shared = load_train_params()
-    run(load_alexnet_params(), Path(shared.checkpoint_dir), shared.require_gpu)
+    shared, params = load_train_params(), load_alexnet_params()
+    require_validated()
+    run(params, Path(shared.checkpoint_dir), shared.require_gpu)
 
 
 if __name__ == "__main__":

@@ -2,25 +2,32 @@
 
 Phase ``head``: ``vgg16.head_epochs`` epochs with the convolutional base frozen at
 ``vgg16.learning_rate``. Phase ``fine_tune``: the rest of ``vgg16.epochs`` with the base unfrozen
-from block ``vgg16.unfreeze_from`` onwards at ``vgg16.fine_tune_learning_rate``.
+from block ``vgg16.unfreeze_from`` onwards at ``vgg16.fine_tune_learning_rate``. Keras loads inside the
+functions below, after ``main`` has checked the params and the validation gate.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import keras
+from typing import TYPE_CHECKING
 
 from tasks.core.cli import run_stage
 from tasks.core.params import VGG16Params, load_train_params, load_vgg16_params
-from tasks.model import train
-from tasks.model.models import build_vgg16, set_vgg_trainable
-from tasks.model.recipe import make_optimizer, make_schedule
+from tasks.data.gate import require_validated
+
+if TYPE_CHECKING:
+    import keras
+
+    from tasks.model import train
 
 NAME = "vgg16"
 
 
 def phases(params: VGG16Params) -> list[train.Phase]:
+    from tasks.model import train
+    from tasks.model.models import set_vgg_trainable
+    from tasks.model.recipe import make_optimizer, make_schedule
+
     recipe = params.recipe
     fine_epochs = recipe.epochs - params.head_epochs
 
@@ -42,14 +49,18 @@ def phases(params: VGG16Params) -> list[train.Phase]:
 
 
 def run(params: VGG16Params, checkpoint_root: Path, require_gpu: bool) -> None:
+    from tasks.model import train
+    from tasks.model.models import build_vgg16
+
     train.run(
         NAME, params, params.recipe, lambda facts: build_vgg16(params), phases(params), checkpoint_root, require_gpu
     )
 
 
 def main() -> None:
-    shared = load_train_params()
-    run(load_vgg16_params(), Path(shared.checkpoint_dir), shared.require_gpu)
+    shared, params = load_train_params(), load_vgg16_params()
+    require_validated()
+    run(params, Path(shared.checkpoint_dir), shared.require_gpu)
 
 
 if __name__ == "__main__":

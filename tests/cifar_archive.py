@@ -6,6 +6,7 @@ none is constant, and a tiny model can learn the classes.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import pickle
@@ -50,7 +51,8 @@ def make_archive(
     extra: list[tarfile.TarInfo] | None = None,
     replace: dict[str, bytes] | None = None,
 ) -> str:
-    """Write a CIFAR-format .tar.gz and return its sha256.
+    """Write a CIFAR-format .tar.gz and return its sha256: the same arguments give the same bytes (no
+    time in the gzip header or the members), so the archive's digest -- a DVC param -- is stable.
 
     ``skip`` leaves a member out, ``extra`` appends raw members (links, ``../`` names, devices),
     ``replace`` swaps a member's bytes (e.g. a malicious pickle).
@@ -66,7 +68,12 @@ def make_archive(
     )
     members.update(replace or {})
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w:gz") as tar:
+    # tarfile's "w:gz" would write the current time (and the file name) into the gzip header.
+    with (
+        path.open("wb") as raw,
+        gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w") as tar,
+    ):
         root = tarfile.TarInfo(ROOT)
         root.type = tarfile.DIRTYPE
         tar.addfile(root)

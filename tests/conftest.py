@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -31,11 +36,39 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 
+def shared_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder every pytest-xdist worker of this test run sees (each worker's base temp is inside it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@contextmanager
+def built_once(folder: Path) -> Iterator[bool]:
+    """Hold ``folder``'s lock (one xdist worker at a time); yield whether it still has to be built. The
+    builder's block must end in :func:`mark_built`; a builder that fails leaves it to the next one."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f"{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield not (folder / ".built").exists()
+
+
+def mark_built(folder: Path) -> None:
+    (folder / ".built").touch()
+
+
 @pytest.fixture(scope="session")
 def fixture_archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A 400-image CIFAR-format archive (300 train in 5 batches, 100 test) and its sha256."""
-    path = tmp_path_factory.mktemp("archive") / "cifar-10-python.tar.gz"
-    return path, make_archive(path)
+    """A 400-image CIFAR-format archive (300 train in 5 batches, 100 test) and its sha256: one file, at one
+    path, for every worker of the test run, so the ``data.url`` and ``data.sha256`` params are the same in
+    every test repo and DVC's run-cache can serve one repo's stages to another."""
+    folder = shared_tmp(tmp_path_factory) / "archive"
+    path = folder / "cifar-10-python.tar.gz"
+    with built_once(folder) as building:
+        if building:
+            shutil.rmtree(folder, ignore_errors=True)
+            make_archive(path)
+            mark_built(folder)
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +80,37 @@ def real_archive() -> Path:
     return REAL_ARCHIVE
 
 
+# -- tiers: `make test-fast` leaves out the tests marked e2e or server ---------------------------------
+
+#: The marks that keep a test out of the fast tier, slowest first: files holding such tests start first, so
+#: the run does not end on one busy worker while the other idles.
+SLOW_TIERS = ("server", "e2e")
+_current: pytest.Item | None = None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    global _current
+    _current = item
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        marks = {m.name for m in item.iter_markers()}
+        return next((i for i, tier in enumerate(SLOW_TIERS) if tier in marks), len(SLOW_TIERS))
+
+    files: dict[str, int] = {}
+    for item in items:
+        files[item.nodeid.split("::")[0]] = min(files.get(item.nodeid.split("::")[0], 99), rank(item))
+    items.sort(key=lambda item: files[item.nodeid.split("::")[0]])  # stable: a file's tests keep their order
+
+
+def require_mark(mark: str, what: str) -> None:
+    """Fail the running test if it does ``what`` (slow) without carrying ``mark`` (so the fast tier runs it)."""
+    if _current is not None and _current.get_closest_marker(mark) is None:
+        pytest.fail(f"{_current.nodeid} {what} but is not marked @pytest.mark.{mark}", pytrace=False)
+
+
 def subprocess_env() -> dict[str, str]:
     """Environment for child processes: this interpreter's bin first, so `python` in dvc.yaml is ours."""
     env = dict(os.environ)
@@ -56,6 +120,8 @@ def subprocess_env() -> dict[str, str]:
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    if cmd[0] == "make":
+        require_mark("e2e", "runs make")
     proc = subprocess.run(cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -63,6 +129,8 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 600) -> 
 
 
 def dvc(*args: str, cwd: Path, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    if args[:1] == ("repro",) or args[:2] == ("exp", "run"):
+        require_mark("e2e", f"runs dvc {' '.join(args[:2])}")
     return run([sys.executable, "-m", "dvc", *args], cwd=cwd, check=check, timeout=timeout)
 
 
@@ -123,11 +191,61 @@ TINY_TRAINING: dict[str, dict] = {
         "jit_compile": False,
     },
 }
+#: The test pipeline: tiny training and a short latency measurement. One definition for every test that runs
+#: the pipeline, so their stages share DVC run-cache keys with :func:`trained_pipeline`'s.
+TINY: dict[str, dict] = {**TINY_TRAINING, "evaluate": {"latency_repeats": 2}}
 
 
 def tiny_training(repo: Path) -> None:
-    """Shrink the training stages of the repo at ``repo`` to test size."""
-    set_params(repo, **TINY_TRAINING)
+    """Shrink the pipeline of the repo at ``repo`` to test size (:data:`TINY`)."""
+    set_params(repo, **TINY)
+
+
+def commit_all(repo: Path, message: str) -> None:
+    run(["git", "add", "-A"], cwd=repo)
+    run(["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", message], cwd=repo)
+
+
+@dataclass(frozen=True)
+class TrainedPipeline:
+    """The tiny pipeline, run once for the test run by the real ``dvc repro``: its repo and what it printed."""
+
+    repo: Path
+    log: str
+
+    @property
+    def cache(self) -> Path:
+        return self.repo / ".dvc/cache"
+
+    def seed(self, repo: Path) -> Path:
+        """Give ``repo`` a copy of this pipeline's DVC cache and run-cache: its ``dvc repro`` of the same
+        stages with the same params restores them instead of running them."""
+        shutil.copytree(self.cache, repo / ".dvc/cache", dirs_exist_ok=True)
+        return repo
+
+
+@pytest.fixture(scope="session")
+def trained_pipeline(tmp_path_factory: pytest.TempPathFactory, fixture_archive: tuple[Path, str]) -> TrainedPipeline:
+    """Every stage of the tiny pipeline, trained once for the whole test run (all xdist workers)."""
+    folder = shared_tmp(tmp_path_factory) / "trained-pipeline"
+    with built_once(folder) as building:
+        if building:
+            shutil.rmtree(folder, ignore_errors=True)
+            repo = make_dvc_repo(folder / "repo", fixture_archive)
+            tiny_training(repo)
+            commit_all(repo, "tiny")
+            done = dvc("repro", cwd=repo)
+            (folder / "repro.log").write_text(done.stdout + done.stderr)  # DVC's lines, then the stages' logs
+            mark_built(folder)
+    return TrainedPipeline(folder / "repo", (folder / "repro.log").read_text())
+
+
+@pytest.fixture
+def seeded_repo(dvc_repo: Path, trained_pipeline: TrainedPipeline) -> Path:
+    """A fresh repo of the tiny pipeline whose DVC cache holds what :func:`trained_pipeline` trained."""
+    tiny_training(dvc_repo)
+    commit_all(dvc_repo, "tiny")
+    return trained_pipeline.seed(dvc_repo)
 
 
 TEST_DATA = DataParams(

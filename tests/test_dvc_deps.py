@@ -1,8 +1,8 @@
 """Every project file a stage's command imports is one of that stage's deps in dvc.yaml.
 
 Otherwise a change to that file leaves ``dvc status`` clean and the stage's results stale. Each
-stage's entry module is imported in a fresh interpreter and the project files it loaded are
-compared with the stage's deps (a folder dep covers the files under it), so an import added
+stage's entry module (and every module its functions import) is imported in a fresh interpreter and the
+project files it loaded are compared with the stage's deps (a folder dep covers the files under it), so an import added
 later cannot escape either. Page templates are read at run time, not imported, so the templates
 those files name (and the templates they extend or include) must be deps as well.
 """
@@ -34,9 +34,21 @@ TRACKED = set(
     ).stdout.split()
 )
 PROBE = """
-import importlib, json, sys
+import ast, importlib, json, sys
 from pathlib import Path
-importlib.import_module(sys.argv[1])
+entry = importlib.import_module(sys.argv[1])
+# The imports inside its functions too: an entry point defers Keras until its params are checked.
+for node in ast.walk(ast.parse(Path(entry.__file__).read_text())):
+    if isinstance(node, ast.Import):
+        for alias in node.names:
+            importlib.import_module(alias.name)
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        importlib.import_module(node.module)
+        for alias in node.names:  # `from tasks.model import train` names a module
+            try:
+                importlib.import_module(node.module + "." + alias.name)
+            except ImportError:
+                pass
 root = Path.cwd().resolve()
 files = set()
 for module in list(sys.modules.values()):

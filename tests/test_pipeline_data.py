@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import dvc, set_params
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_dvc_repro_validate_then_nothing_to_do(dvc_repo: Path) -> None:
     first = dvc("repro", "validate", cwd=dvc_repo)
     assert "Running stage 'download'" in first.stdout
@@ -30,7 +30,7 @@ def test_dvc_repro_validate_then_nothing_to_do(dvc_repo: Path) -> None:
     assert "up to date" in status.stdout.lower()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_digest_mismatch_stops_the_pipeline(dvc_repo: Path) -> None:
     set_params(dvc_repo, data={"sha256": "a" * 64})
     proc = dvc("repro", "validate", cwd=dvc_repo, check=False)
@@ -40,7 +40,7 @@ def test_digest_mismatch_stops_the_pipeline(dvc_repo: Path) -> None:
     assert not (dvc_repo / "data/prepared").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_malformed_params_fail_before_any_work(dvc_repo: Path) -> None:
     set_params(dvc_repo, data={"val_fraction": "a tenth"})
     proc = dvc("repro", "validate", cwd=dvc_repo, check=False)

@@ -9,18 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, dvc, run, set_params, tiny_training
+from tests.conftest import REPO, dvc, run, set_params
 
 COMMIT = ["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm"]
 
 
-@pytest.mark.slow
-def test_two_commits_and_two_experiments_are_reviewable(dvc_repo: Path) -> None:
-    tiny_training(dvc_repo)
+@pytest.mark.e2e
+def test_two_commits_and_two_experiments_are_reviewable(seeded_repo: Path) -> None:
+    dvc_repo = seeded_repo
     # The developer tools (tools.plots_diff below) are part of a checkout, though no stage needs them.
     shutil.copytree(REPO / "tools", dvc_repo / "tools", ignore=shutil.ignore_patterns("__pycache__"))
     first = dvc("repro", cwd=dvc_repo)
-    assert "Running stage 'evaluate'" in first.stdout
+    assert "Stage 'evaluate' is cached - skipping run" in first.stdout  # the test run's trained pipeline
     assert (dvc_repo / "reports/report.html").is_file()
     run(["git", "add", "-A"], cwd=dvc_repo)
     run([*COMMIT, "baseline"], cwd=dvc_repo)
@@ -46,10 +46,18 @@ def test_two_commits_and_two_experiments_are_reviewable(dvc_repo: Path) -> None:
     page = (out / "index.html").read_text()
     assert "data:image/png;base64," in page and "<script" not in page
 
-    for name, epochs in (("short", 1), ("long", 3)):
-        dvc("exp", "run", "-n", name, "-S", f"alexnet.epochs={epochs}", "-S", "alexnet.warmup_epochs=0", cwd=dvc_repo)
+    # Two experiments, both with AlexNets trained before (DVC takes them from the run-cache): the first
+    # commit's, and the second's with a report that shows fewer mistakes (only evaluate runs).
+    narrow = dvc("exp", "run", "-n", "narrow", "-S", "alexnet.width=0.0625", cwd=dvc_repo).stdout
+    assert "Stage 'train_alexnet' is cached - skipping run" in narrow, narrow
+    sets = ["-S", "alexnet.width=0.125", "-S", "evaluate.worst_mistakes=4"]  # -S applies to the workspace's params
+    fewer = dvc("exp", "run", "-n", "fewer-mistakes", *sets, cwd=dvc_repo).stdout
+    assert "Running stage 'evaluate'" in fewer and "Running stage 'train" not in fewer, fewer
     shown = json.loads(dvc("exp", "show", "--json", cwd=dvc_repo).stdout)
     names = {exp.get("name") for rev in shown for exp in (rev.get("experiments") or []) for exp in exp["revs"]}
-    assert {"short", "long"} <= names
-    diff = json.loads(dvc("metrics", "diff", "short", "long", "--json", cwd=dvc_repo).stdout)
-    assert diff["metrics/alexnet.json"]["epochs_run"] == {"old": 1, "new": 3, "diff": 2}
+    assert {"narrow", "fewer-mistakes"} <= names
+    diff = json.loads(dvc("metrics", "diff", "narrow", "fewer-mistakes", "--json", cwd=dvc_repo).stdout)
+    assert diff["metrics/alexnet.json"]["params"]["diff"] > 0  # HEAD's wider AlexNet against the first one
+    assert "metrics/vgg16.json" not in diff, "the same VGG16 in both"
+    changed = json.loads(dvc("params", "diff", "narrow", "fewer-mistakes", "--json", cwd=dvc_repo).stdout)
+    assert set(changed["params.yaml"]) == {"alexnet.width", "evaluate.worst_mistakes"}

@@ -43,7 +43,7 @@ from tasks.core import devices, precision, runinfo
 from tasks.core.atomic import atomic_path, require_free_space, together, write_json
 from tasks.core.errors import DAMAGED_INPUT, StageError, reading, writing
 from tasks.core.params import Recipe
-from tasks.core.paths import PREPARED, VALIDATION_REPORT, Outputs, outputs_for
+from tasks.core.paths import PREPARED, Outputs, outputs_for
 from tasks.data.splits import NUM_CLASSES, Split, load_split
 from tasks.model import export
 from tasks.model.epoch_log import EpochLog
@@ -78,22 +78,6 @@ class State:
     best_val_loss: float = math.inf
     stopped_early: bool = False
     resumed_from: list[int] = field(default_factory=list)
-
-
-# --------------------------------------------------------------------------- gates
-
-
-def require_validated(report: Path = VALIDATION_REPORT) -> None:
-    """Refuse to train unless the validate stage said the arrays are sound."""
-    try:
-        verdict = json.loads(report.read_text())
-    except FileNotFoundError:
-        raise StageError(f"{report} not found: run the validate stage first (dvc repro validate)") from None
-    except ValueError:
-        raise StageError(f"{report} is not valid JSON; rerun the validate stage") from None
-    if verdict.get("success") is not True:
-        failed = ", ".join(verdict.get("failed") or ["unknown"])
-        raise StageError(f"{report} says the prepared data failed validation ({failed}); refusing to train on it")
 
 
 def load_data(folder: Path = PREPARED) -> tuple[Split, Split, dict[str, Any]]:
@@ -480,8 +464,8 @@ def run(
 
 
 def start(name: str, recipe: Recipe, require_gpu: bool) -> dict[str, Any]:
-    """The checks every training stage makes before touching data: validation gate, devices."""
-    require_validated()
+    """The device check every training stage makes before touching data (the stage's entry point has
+    passed the validation gate, :mod:`tasks.data.gate`, before Keras loaded)."""
     info = devices.describe()
     log.info(
         "%s: keras %s, backend %s, devices %s",

@@ -62,7 +62,7 @@ def test_student_epochs_fit_the_time_left() -> None:
     assert runner.student_epochs(10, fast) == 2  # at least two, whatever is left
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_rehearsal_on_jax_trains_scores_and_packs(tmp_path: Path) -> None:
     out = tmp_path / "out"
     cmd = [

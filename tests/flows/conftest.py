@@ -23,7 +23,7 @@ from uuid import UUID
 
 import pytest
 
-from tests.conftest import REPO, run, subprocess_env
+from tests.conftest import REPO, require_mark, run, subprocess_env
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
 #: What a test repo needs from this checkout, besides the pipeline (PROJECT_FILES), to run the flows.
@@ -43,6 +43,7 @@ WITH_SIGINT = [
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[str]:
     """``prefect_test_harness``: a throwaway API on SQLite for the whole session; yields its URL."""
+    require_mark("server", "starts the Prefect test harness")
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
@@ -207,6 +208,7 @@ class PrefectServer:
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
     """``prefect server start`` on 127.0.0.1 (SQLite in a temp PREFECT_HOME), stopped by PID afterwards;
     one for the session (a start is slow), so each module deploys what it needs itself."""
+    require_mark("server", "starts a Prefect server")
     server = PrefectServer(tmp_path_factory.mktemp("prefect-home"), free_port())
     with open(server.log, "w") as log:
         server.proc = subprocess.Popen(
@@ -236,10 +238,13 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
 
 def add_flow_files(repo: Path) -> None:
     """Put this checkout's flows/, the tools/ they use (sweeps read configs with tools.overrides) and
-    prefect.yaml into a test repo and commit them."""
+    prefect.yaml into a test repo and commit them. Its schedules are paused there: a test server must never
+    start a nightly run of its own (a test run that spans 02:00 UTC would hand one to a test worker)."""
     for package in FLOW_PACKAGES:
         shutil.copytree(REPO / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy2(REPO / "prefect.yaml", repo / "prefect.yaml")
+    shipped = (REPO / "prefect.yaml").read_text()
+    assert shipped.count("active: true") == 1, "prefect.yaml's one active schedule is the nightly's"
+    (repo / "prefect.yaml").write_text(shipped.replace("active: true", "active: false"))
     run(["git", "add", *FLOW_PACKAGES, "prefect.yaml"], cwd=repo)
     run(["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "flows"], cwd=repo)
 
@@ -255,6 +260,7 @@ def deploy_all(repo: Path, server: PrefectServer) -> None:
 def running_worker(repo: Path, server: PrefectServer) -> Iterator[subprocess.Popen]:
     """``prefect worker start --pool gpu`` in ``repo``, its log beside the repo; stopped with SIGINT
     (it ignores SIGTERM's intent)."""
+    require_mark("server", "starts a Prefect worker")
     with open(repo.parent / "worker.log", "w") as log:
         proc = subprocess.Popen(
             [*WITH_SIGINT, PREFECT, "worker", "start", "--pool", "gpu"],

@@ -2,7 +2,8 @@
 two GPU-style process workers (`--work-queue default --limit 1`) and one for the coordinator
 (`--work-queue sweeps`), a local-folder DVC remote between the experiments' workspaces.
 
-2 points x 2 seeds on the fixture data with tiny widths, plus a point with an invalid param value:
+A point x 2 seeds on the fixture data with tiny widths (seed 42 is the test run's trained pipeline, which
+the shared DVC remote holds: restored; seed 1 trains), plus a point with an invalid param value:
 every finished experiment is in `dvc exp show`, the table's per-point means and standard deviations
 match the ones computed here from `dvc exp show --json`, the broken point is reported while the
 others complete, and a second run of the same sweep starts nothing.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -24,28 +26,26 @@ from pathlib import Path
 import pytest
 
 from flows.sweep.flow import DETERMINISTIC
-from tests.conftest import REPO, dvc, run, tiny_training
+from tests.conftest import REPO, TINY, TrainedPipeline, dvc, run, tiny_training
 from tests.flows.conftest import PREFECT, PrefectServer, artifacts, env_with, logs, stop
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.server, pytest.mark.e2e]
 
 SWEEP = """\
 name: tiny
-description: Two AlexNet variants x two seeds on the fixture data, and a point DVC runs but the stage refuses.
-params:
-  evaluate: {latency_repeats: 3}
-  vgg16: {epochs: 1}
+description: AlexNet over two seeds on the fixture data, and a point DVC runs but the stage refuses.
 grid:
-  alexnet.variant: [seed, paper]
+  alexnet.variant: [paper]
 points:
   - name: broken
     params: {alexnet.variant: no-such-variant}
-seeds: [1, 2]
+seeds: [42, 1]
 seed_params: [alexnet.seed]
 compare: [alexnet]
 """
-GOOD = [f"tiny-variant-{v}-s{s}" for v in ("seed", "paper") for s in (1, 2)]
-BROKEN = ["tiny-broken-s1", "tiny-broken-s2"]
+SEEDS = (42, 1)  # 42: the tiny pipeline's own seed, so that point is in the run-cache already
+GOOD = [f"tiny-variant-paper-s{s}" for s in SEEDS]
+BROKEN = [f"tiny-broken-s{s}" for s in SEEDS]
 
 
 def commit(repo: Path, message: str) -> None:
@@ -66,12 +66,15 @@ def start_worker(server: PrefectServer, repo: Path, name: str, *args: str) -> su
 
 
 @pytest.fixture
-def sweep_repo(deployed: Path, tmp_path: Path) -> Path:
-    """The deployed fixture pipeline with tiny training, the tiny sweep file and a local-folder DVC remote."""
+def sweep_repo(deployed: Path, tmp_path: Path, trained_pipeline: TrainedPipeline) -> Path:
+    """The deployed fixture pipeline with tiny training, the tiny sweep file and a local-folder DVC remote
+    that holds the test run's trained pipeline (a local remote's layout is the cache's): the stages the
+    sweep's experiments share come from its run-cache."""
     tiny_training(deployed)
     (deployed / "sweeps").mkdir()
     (deployed / "sweeps/tiny.yaml").write_text(SWEEP)
     commit(deployed, "tiny sweep")
+    shutil.copytree(trained_pipeline.cache, tmp_path / "dvc-remote")
     dvc("remote", "add", "--local", "-d", "shared", str(tmp_path / "dvc-remote"), cwd=deployed)
     return deployed
 
@@ -151,9 +154,6 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-# Two sweeps of four tiny pipelines each: beside another test file on a second pytest-xdist worker, this needs
-# more than the suite's default timeout on a two-core machine.
-@pytest.mark.timeout(1800)
 def test_tiny_sweep_over_two_workers_then_rerun_starts_nothing(
     sweep_repo: Path, prefect_server: PrefectServer, workers: list[str]
 ) -> None:
@@ -174,11 +174,11 @@ def test_tiny_sweep_over_two_workers_then_rerun_starts_nothing(
     shown = exp_show(repo)
     assert sorted(shown) == sorted(GOOD), f"{sorted(shown)}\n{text[-5000:]}"
     for name in GOOD:
-        variant, seed = re.match(r"tiny-variant-(\w+)-s(\d)", name).groups()
+        variant, seed = re.match(r"tiny-variant-(\w+)-s(\d+)", name).groups()
         assert shown[name]["params"]["alexnet"]["variant"] == variant
         assert shown[name]["params"]["alexnet"]["seed"] == int(seed)
         assert shown[name]["params"]["alexnet"]["width"] == 0.0625  # the commit's tiny params underneath
-        assert shown[name]["params"]["evaluate"]["latency_repeats"] == 3
+        assert shown[name]["params"]["evaluate"]["latency_repeats"] == TINY["evaluate"]["latency_repeats"]
     assert (repo / "params.yaml").read_bytes() == params_before  # the main workspace was not touched
     assert {line[3:] for line in run(["git", "status", "--porcelain"], cwd=repo).stdout.splitlines()} <= {"reports/"}
 
@@ -186,19 +186,17 @@ def test_tiny_sweep_over_two_workers_then_rerun_starts_nothing(
     out = repo / "reports/sweeps"
     groups = {g["point"]: g for g in read_csv(out / "tiny-groups.csv")}
     md = (out / "tiny.md").read_text()
-    for variant in ("seed", "paper"):
-        members = [shown[f"tiny-variant-{variant}-s{s}"]["metrics"]["metrics/evaluate.json"]["alexnet"] for s in (1, 2)]
-        group = groups[f"variant-{variant}"]
-        assert group["n_done"] == "2" and group["n"] == "2"
-        for metric in ("test_accuracy", "test_loss"):
-            values = [m[metric] for m in members]
-            assert float(group[f"alexnet.{metric}_mean"]) == pytest.approx(statistics.mean(values), abs=1e-12)
-            assert float(group[f"alexnet.{metric}_std"]) == pytest.approx(statistics.stdev(values), abs=1e-12)
-        acc = [m["test_accuracy"] for m in members]
-        assert (
-            f"| variant-{variant} | {variant} | 2/2 | {100 * statistics.mean(acc):.2f} % | "
-            f"{100 * statistics.stdev(acc):.2f} % |"
-        ) in md
+    members = [shown[name]["metrics"]["metrics/evaluate.json"]["alexnet"] for name in GOOD]
+    group = groups["variant-paper"]
+    assert group["n_done"] == "2" and group["n"] == "2"
+    for metric in ("test_accuracy", "test_loss"):
+        values = [m[metric] for m in members]
+        assert float(group[f"alexnet.{metric}_mean"]) == pytest.approx(statistics.mean(values), abs=1e-12)
+        assert float(group[f"alexnet.{metric}_std"]) == pytest.approx(statistics.stdev(values), abs=1e-12)
+    acc = [m["test_accuracy"] for m in members]
+    assert (
+        f"| variant-paper | paper | 2/2 | {100 * statistics.mean(acc):.2f} % | {100 * statistics.stdev(acc):.2f} % |"
+    ) in md
     assert groups["broken"]["n_done"] == "0" and groups["broken"]["alexnet.test_accuracy_mean"] == ""
     rows = {r["experiment"]: r for r in read_csv(out / "tiny.csv")}
     assert list(rows) == [*GOOD, *BROKEN]
@@ -234,7 +232,9 @@ def test_tiny_sweep_over_two_workers_then_rerun_starts_nothing(
     ), "no two experiments overlapped"
     shared = runs["tiny-shared-stages"]
     assert shared.end_time <= min(r.start_time for r in experiments)
-    point_log = logs(runs[GOOD[0]].id, prefect_server.url)
+    assert "Stage 'train_vgg16' is cached - skipping run" in logs(shared.id, prefect_server.url)
+    assert "Stage 'train_alexnet' is cached - skipping run" in logs(runs[GOOD[0]].id, prefect_server.url)
+    point_log = logs(runs[GOOD[1]].id, prefect_server.url)
     for stage in ("download", "preprocess", "train_vgg16"):
         assert f"Stage '{stage}' is cached - skipping run" in point_log, point_log[-4000:]
     assert "Running stage 'train_alexnet'" in point_log

@@ -9,6 +9,8 @@ short or garbled on disk.
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -37,15 +39,6 @@ def snapshot(work: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def trained(workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A workspace after one good run of train_alexnet."""
-    work = copy_of(workspace, tmp_path_factory.mktemp("trained"))
-    code, log = finish(stage("tasks.train_alexnet", work))
-    assert code == 0, log
-    return work
-
-
-@pytest.fixture(scope="module")
 def stuck(workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace whose run trained every epoch but could not write its model (a file named ``models``
     is in the way): the run's checkpoint is left, and ``stuck.log`` holds what the stage printed."""
@@ -53,6 +46,19 @@ def stuck(workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     (work / "models").write_text("in the way")
     code, log = finish(stage("tasks.train_alexnet", work))
     (work / "stuck.log").write_text(f"{code}\n{log}")
+    return work
+
+
+@pytest.fixture(scope="module")
+def trained(stuck: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace after a good run of train_alexnet: the stuck one, rerun with the way cleared (it resumes
+    from the whole checkpoint); ``trained.log`` holds what that run printed."""
+    work = tmp_path_factory.mktemp("trained") / "work"
+    shutil.copytree(stuck, work)
+    (work / "models").unlink()
+    code, log = finish(stage("tasks.train_alexnet", work))
+    assert code == 0, log
+    (work / "trained.log").write_text(log)
     return work
 
 
@@ -90,33 +96,69 @@ def _garble_state(folder: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("damage", [_cut_short, _garble, _empty_best, _garble_state], ids=lambda f: f.__name__[1:])
-def test_a_damaged_checkpoint_is_moved_aside_and_training_starts_afresh(stuck: Path, tmp_path: Path, damage) -> None:
-    work = tmp_path / "work"
-    shutil.copytree(stuck, work)
-    (work / "models").unlink()
-    damaged = damage(work / "checkpoints/alexnet")
-    code, log = finish(stage("tasks.train_alexnet", work))
-    assert code == 0, log
-    lines = [line for line in log.splitlines() if "is damaged" in line]
+def _damaged_line(lines: list[str], work: Path, damaged: Path) -> None:
+    """The one warning about the damaged checkpoint, and the checkpoint kept aside for a person."""
     print(lines)
-    assert len(lines) == 1 and "Traceback" not in log
+    assert len(lines) == 1
     assert "checkpoint in checkpoints/alexnet is damaged (" in lines[0]
     assert "moved to checkpoints/alexnet.damaged-" in lines[0] and lines[0].endswith("starting afresh")
     [aside] = (work / "checkpoints").glob("alexnet.damaged-*")
     assert (aside / damaged.name).is_file(), "the damaged checkpoint is kept for a person"
+
+
+def test_a_damaged_checkpoint_is_moved_aside_and_the_stage_trains_afresh(stuck: Path, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    shutil.copytree(stuck, work)
+    (work / "models").unlink()
+    damaged = _cut_short(work / "checkpoints/alexnet")
+    code, log = finish(stage("tasks.train_alexnet", work))
+    assert code == 0, log
+    _damaged_line([line for line in log.splitlines() if "is damaged" in line], work, damaged)
+    assert "Traceback" not in log
     assert "resuming" not in log and "alexnet epoch 1/2" in log and "alexnet epoch 2/2" in log
     assert (work / "models/alexnet.keras").is_file() and not (work / "checkpoints/alexnet").exists()
 
 
-def test_a_whole_checkpoint_resumes(stuck: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", [_cut_short, _garble, _empty_best, _garble_state], ids=lambda f: f.__name__[1:])
+def test_each_kind_of_damage_is_found_and_the_checkpoint_loads_as_a_fresh_start(
+    stuck: Path, tmp_path: Path, damage, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the stage does with each damaged checkpoint on load (the test above runs the whole stage once)."""
+    from tasks.model.train import Checkpoints
+
     work = tmp_path / "work"
     shutil.copytree(stuck, work)
-    (work / "models").unlink()
-    code, log = finish(stage("tasks.train_alexnet", work))
-    assert code == 0, log
+    fingerprint = json.loads((work / "checkpoints/alexnet/state.json").read_text())["fingerprint"]
+    damaged = damage(work / "checkpoints/alexnet")
+    monkeypatch.chdir(work)  # the stage's own view: paths relative to its working directory
+    with caplog.at_level(logging.INFO, logger="tasks.model.train"):
+        model, state = Checkpoints(Path("checkpoints"), "alexnet").load(fingerprint)
+    assert model is None and state.epochs_done == 0 and state.fingerprint == fingerprint
+    _damaged_line([r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()], work, damaged)
+    assert not any("resuming" in r.getMessage() for r in caplog.records)
+    assert list((work / "checkpoints/alexnet").iterdir()) == [], "a fresh start: an empty checkpoint folder"
+
+
+def test_a_checkpoint_for_other_params_is_not_reused(
+    stuck: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tasks.model.train import Checkpoints
+
+    work = tmp_path / "work"
+    shutil.copytree(stuck, work)
+    monkeypatch.chdir(work)
+    with caplog.at_level(logging.INFO, logger="tasks.model.train"):
+        model, state = Checkpoints(Path("checkpoints"), "alexnet").load("other params")
+    assert model is None and state.epochs_done == 0
+    assert "checkpoint in checkpoints/alexnet is for other params or data; starting afresh" in caplog.messages
+    assert list((work / "checkpoints/alexnet").iterdir()) == [], "the other run's files are gone"
+
+
+def test_a_whole_checkpoint_resumes(trained: Path) -> None:
+    log = (trained / "trained.log").read_text()
     assert "resuming from checkpoints/alexnet after epoch 2" in log and "alexnet epoch 1/2" not in log
     assert "is damaged" not in log
+    assert (trained / "models/alexnet.keras").is_file() and not (trained / "checkpoints/alexnet").exists()
 
 
 def test_a_failed_run_keeps_the_previous_runs_outputs_and_log(trained: Path, tmp_path: Path) -> None:
