@@ -27,8 +27,10 @@ CIFAR_ARCHIVE ?=
 CIFAR_SHA256 ?=
 PYTEST_ARGS ?=
 # pytest-xdist workers for `make test` (auto: one per CPU); each test file runs whole on one worker, so its
-# module-scoped fixtures (a deployed checkout, a Prefect server) are built once.
+# module-scoped fixtures (a deployed checkout, a Prefect server) are built once, and files start in the order
+# tests/conftest.py sorts them (slowest first), not xdist's (most tests first).
 TEST_WORKERS ?= auto
+PYTEST_XDIST = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 # A folder of wheels (make wheelhouse) to install from instead of the package index.
 WHEELHOUSE ?=
 
@@ -143,11 +145,11 @@ lint: setup
 # Every test (what CI runs). The tests marked e2e (the real `dvc repro`, make targets) or server (a Prefect
 # server or worker) start first, so the slowest files do not end the run on one worker.
 test: lint
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 # The fast tier, for use while working: every test but the e2e and server ones.
 test-fast: lint
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not e2e and not server" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_XDIST) -m "not e2e and not server" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -15,7 +15,7 @@ from tasks.core.atomic import together, write_json, write_text
 from tasks.core.cli import run_stage
 from tasks.core.errors import StageError
 from tasks.core.params import load_evaluate_params
-from tasks.core.paths import CONFUSION, EVALUATE_METRICS, MODELS, PER_CLASS, PREPARED
+from tasks.core.paths import CONFUSION, EVALUATE_METRICS, MODELS, PER_CLASS, PREPARED, outputs_for
 from tasks.data.splits import load_split
 
 
@@ -26,7 +26,11 @@ def main() -> None:
         class_names = json.loads((PREPARED / "facts.json").read_text())["class_names"]
     except (FileNotFoundError, KeyError) as exc:
         raise StageError(f"{PREPARED}: cannot read the test split ({exc}); run the preprocess stage first") from None
-    # Keras loads only now, after the params and the test split passed their checks.
+    for name in MODELS:
+        out = outputs_for(name)
+        if absent := [str(path) for path in (out.model, out.meta, out.metrics) if not path.is_file()]:
+            raise StageError(f"{name}: {', '.join(absent)} not found; run the train_{name} stage first")
+    # Keras loads only now, after the params and the input files passed their checks.
     from tasks.reporting import report
     from tasks.reporting.evaluation import confusion_csv, evaluate_model, metrics_entry, per_class_csv
 

@@ -82,9 +82,11 @@ def real_archive() -> Path:
 
 # -- tiers: `make test-fast` leaves out the tests marked e2e or server ---------------------------------
 
-#: The marks that keep a test out of the fast tier, slowest first: files holding such tests start first, so
-#: the run does not end on one busy worker while the other idles.
+#: The marks that keep a test out of the fast tier, slowest first: files holding such tests start first, then
+#: the files that run training stages (the ``workspace`` fixture), so the run does not end on one busy worker
+#: while the other idles.
 SLOW_TIERS = ("server", "e2e")
+TRAINING_FIXTURE = "workspace"
 _current: pytest.Item | None = None
 
 
@@ -97,7 +99,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
         marks = {m.name for m in item.iter_markers()}
-        return next((i for i, tier in enumerate(SLOW_TIERS) if tier in marks), len(SLOW_TIERS))
+        if (tier := next((i for i, name in enumerate(SLOW_TIERS) if name in marks), None)) is not None:
+            return tier
+        return len(SLOW_TIERS) + (TRAINING_FIXTURE not in getattr(item, "fixturenames", ()))
 
     files: dict[str, int] = {}
     for item in items:

@@ -20,9 +20,6 @@ Nothing here goes to the network: DVCLive would post live metrics to DVC Studio 
 is configured; ``DVC_STUDIO_OFFLINE`` turns that off. No HTML report is written (DVCLive's loads
 Vega from a CDN), and DVCLive leaves dvc.yaml (which declares these files) and the experiment
 (which ``dvc exp run`` records) alone.
-
-Hosts that carry Keras but not DVC (bare GPU machines, as ``bench/gpu_full_size.py`` runs on) have no
-DVCLive either: there :class:`PlainLive` writes the same files itself.
 """
 
 from __future__ import annotations
@@ -34,7 +31,9 @@ import os
 import shutil
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
+
+from dvclive import Live
 
 log = logging.getLogger(__name__)
 
@@ -53,62 +52,10 @@ def plots_dir(folder: Path) -> Path:
     return folder / "plots" / "metrics"
 
 
-class Writer(Protocol):
-    """What this module uses of ``dvclive.Live``."""
-
-    step: int
-
-    def log_metric(self, name: str, val: float | str, timestamp: bool = False, plot: bool = True) -> None: ...
-
-    def next_step(self) -> None: ...
-
-    def end(self) -> None: ...
-
-
-class PlainLive:
-    """DVCLive's files without DVCLive (for hosts without DVC): the same TSVs and ``metrics.json``."""
-
-    def __init__(self, folder: Path, resume: bool) -> None:
-        self.folder = folder
-        self.step = 0
-        self.summary: dict[str, Any] = {}
-        if resume and metrics_file(folder).is_file():
-            self.summary = json.loads(metrics_file(folder).read_text())
-        elif not resume:
-            shutil.rmtree(plots_dir(folder), ignore_errors=True)
-            metrics_file(folder).unlink(missing_ok=True)
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def log_metric(self, name: str, val: float | str, timestamp: bool = False, plot: bool = True) -> None:
-        if plot:
-            path = plots_dir(self.folder) / f"{name}.tsv"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            new = not path.exists()
-            with open(path, "a", encoding="utf-8", newline="") as fh:
-                writer = csv.writer(fh, delimiter="\t", lineterminator=os.linesep)
-                if new:
-                    writer.writerow(["step", name])
-                writer.writerow([self.step, val])
-        self.summary[name] = val
-
-    def next_step(self) -> None:
-        self.summary["step"] = self.step
-        metrics_file(self.folder).write_text(json.dumps(self.summary, indent=4) + "\n")
-        self.step += 1
-
-    def end(self) -> None:
-        pass
-
-
-def open_writer(folder: Path, resume: bool) -> Writer:
-    """DVCLive's ``Live`` for ``folder`` (``resume=False`` clears its log), or :class:`PlainLive` without it."""
+def open_writer(folder: Path, resume: bool) -> Live:
+    """DVCLive's ``Live`` for ``folder`` (``resume=False`` clears its log)."""
     # Live metrics go to DVC Studio only when a token is configured; a training stage never sends them.
     os.environ["DVC_STUDIO_OFFLINE"] = "true"
-    try:
-        from dvclive import Live
-    except ImportError:
-        log.info("dvclive is not installed here: writing its per-epoch files in %s directly", folder)
-        return PlainLive(folder, resume)
     # report=None: no HTML report (it needs a CDN); dvcyaml=None: dvc.yaml declares the outputs and
     # stays as written; save_dvc_exp=False: DVC runs the stage and records the experiment.
     return Live(str(folder), resume=resume, report=None, save_dvc_exp=False, dvcyaml=None)
@@ -155,7 +102,7 @@ class EpochLog:
 
     def __init__(self, folder: Path, keep: Path | None = None) -> None:
         self.folder, self.keep = folder, keep
-        self._live: Writer | None = None
+        self._live: Live | None = None
         self._done = False
 
     def open(self, history: list[dict[str, Any]]) -> None:

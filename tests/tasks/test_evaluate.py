@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import copy_of, finish, needs_mount, set_params, stage, stage_on_small_disk
+from tests.conftest import TrainedPipeline, copy_of, finish, needs_mount, set_params, stage, stage_on_small_disk
 
 SECTIONS = (
     "## Comparison",
@@ -25,14 +25,14 @@ SECTIONS = (
 
 
 @pytest.fixture(scope="module")
-def evaluated(workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = copy_of(workspace, tmp_path_factory.mktemp("evaluate"))
-    for module in ("tasks.train_alexnet", "tasks.train_vgg16", "tasks.evaluate"):
-        code, log = finish(stage(module, work))
-        assert code == 0, log
+def evaluated(trained_pipeline: TrainedPipeline, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the test run's trained pipeline: both models trained and evaluated by the real stages."""
+    work = tmp_path_factory.mktemp("evaluate") / "work"
+    shutil.copytree(trained_pipeline.repo, work, ignore=shutil.ignore_patterns(".dvc", ".git"))
     return work
 
 
+@pytest.mark.e2e
 def test_metrics_per_model(evaluated: Path) -> None:
     metrics = json.loads((evaluated / "metrics/evaluate.json").read_text())
     assert set(metrics) == {"alexnet", "vgg16"}
@@ -74,6 +74,7 @@ def test_metrics_per_model(evaluated: Path) -> None:
         assert m["train_seconds"] == training["train_seconds"] and m["params"] == training["params"]
 
 
+@pytest.mark.e2e
 def test_confusion_plot_data_matches_accuracy(evaluated: Path) -> None:
     metrics = json.loads((evaluated / "metrics/evaluate.json").read_text())
     for name in ("alexnet", "vgg16"):
@@ -83,6 +84,7 @@ def test_confusion_plot_data_matches_accuracy(evaluated: Path) -> None:
         assert correct / 100 == pytest.approx(metrics[name]["test_accuracy"])
 
 
+@pytest.mark.e2e
 def test_report_has_every_section_and_the_numbers(evaluated: Path) -> None:
     md = (evaluated / "reports/report.md").read_text()
     metrics = json.loads((evaluated / "metrics/evaluate.json").read_text())
@@ -99,6 +101,7 @@ def test_report_has_every_section_and_the_numbers(evaluated: Path) -> None:
         assert (evaluated / "reports/figures" / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.e2e
 def test_html_report_is_self_contained(evaluated: Path) -> None:
     page = (evaluated / "reports/report.html").read_text()
     assert "<script" not in page
@@ -121,6 +124,7 @@ def _outputs(work: Path) -> dict[str, bytes]:
     return {str(p.relative_to(work)): p.read_bytes() for p in sorted(found) if p.is_file()}
 
 
+@pytest.mark.e2e
 @needs_mount
 def test_a_failed_evaluate_changes_none_of_its_outputs(evaluated: Path, tmp_path: Path) -> None:
     """The metrics cannot be written (a full disk under metrics/): the report, its figures and the plots
@@ -137,6 +141,7 @@ def test_a_failed_evaluate_changes_none_of_its_outputs(evaluated: Path, tmp_path
     assert _outputs(work) == before
 
 
+@pytest.mark.e2e
 def test_a_model_whose_lambda_names_a_module_function_is_one_line(evaluated: Path, tmp_path: Path) -> None:
     """Keras' safe mode will not rebuild a Lambda around ``operator.neg``: a wrong model file, one line."""
     import operator

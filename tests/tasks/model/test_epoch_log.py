@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -112,17 +111,6 @@ def test_resume_rebuilds_a_log_that_does_not_match(
             log.record(record)
     assert "rebuilt from the checkpoint's 3 epochs" in caplog.text
     assert files(folder) == files(reference)
-
-
-def test_without_dvclive_the_same_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Hosts with Keras but no DVC (bench/gpu_full_size.py) get DVCLive's layout all the same."""
-    write_log(tmp_path / "dvclive", records(3))
-    monkeypatch.setitem(sys.modules, "dvclive", None)  # import dvclive now raises ImportError
-    write_log(tmp_path / "plain", records(2))
-    with EpochLog(tmp_path / "plain") as log:
-        log.open(records(2))
-        log.record(records(3)[2])
-    assert files(tmp_path / "plain") == files(tmp_path / "dvclive")
 
 
 def test_missing_log_is_an_error_for_readers(tmp_path: Path) -> None:
