@@ -1,4 +1,7 @@
-"""Shared fixtures: a small CIFAR-format archive, the real one where present, and a temporary DVC repo."""
+"""Shared fixtures: a small CIFAR-format archive, the real one where present, a temporary DVC repo, and the
+tiny pipeline trained once per test run (whose DVC cache restores its stages in any other test repo); and the
+tiers: the marks ``e2e`` and ``server`` keep a test out of ``make test-fast``, and a test that runs the real
+pipeline or starts a server without its mark fails."""
 
 from __future__ import annotations
 
@@ -103,10 +106,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             return tier
         return len(SLOW_TIERS) + (TRAINING_FIXTURE not in getattr(item, "fixturenames", ()))
 
-    files: dict[str, int] = {}
+    files: dict[Path, int] = {}
     for item in items:
-        files[item.nodeid.split("::")[0]] = min(files.get(item.nodeid.split("::")[0], 99), rank(item))
-    items.sort(key=lambda item: files[item.nodeid.split("::")[0]])  # stable: a file's tests keep their order
+        files[item.path] = min(files.get(item.path, len(SLOW_TIERS) + 1), rank(item))
+    items.sort(key=lambda item: files[item.path])  # stable: a file's tests keep their order
 
 
 def require_mark(mark: str, what: str) -> None:
