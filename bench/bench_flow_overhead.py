@@ -31,12 +31,12 @@ REPO = Path(__file__).resolve().parent.parent
 def build_template(root: Path) -> Path:
     sys.path.insert(0, str(REPO))
     from tests.cifar_archive import make_archive
-    from tests.conftest import TINY_TRAINING, copy_project, set_params
+    from tests.conftest import TINY, copy_project, set_params
 
     archive = root / "cifar-10-python.tar.gz"
     sha = make_archive(archive)
     repo = copy_project(root / "template")
-    set_params(repo, data={"url": str(archive), "sha256": sha}, **TINY_TRAINING)
+    set_params(repo, data={"url": str(archive), "sha256": sha}, **TINY)
     env = child_env()
     for cmd in (
         ["git", "init", "-q"],
@@ -75,6 +75,9 @@ def main() -> None:
     parser.add_argument("--stages", nargs="*", default=None, help="default: the whole pipeline")
     args = parser.parse_args()
     os.environ.update(DVC_NO_ANALYTICS="1", DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    from common import describe_machine, machine
+
+    print(describe_machine(machine(rates=False)), flush=True)
 
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness

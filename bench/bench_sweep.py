@@ -46,6 +46,9 @@ def main() -> None:
 
     sys.path.insert(0, str(REPO))
     os.environ.update(DVC_NO_ANALYTICS="1", DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    from common import describe_machine, machine
+
+    print(describe_machine(machine(rates=False)), flush=True)
     from bench.bench_flow_overhead import build_template
     from tests.flows.conftest import PREFECT, PrefectServer, free_port, stop
 

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tasks.core.atomic import write_json  # noqa: E402
-from tasks.core.params import DataParams, alexnet_params, AlexNetParams  # noqa: E402
+from tasks.core.params import AlexNetParams, DataParams, parse  # noqa: E402
 from tasks.data.archive import read_archive  # noqa: E402
 from tasks.data.splits import Split, facts, make_splits  # noqa: E402
 from tools.overrides import load_overlay, merged  # noqa: E402
@@ -57,7 +57,7 @@ def recipe_params(config: str | None, **changes: Any) -> AlexNetParams:
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     overlay = load_overlay(REPO / "configs" / f"{config}.yaml") if config else {}
     section = merged(base, overlay)["alexnet"] | changes
-    return alexnet_params(section)
+    return parse(AlexNetParams, section)
 
 
 #: CPU flags that decide how fast training can be here (and whether bfloat16 pays: tasks.core.precision).

@@ -23,12 +23,11 @@ from typing import Any
 import psutil
 import yaml
 
-#: Exit status of a stage that failed for a reason its ``error:`` line explains (tasks/core/cli.py):
-#: bad input, bad params, failed validation. Another attempt would fail the same way.
-EXIT_STAGE_ERROR = 2
-#: ``error:`` messages that exit 2 but name a condition a later attempt may not meet: the download
-#: gave up after its own retries, or the disk was full (tasks/core/errors.py: space may be freed).
-TRANSIENT_ERROR_MARKERS = ("giving up after", "error: disk full")
+from tasks.core.errors import StageError
+
+#: Exit status of a stage that failed for good, for a reason its ``error:`` line explains (bad input, bad
+#: params, failed validation: tasks.core.cli.run_stage); the stage decides, the flow obeys.
+FINAL_EXIT = StageError.exit_status
 #: How many output lines a failure keeps for its message.
 TAIL_LINES = 40
 #: DVC reports a stage's exit status, and a run-cache restore, only in these lines of its log.
@@ -67,14 +66,13 @@ class TransientFailure(StageFailure):
 
 
 def classify(what: str, lines: Sequence[str]) -> StageFailure:
-    """The failure a non-zero ``dvc`` run stands for: deterministic only when the stage exited 2 with
-    an ``error:`` line that names no transient condition. A signal, a traceback, any other exit status
-    (75, sysexits' EX_TEMPFAIL, asks for another try) or a DVC lock held too long may pass on its own."""
+    """The failure a non-zero ``dvc`` run stands for: deterministic only when the stage exited 2 with its
+    own ``error:`` line. A signal, a traceback, any other exit status (75, sysexits' EX_TEMPFAIL: the stage
+    asks for another try) or a DVC lock held too long may pass on its own."""
     errors = error_messages(lines)
     codes = [int(m.group(1)) for ln in lines if (m := _STAGE_EXIT.search(ln))]
     exit_code = codes[-1] if codes else None
-    transient = any(marker in e for e in errors for marker in TRANSIENT_ERROR_MARKERS)
-    kind = DeterministicFailure if exit_code == EXIT_STAGE_ERROR and errors and not transient else TransientFailure
+    kind = DeterministicFailure if exit_code == FINAL_EXIT and errors else TransientFailure
     return kind(what, errors, exit_code=exit_code, tail=list(lines)[-TAIL_LINES:])
 
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from tasks.core.atomic import atomic_path
 from tasks.core.cli import run_stage
 from tasks.core.errors import ChecksumMismatch, DownloadError
-from tasks.core.params import load_data_params
+from tasks.core.params import DataParams, load
 from tasks.core.paths import ARCHIVE
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def _stream(src: BinaryIO, tmp: Path, total: int | None, label: str, deadline: f
 
 
 def main() -> None:
-    params = load_data_params()
+    params = load(DataParams)
     fetch(
         params.url,
         ARCHIVE,

@@ -14,13 +14,13 @@ from tasks.core import devices, runinfo
 from tasks.core.atomic import together, write_json, write_text
 from tasks.core.cli import run_stage
 from tasks.core.errors import StageError
-from tasks.core.params import load_evaluate_params
+from tasks.core.params import EvaluateParams, load
 from tasks.core.paths import CONFUSION, EVALUATE_METRICS, MODELS, PER_CLASS, PREPARED, outputs_for
 from tasks.data.splits import load_split
 
 
 def main() -> None:
-    params = load_evaluate_params()
+    params = load(EvaluateParams)
     try:
         test = load_split("test", PREPARED)
         class_names = json.loads((PREPARED / "facts.json").read_text())["class_names"]

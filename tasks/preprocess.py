@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from tasks.core.cli import run_stage
-from tasks.core.params import load_data_params
+from tasks.core.params import DataParams, load
 from tasks.core.paths import ARCHIVE
 from tasks.data.archive import read_archive
 from tasks.data.splits import facts, make_splits, write_splits
@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 def main() -> None:
-    params = load_data_params()
+    params = load(DataParams)
     data = read_archive(ARCHIVE)
     splits = make_splits(data, params)
     write_splits(splits, facts(splits, data, params))

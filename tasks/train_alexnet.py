@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tasks.core.cli import run_stage
-from tasks.core.params import AlexNetParams, load_alexnet_params, load_train_params
+from tasks.core.params import AlexNetParams, TrainParams, load
 from tasks.data.gate import require_validated
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def run(params: AlexNetParams, checkpoint_root: Path, require_gpu: bool) -> None
 
 
 def main() -> None:
-    shared, params = load_train_params(), load_alexnet_params()
+    shared, params = load(TrainParams), load(AlexNetParams)
     require_validated()
     run(params, Path(shared.checkpoint_dir), shared.require_gpu)
 

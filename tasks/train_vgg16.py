@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tasks.core.cli import run_stage
-from tasks.core.params import VGG16Params, load_train_params, load_vgg16_params
+from tasks.core.params import TrainParams, VGG16Params, load
 from tasks.data.gate import require_validated
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def run(params: VGG16Params, checkpoint_root: Path, require_gpu: bool) -> None:
 
 
 def main() -> None:
-    shared, params = load_train_params(), load_vgg16_params()
+    shared, params = load(TrainParams), load(VGG16Params)
     require_validated()
     run(params, Path(shared.checkpoint_dir), shared.require_gpu)
 

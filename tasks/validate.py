@@ -13,7 +13,7 @@ import logging
 from tasks.core.atomic import write_json, write_text
 from tasks.core.cli import run_stage
 from tasks.core.errors import ValidationFailed
-from tasks.core.params import load_data_params, load_validate_params
+from tasks.core.params import DataParams, ValidateParams, load
 from tasks.core.paths import PREPARED, VALIDATION_HTML, VALIDATION_METRICS, VALIDATION_REPORT
 from tasks.data.validation import failure_message, headline, render_html, validate
 
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def main() -> None:
-    report = validate(PREPARED, load_data_params(), load_validate_params())
+    report = validate(PREPARED, load(DataParams), load(ValidateParams))
     write_json(VALIDATION_REPORT, report)
     write_json(VALIDATION_METRICS, headline(report))
     write_text(VALIDATION_HTML, render_html(report))

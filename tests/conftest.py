@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tasks.core.atomic import write_json
-from tasks.core.params import DataParams, load_validate_params
+from tasks.core.params import DataParams, ValidateParams, load
 from tasks.data.archive import read_archive
 from tasks.data.splits import facts, make_splits, write_splits
 from tasks.data.validation import validate
@@ -277,7 +277,7 @@ def workspace(fixture_archive: tuple[Path, str], tmp_path_factory: pytest.TempPa
     write_splits(splits, facts(splits, data, TEST_DATA), work / "data/prepared")
     write_json(
         work / "reports/validation.json",
-        validate(work / "data/prepared", TEST_DATA, load_validate_params(REPO / "params.yaml")),
+        validate(work / "data/prepared", TEST_DATA, load(ValidateParams, REPO / "params.yaml")),
     )
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for section, values in TINY_TRAINING.items():

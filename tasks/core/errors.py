@@ -19,9 +19,10 @@ import re
 import zipfile
 from collections.abc import Iterator
 
-#: The word :func:`environment_error` gives a full disk; the Prefect flows retry a line that holds it
-#: (flows/stages.py, TRANSIENT_ERROR_MARKERS): space may be freed meanwhile.
+#: The word :func:`environment_error` gives a full disk: a :class:`TransientStageError`, since space may be
+#: freed before the flow's next attempt.
 DISK_FULL = "disk full"
+_TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 #: What each errno from the environment means to a person; an OSError with another errno outside a
 #: :func:`reading` / :func:`writing` region is treated as a bug.
@@ -63,8 +64,8 @@ class StageError(Exception):
 
 
 class TransientStageError(StageError):
-    """A failure another attempt may not meet (the network, a server): exits 75, sysexits' EX_TEMPFAIL,
-    which the Prefect flow retries."""
+    """A failure another attempt may not meet (a full disk, pretrained weights out of reach): exits 75,
+    sysexits' EX_TEMPFAIL, which the Prefect flow retries; exit 2 is final."""
 
     exit_status = 75
 
@@ -129,13 +130,26 @@ def _region(kind: str, label: str) -> Iterator[None]:
         raise
 
 
-def environment_error(exc: BaseException) -> str | None:
-    """``<what>, <where>: <cause>`` for a failure of the environment or of an input file; None for a bug."""
+def environment_error(exc: BaseException) -> StageError | None:
+    """The :class:`StageError` (``<what>, <where>: <cause>``) a failure of the environment or of an input file
+    stands for -- transient for a full disk; None for a bug."""
+    message = _environment_message(exc)
+    if message is None:
+        return None
+    transient = isinstance(exc, OSError) and _errno(exc) in _TRANSIENT_ERRNOS
+    return (TransientStageError if transient else StageError)(message)
+
+
+def _errno(exc: OSError) -> int | None:
+    if exc.errno is None and (m := _H5PY_ERRNO.search(str(exc))):
+        return int(m.group(1))
+    return exc.errno
+
+
+def _environment_message(exc: BaseException) -> str | None:
     kind, where = getattr(exc, _WHERE, (None, None))
     if isinstance(exc, OSError):
-        code = exc.errno
-        if code is None and (m := _H5PY_ERRNO.search(str(exc))):
-            code = int(m.group(1))
+        code = _errno(exc)
         what = _ENVIRONMENT_ERRNOS.get(code) if code is not None else None
         if what is None and kind is None:
             return None

@@ -342,49 +342,15 @@ SECTIONS: dict[str, type[_Section]] = {
 }
 
 
-def data_params(section: dict[str, Any]) -> DataParams:
-    return parse_section(DataParams, "data", section)
+#: The section each model checks.
+_NAMES: dict[type[_Section], str] = {model: name for name, model in SECTIONS.items()}
 
 
-def validate_params(section: dict[str, Any]) -> ValidateParams:
-    return parse_section(ValidateParams, "validate", section)
+def parse(model: type[S], section: dict[str, Any]) -> S:
+    """``section`` (one section of params.yaml, as a dict) checked by ``model``."""
+    return parse_section(model, _NAMES[model], section)
 
 
-def train_params(section: dict[str, Any]) -> TrainParams:
-    return parse_section(TrainParams, "train", section)
-
-
-def alexnet_params(section: dict[str, Any]) -> AlexNetParams:
-    return parse_section(AlexNetParams, "alexnet", section)
-
-
-def vgg16_params(section: dict[str, Any]) -> VGG16Params:
-    return parse_section(VGG16Params, "vgg16", section)
-
-
-def evaluate_params(section: dict[str, Any]) -> EvaluateParams:
-    return parse_section(EvaluateParams, "evaluate", section)
-
-
-def load_data_params(path: str | Path = PARAMS) -> DataParams:
-    return data_params(load_section("data", path))
-
-
-def load_validate_params(path: str | Path = PARAMS) -> ValidateParams:
-    return validate_params(load_section("validate", path))
-
-
-def load_train_params(path: str | Path = PARAMS) -> TrainParams:
-    return train_params(load_section("train", path))
-
-
-def load_alexnet_params(path: str | Path = PARAMS) -> AlexNetParams:
-    return alexnet_params(load_section("alexnet", path))
-
-
-def load_vgg16_params(path: str | Path = PARAMS) -> VGG16Params:
-    return vgg16_params(load_section("vgg16", path))
-
-
-def load_evaluate_params(path: str | Path = PARAMS) -> EvaluateParams:
-    return evaluate_params(load_section("evaluate", path))
+def load(model: type[S], path: str | Path = PARAMS) -> S:
+    """The section of the params file at ``path`` that ``model`` checks, e.g. ``load(AlexNetParams)``."""
+    return parse(model, load_section(_NAMES[model], path))

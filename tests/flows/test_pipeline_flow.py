@@ -87,20 +87,28 @@ def test_validation_failure_fails_at_once_without_retry(dvc_repo: Path, tmp_path
     assert "Retry" not in logs(run_id)
 
 
-def test_transient_download_failure_is_retried(dvc_repo: Path, archive_server: ArchiveServer) -> None:
-    """The server refuses the first five requests: download's own retries give up (after backoff,
-    shortened here), the stage fails as a whole, Prefect retries it, and the second attempt succeeds."""
-    archive_server.fail_first = 5
+def test_a_download_retries_in_the_stage_and_its_giving_up_is_final(
+    dvc_repo: Path, archive_server: ArchiveServer
+) -> None:
+    """Downloads are retried in one layer, the stage's own: a server that refuses three requests costs three
+    of its tries and no Prefect retry; one that refuses all five makes the stage give up, exit 2, and the flow
+    fail at once."""
+    archive_server.fail_first = 3
     set_params(dvc_repo, data={"url": archive_server.url, "download_backoff": 0.1})
     state, run_id, _ = run_flow(dvc_repo, stages=["download"], stage_retries=2)
     assert state.is_completed(), state.message
     download = stage_runs(run_id)["download"]
-    assert download.run_count == 2 and download.state.is_completed()
-    assert archive_server.requests == 6
-    text = logs(run_id)
-    assert "giving up after 5 attempts" in text and "Retry 1/2" in text
+    assert download.run_count == 1 and download.state.is_completed()
+    assert archive_server.requests == 4 and "attempt 3/5 failed" in logs(run_id)
     assert outcomes(state) == {"download": "ran"}
     assert (dvc_repo / "data/raw/cifar-10-python.tar.gz").is_file()
+
+    archive_server.requests, archive_server.fail_first = 0, 5
+    set_params(dvc_repo, data={"download_attempts": 5, "sha256": "b" * 64})  # a new download, same server
+    state, run_id, _ = run_flow(dvc_repo, stages=["download"], stage_retries=2)
+    assert state.is_failed() and "giving up after 5 attempts" in state.message and "not retried" in state.message
+    assert stage_runs(run_id)["download"].run_count == 1 and archive_server.requests == 5
+    assert "Retry" not in logs(run_id)
 
 
 def test_crashed_stage_is_retried(tmp_path: Path) -> None:

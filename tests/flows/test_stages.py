@@ -74,16 +74,17 @@ DVC_FAILED = "ERROR: failed to reproduce 'validate': failed to run: python -m ta
             ["error: params.yaml: 'data.val_fraction' must be a finite number", DVC_FAILED.format(code=2)],
             DeterministicFailure,
         ),
-        # download gave up after its own retries: the network may come back
+        # the download gave up after its own retries (its one retry layer): final, whatever the message says
         (
             ["error: http://x/a.tgz: giving up after 5 attempts: HTTP 503 try later", DVC_FAILED.format(code=2)],
-            TransientFailure,
+            DeterministicFailure,
         ),
-        # a full disk may be cleared meanwhile; a denied permission or a damaged input stays as it is
+        # a full disk may be cleared meanwhile (the stage exits 75); a denied permission or a damaged input
+        # stays as it is
         (
             [
                 "error: disk full, writing models/alexnet.keras: [Errno 28] No space left on device",
-                DVC_FAILED.format(code=2),
+                DVC_FAILED.format(code=75),
             ],
             TransientFailure,
         ),

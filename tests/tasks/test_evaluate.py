@@ -136,7 +136,7 @@ def test_a_failed_evaluate_changes_none_of_its_outputs(evaluated: Path, tmp_path
     code, log = stage_on_small_disk("tasks.evaluate", work, "metrics", "64k", fill=True)
     errors = [line for line in log.splitlines() if line.startswith("error:")]
     print(errors, "exit", code)
-    assert code == 2 and len(errors) == 1 and "Traceback" not in log
+    assert code == 75 and len(errors) == 1 and "Traceback" not in log  # transient: space may be freed
     assert errors[0].startswith("error: disk full, writing metrics/evaluate.json: [Errno 28]")
     assert _outputs(work) == before
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.core.params import alexnet_params
+from tasks.core.params import AlexNetParams, parse
 from tasks.model.export import write_onnx
 from tasks.model.models import build_alexnet, for_inference
 from tests.conftest import REPO, params_section, subprocess_env
@@ -25,7 +25,7 @@ CLASSES = [f"class-{i}" for i in range(10)]
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny (untrained) model as ``m.keras`` with its ``m.meta.json``, and its export ``m.onnx``."""
     folder = tmp_path_factory.mktemp("models")
-    params = alexnet_params(params_section("alexnet", variant="seed", width=0.0625, batch_norm=False))
+    params = parse(AlexNetParams, params_section("alexnet", variant="seed", width=0.0625, batch_norm=False))
     keras.utils.set_random_seed(1)
     model = for_inference(build_alexnet(params, [125.0] * 3, [63.0] * 3), "flip")
     model.save(folder / "m.keras")

@@ -1,5 +1,5 @@
-"""The stage runner: failures of the environment or of an input file are one ``error:`` line with exit 2;
-a bug keeps its traceback."""
+"""The stage runner: failures of the environment or of an input file are one ``error:`` line with exit 2
+(final) or 75 (a full disk: try again); a bug keeps its traceback."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def run_main(body: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_a_full_disk_is_one_line(tmp_path: Path) -> None:
     """/dev/full: the kernel's own "No space left on device" for every write."""
     done = run_main("def main():\n    with open('/dev/full', 'wb') as fh:\n        fh.write(b'x' * 65536)", tmp_path)
-    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.returncode == 75 and "Traceback" not in done.stderr
     assert done.stderr.strip() == "error: disk full: [Errno 28] No space left on device"
 
 

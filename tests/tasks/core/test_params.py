@@ -11,7 +11,7 @@ import yaml
 
 from flows.sweep import spec as sweep_spec
 from tasks.core.errors import ParamsError
-from tasks.core.params import SECTIONS, load_data_params, load_section, load_validate_params, parse_section
+from tasks.core.params import DataParams, SECTIONS, ValidateParams, load, load_section, parse_section
 from tools.overrides import load_overlay, merged
 from tests.conftest import REPO, copy_project, dvc, params_section, run, set_params
 
@@ -22,10 +22,10 @@ def check(name: str, **changes: object) -> object:
 
 
 def test_repository_params_parse() -> None:
-    data = load_data_params(REPO / "params.yaml")
+    data = load(DataParams, REPO / "params.yaml")
     assert data.sha256 == "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
     assert data.val_fraction == 0.1 and data.limit_train is None
-    assert load_validate_params(REPO / "params.yaml").channel_mean == (125.3, 123.0, 113.9)
+    assert load(ValidateParams, REPO / "params.yaml").channel_mean == (125.3, 123.0, 113.9)
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     assert set(base) == set(SECTIONS), "a section no model checks, or a model without its section"
 

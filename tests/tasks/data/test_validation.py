@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.core.params import load_validate_params
+from tasks.core.params import ValidateParams, load
 from tasks.data.archive import read_archive
 from tasks.data.splits import Split, facts, load_split, make_splits, write_splits
 from tasks.data.summaries import channels_frame
@@ -18,7 +18,7 @@ from tasks.data.validation import build_checks, failure_message, render_html, ru
 from tests.conftest import REPO, TEST_DATA
 
 DATA = TEST_DATA
-VALIDATE = load_validate_params(REPO / "params.yaml")
+VALIDATE = load(ValidateParams, REPO / "params.yaml")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import onnx
 
-from tasks.core.params import alexnet_params
+from tasks.core.params import AlexNetParams, parse
 from tasks.data.splits import load_split
 from tasks.model import export
 from tasks.model.models import build_alexnet, for_inference, load_model
@@ -74,7 +74,7 @@ def test_trained_export_agrees_with_keras_model_without_the_project(workspace: P
 def test_export_of_a_bfloat16_model_is_float32_with_flip_averaging(tmp_path: Path) -> None:
     """A model trained under mixed_bfloat16 exports as float32: it matches the float32 copy to float32
     rounding, and averages each image with its mirror image as the saved model does."""
-    params = alexnet_params(params_section("alexnet", variant="seed", width=0.0625, batch_norm=True))
+    params = parse(AlexNetParams, params_section("alexnet", variant="seed", width=0.0625, batch_norm=True))
     try:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
         model = for_inference(build_alexnet(params, [125.0] * 3, [63.0] * 3), "flip")

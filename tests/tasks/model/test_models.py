@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from tasks.core.params import alexnet_params, vgg16_params
+from tasks.core.params import AlexNetParams, VGG16Params, parse
 from tasks.model.layers import LocalResponseNormalization, RandomPadCrop, VGGPreprocess
 from tasks.model.models import (
     build_alexnet,
@@ -36,7 +36,7 @@ MEAN, STD = [125.3, 123.0, 113.9], [63.0, 62.1, 66.7]
 
 
 def alexnet(**kw: object) -> keras.Model:
-    return build_alexnet(alexnet_params(params_section("alexnet", **ALEXNET | kw)), MEAN, STD)
+    return build_alexnet(parse(AlexNetParams, params_section("alexnet", **ALEXNET | kw)), MEAN, STD)
 
 
 @pytest.mark.parametrize(("variant", "count"), [("seed", 29_983_114), ("paper", 24_740_234)])
@@ -147,7 +147,7 @@ def test_test_time_flip_translate_averages_six_views_and_survives_saving(tmp_pat
 
 
 def vgg(**kw: object) -> keras.Model:
-    return build_vgg16(vgg16_params(params_section("vgg16", **VGG16 | kw)))
+    return build_vgg16(parse(VGG16Params, params_section("vgg16", **VGG16 | kw)))
 
 
 def test_vgg16_weights_file_is_loaded(tmp_path: Path) -> None:

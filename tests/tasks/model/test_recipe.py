@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from tasks.core.params import alexnet_params
+from tasks.core.params import AlexNetParams, parse
 from tasks.model.recipe import EpochSchedule, make_loss, make_optimizer, make_schedule
 from tests.conftest import params_section
 
@@ -56,7 +56,8 @@ def test_schedule_round_trips_through_config() -> None:
 
 
 def test_optimizer_and_loss_follow_params() -> None:
-    params = alexnet_params(
+    params = parse(
+        AlexNetParams,
         params_section(
             "alexnet",
             epochs=3,
@@ -68,7 +69,7 @@ def test_optimizer_and_loss_follow_params() -> None:
             warmup_epochs=0,
             weight_decay=5e-4,
             label_smoothing=0.1,
-        )
+        ),
     )
     opt = make_optimizer(params.recipe, make_schedule(params.recipe, STEPS))
     assert isinstance(opt, keras.optimizers.SGD) and opt.nesterov and opt.momentum == pytest.approx(0.9)
@@ -87,7 +88,7 @@ def _tiny_model(seed: int) -> keras.Model:
 
 @pytest.mark.parametrize("decay", [None, 0.0])
 def test_ema_off_by_null_or_zero(decay: float | None) -> None:
-    params = alexnet_params(params_section("alexnet", epochs=2, warmup_epochs=0, ema_decay=decay))
+    params = parse(AlexNetParams, params_section("alexnet", epochs=2, warmup_epochs=0, ema_decay=decay))
     assert not make_optimizer(params.recipe, make_schedule(params.recipe, STEPS)).use_ema
 
 
@@ -96,7 +97,7 @@ def test_ema_decay_leaves_the_averaged_weights_in_the_model_after_fit(tmp_path) 
     it went through (checked against the average of the same run made without EMA), and that is
     what a saved model holds."""
     decay, steps = 0.8, 6
-    params = alexnet_params(
+    params = parse(AlexNetParams,
         params_section(
             "alexnet", epochs=1, optimizer="sgd", momentum=0.0, nesterov=False, learning_rate=0.5,
             schedule="constant", warmup_epochs=0, weight_decay=0.0, ema_decay=decay,

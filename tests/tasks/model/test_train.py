@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from tasks.core.atomic import write_json
-from tasks.core.params import alexnet_params
+from tasks.core.params import AlexNetParams, parse
 from tasks.core.precision import cpu_flags, decide
 from tasks.model.epoch_log import read_history
 from tasks.model.models import build_alexnet, load_model
@@ -34,7 +34,8 @@ def test_alexnet_overfits_64_images() -> None:
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
     y = np.arange(64) % 10
-    params = alexnet_params(
+    params = parse(
+        AlexNetParams,
         params_section(
             "alexnet",
             variant="seed",
@@ -46,7 +47,7 @@ def test_alexnet_overfits_64_images() -> None:
             learning_rate=1e-3,
             warmup_epochs=0,
             augmentation="none",
-        )
+        ),
     )
     keras.utils.set_random_seed(0)
     model = build_alexnet(params, [127.5] * 3, [64.0] * 3)
@@ -240,7 +241,7 @@ def test_whiten_conv1_starts_training_from_the_whitening_and_a_resumed_run_keeps
     kernel (whitening it again would put back the start, which here does not depend on the random init)."""
     train_split, val_split, facts = train.load_data(workspace / "data/prepared")
     section = params_section("alexnet", **TINY_TRAINING["alexnet"]) | {"batch_norm": False, "whiten_conv1": True}
-    params = alexnet_params(section)
+    params = parse(AlexNetParams, section)
 
     def build() -> keras.Model:
         return build_alexnet(params, facts["train_channel_mean"], facts["train_channel_std"])

@@ -116,13 +116,13 @@ def test_first_conv_reads_what_each_model_feeds_it() -> None:
 #: Whitens a tiny AlexNet's conv1 on the fixture-like images and checks its outputs (run under the backend asked).
 ON_BACKEND = """
 import keras, numpy as np
-from tasks.core.params import alexnet_params, load_section
+from tasks.core.params import AlexNetParams, load_section, parse
 from tasks.model.models import build_alexnet
 from tasks.model.whitening import first_conv, whiten_first_conv
 x = np.random.default_rng(0).normal(128, 40, (300, 32, 32, 3)).clip(0, 255).astype("uint8")
 x[:, 1:] = (x[:, 1:] // 2 + x[:, :-1] // 2)  # neighbouring rows correlated
 section = load_section("alexnet") | {"width": 0.25, "batch_norm": False, "augmentation": "crop_flip"}
-model = build_alexnet(alexnet_params(section), [128.0] * 3, [40.0] * 3)
+model = build_alexnet(parse(AlexNetParams, section), [128.0] * 3, [40.0] * 3)
 conv, _ = first_conv(model)
 assert whiten_first_conv(model, x) == 24
 out = keras.Model(model.input, conv.output).predict(x, verbose=0).reshape(-1, 24)

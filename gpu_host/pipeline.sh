@@ -7,12 +7,12 @@
 # Each remote call runs in a fresh copy of the working tree and carries at most 64 MiB, while the
 # machine stays up between consecutive calls; so every step keeps what it made under GPU_HOME
 # (default /root/gpu-pipeline), outside the tree, and writes what comes back under $OUT.
-# bench/gpu_pipeline_parts.sh makes the parts here; README "On a GPU" gives the order of the calls.
+# gpu_host/parts.sh makes the parts here; README "On a GPU" gives the order of the calls.
 #
-#   bash bench/gpu_pipeline.sh facts                # Python, git, make, GPUs and `pip freeze` -> $OUT
-#   bash bench/gpu_pipeline.sh stash FILE...        # keep carried parts (and MANIFEST) in GPU_HOME/stash
-#   bash bench/gpu_pipeline.sh install              # join and check the parts, unpack, make setup WHEELHOUSE=...
-#   bash bench/gpu_pipeline.sh run [--tiny] [--overlay FILE]... [--cpu]
+#   bash gpu_host/pipeline.sh facts                # Python, git, make, GPUs and `pip freeze` -> $OUT
+#   bash gpu_host/pipeline.sh stash FILE...        # keep carried parts (and MANIFEST) in GPU_HOME/stash
+#   bash gpu_host/pipeline.sh install              # join and check the parts, unpack, make setup WHEELHOUSE=...
+#   bash gpu_host/pipeline.sh run [--tiny] [--overlay FILE]... [--cpu]
 #
 # `run` sets params.yaml to the defaults + configs/vgg16-scratch.yaml (ImageNet weights cannot be
 # downloaded there) + the stashed archive as data.url; --tiny adds configs/smoke.yaml, --overlay

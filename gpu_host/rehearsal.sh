@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# A rehearsal of bench/gpu_pipeline.sh on this machine, call by call as the GPU host gets them: a
+# A rehearsal of gpu_host/pipeline.sh on this machine, call by call as the GPU host gets them: a
 # temporary folder stands in for the host (GPU_HOME), a venv with a few packages of its own for its
 # python3, and each call runs in a fresh clone of this checkout's HEAD with only the parts that call
 # would carry and an empty $OUT. The wheels are this machine's (its Python, its platform); the run
 # uses configs/smoke.yaml (--tiny) and no GPU (--cpu).
 #
-#   bash bench/gpu_pipeline_rehearsal.sh [--no-git]      # --no-git: the calls see no git
-#   REHEARSAL=DIR bash bench/gpu_pipeline_rehearsal.sh --run-only [--no-git]   # the run call again, same host
+#   bash gpu_host/rehearsal.sh [--no-git]      # --no-git: the calls see no git
+#   REHEARSAL=DIR bash gpu_host/rehearsal.sh --run-only [--no-git]   # the run call again, same host
 #
 # Environment: REHEARSAL (the folder, default a new temporary one), FULL (a full wheelhouse for this
 # machine, made there when absent), PY and UV (a `make setup` venv's python and uv), KERAS_BACKEND.
@@ -69,12 +69,12 @@ cd "$REPO"
 if [ $run_only = 1 ]; then
     [ -x "$GPU_HOME/venv/bin/prefect" ] || { echo "error: $GPU_HOME has no install: rehearse without --run-only first" >&2; exit 2; }
     calls=$(ls -d "$R"/out-* | wc -l)
-    call "" "bash bench/gpu_pipeline.sh run --tiny --cpu"
+    call "" "bash gpu_host/pipeline.sh run --tiny --cpu"
     say "run: $((SECONDS - began)) s; record in $R/out-$calls"
     exit
 fi
 if [ ! -x "$HOST_PYTHON" ]; then
-    [ -f "$FULL/requirements.txt" ] || { say "full wheelhouse for this machine -> $FULL"; bash bench/gpu_pipeline_parts.sh full; }
+    [ -f "$FULL/requirements.txt" ] || { say "full wheelhouse for this machine -> $FULL"; bash gpu_host/parts.sh full; }
     python3 -m venv "$R/host-python"
     pins=()
     for name in "${HOST_PACKAGES[@]}"; do pins+=("$(grep -iE "^${name}==" "$FULL/requirements.txt" | cut -d' ' -f1)"); done
@@ -84,18 +84,18 @@ fi
 
 # The order docs/gpu-host.md gives: the archive's parts first; the wheelhouse is cut from the freeze
 # the first call brings back, and MANIFEST travels again with its first part.
-rm -rf "$PARTS" && bash bench/gpu_pipeline_parts.sh archive
+rm -rf "$PARTS" && bash gpu_host/parts.sh archive
 call "MANIFEST,cifar-10-python.tar.gz.part-00" \
-    "bash bench/gpu_pipeline.sh facts && bash bench/gpu_pipeline.sh stash .gpu/MANIFEST .gpu/cifar-10-python.tar.gz.part-00"
+    "bash gpu_host/pipeline.sh facts && bash gpu_host/pipeline.sh stash .gpu/MANIFEST .gpu/cifar-10-python.tar.gz.part-00"
 cut_started=$SECONDS
-bash bench/gpu_pipeline_parts.sh wheels "$R/out-1/host-freeze.txt"
+bash gpu_host/parts.sh wheels "$R/out-1/host-freeze.txt"
 say "wheelhouse cut from the freeze in $((SECONDS - cut_started)) s"
 for part in cifar-10-python.tar.gz.part-01 cifar-10-python.tar.gz.part-02; do
-    [ -f "$PARTS/$part" ] && call "$part" "bash bench/gpu_pipeline.sh stash .gpu/$part"
+    [ -f "$PARTS/$part" ] && call "$part" "bash gpu_host/pipeline.sh stash .gpu/$part"
 done
 for part in $(cd "$PARTS" && ls -- wheelhouse.tar.part-*); do
-    call "MANIFEST,$part" "bash bench/gpu_pipeline.sh stash .gpu/MANIFEST .gpu/$part"
+    call "MANIFEST,$part" "bash gpu_host/pipeline.sh stash .gpu/MANIFEST .gpu/$part"
 done
-call "" "bash bench/gpu_pipeline.sh install"
-call "" "bash bench/gpu_pipeline.sh run --tiny --cpu"
+call "" "bash gpu_host/pipeline.sh install"
+call "" "bash gpu_host/pipeline.sh run --tiny --cpu"
 say "rehearsal: $calls calls, $((SECONDS - began)) s; record in $R/out-$calls"

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The parts bench/gpu_pipeline.sh carries to a GPU host, made here where PyPI is reachable: the CIFAR-10
+# The parts gpu_host/pipeline.sh carries to a GPU host, made here where PyPI is reachable: the CIFAR-10
 # archive and a wheelhouse, each cut into parts small enough for one remote call (the call carries
 # at most 64 MiB, the working tree included), with MANIFEST giving each whole file's sha256.
 #
-#   bash bench/gpu_pipeline_parts.sh full                 # every locked wheel for the target, once, into FULL
-#   bash bench/gpu_pipeline_parts.sh archive [ARCHIVE]    # the archive's parts (default ../shared/data/cifar-10/...)
-#   bash bench/gpu_pipeline_parts.sh wheels FREEZE        # FULL minus the host's `pip freeze` (seconds, no index)
+#   bash gpu_host/parts.sh full                 # every locked wheel for the target, once, into FULL
+#   bash gpu_host/parts.sh archive [ARCHIVE]    # the archive's parts (default ../shared/data/cifar-10/...)
+#   bash gpu_host/parts.sh wheels FREEZE        # FULL minus the host's `pip freeze` (seconds, no index)
 #
 # Environment: PARTS (default .gpu: git-ignored, in the checkout the remote call sends), PART_SIZE (58M),
 # EXTRAS (cpu,jax: TensorFlow for the ONNX export, JAX only where the host lacks its own),
@@ -46,7 +46,7 @@ archive)
     cut_parts "$archive"
     ;;
 wheels)
-    [ -f "${2:-}" ] || { echo "error: wheels needs the host's pip freeze (bench/gpu_pipeline.sh facts writes it)" >&2; exit 2; }
+    [ -f "${2:-}" ] || { echo "error: wheels needs the host's pip freeze (gpu_host/pipeline.sh facts writes it)" >&2; exit 2; }
     [ -f "$FULL/requirements.txt" ] || { echo "error: $FULL is no wheelhouse: run '$0 full' first" >&2; exit 2; }
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
