@@ -87,7 +87,8 @@ def real_archive() -> Path:
 
 #: The marks that keep a test out of the fast tier, slowest first: files holding such tests start first, then
 #: the files that run training stages (the ``workspace`` fixture), so the run does not end on one busy worker
-#: while the other idles.
+#: while the other idles. Within a tier, files that wait for the trained pipeline come after those that do
+#: not, so one worker has other work while the first builds it.
 SLOW_TIERS = ("server", "e2e")
 TRAINING_FIXTURE = "workspace"
 _current: pytest.Item | None = None
@@ -100,16 +101,18 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
+    def tier(item: pytest.Item) -> int:
         marks = {m.name for m in item.iter_markers()}
-        if (tier := next((i for i, name in enumerate(SLOW_TIERS) if name in marks), None)) is not None:
-            return tier
+        if (found := next((i for i, name in enumerate(SLOW_TIERS) if name in marks), None)) is not None:
+            return found
         return len(SLOW_TIERS) + (TRAINING_FIXTURE not in getattr(item, "fixturenames", ()))
 
-    files: dict[Path, int] = {}
+    tiers: dict[Path, int] = {}
+    waits: dict[Path, bool] = {}
     for item in items:
-        files[item.path] = min(files.get(item.path, len(SLOW_TIERS) + 1), rank(item))
-    items.sort(key=lambda item: files[item.path])  # stable: a file's tests keep their order
+        tiers[item.path] = min(tiers.get(item.path, len(SLOW_TIERS) + 1), tier(item))
+        waits[item.path] = waits.get(item.path, False) or "trained_pipeline" in getattr(item, "fixturenames", ())
+    items.sort(key=lambda item: (tiers[item.path], waits[item.path]))  # stable: a file's tests keep their order
 
 
 def require_mark(mark: str, what: str) -> None:
