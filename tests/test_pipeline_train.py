@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, TrainedPipeline, dvc, run
+from tests.conftest import REPO, TrainedPipeline, commit_all, dvc, run
 
 STAGES = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
 
@@ -41,8 +41,7 @@ def test_every_stage_ran_once_and_a_second_repo_restores_them_from_the_run_cache
     assert len(plots["Accuracy"][0]["content"]["data"]["values"]) == 2 * 2 * 2  # models x train/val x epochs
 
     # Both models are registry artifacts (dvc.yaml `artifacts:`): tag a version, fetch it from elsewhere.
-    run(["git", "add", "-A"], cwd=seeded_repo)
-    run(["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "trained"], cwd=seeded_repo)
+    commit_all(seeded_repo, "trained")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     for name in ("alexnet", "vgg16"):

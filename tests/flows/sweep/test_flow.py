@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from flows.sweep.flow import DETERMINISTIC
-from tests.conftest import REPO, TINY, TrainedPipeline, dvc, run, tiny_training
+from tests.conftest import REPO, TINY, TrainedPipeline, commit_all, dvc, run, tiny_training
 from tests.flows.conftest import PREFECT, WITH_SIGINT, PrefectServer, artifacts, env_with, logs, stop
 
 pytestmark = [pytest.mark.server, pytest.mark.e2e]
@@ -46,11 +46,6 @@ compare: [alexnet]
 SEEDS = (42, 1)  # 42: the tiny pipeline's own seed, so that point is in the run-cache already
 GOOD = [f"tiny-variant-paper-s{s}" for s in SEEDS]
 BROKEN = [f"tiny-broken-s{s}" for s in SEEDS]
-
-
-def commit(repo: Path, message: str) -> None:
-    run(["git", "add", "-A"], cwd=repo)
-    run(["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", message], cwd=repo)
 
 
 def start_worker(server: PrefectServer, repo: Path, name: str, *args: str) -> subprocess.Popen:
@@ -73,7 +68,7 @@ def sweep_repo(deployed: Path, tmp_path: Path, trained_pipeline: TrainedPipeline
     tiny_training(deployed)
     (deployed / "sweeps").mkdir()
     (deployed / "sweeps/tiny.yaml").write_text(SWEEP)
-    commit(deployed, "tiny sweep")
+    commit_all(deployed, "tiny sweep")
     shutil.copytree(trained_pipeline.cache, tmp_path / "dvc-remote")
     dvc("remote", "add", "--local", "-d", "shared", str(tmp_path / "dvc-remote"), cwd=deployed)
     return deployed
@@ -271,7 +266,7 @@ def test_local_sweep_runs_here_refuses_bad_keys_and_skips_on_rerun(dvc_repo: Pat
         "  - {name: subset, params: {data.limit_train: 200}}\n"
         "  - {name: typo, params: {data.no_such_key: 1}}\n"
     )
-    commit(dvc_repo, "small sweep")
+    commit_all(dvc_repo, "small sweep")
     state = run_sweep(sweep="sweeps/small.yaml", repo_dir=str(dvc_repo), executor="local", return_state=True)
     assert state.is_failed() and "2 experiments, 1 ran now, 0 finished before, 1 failed" in state.message, state.message
     assert "small-typo (bad override" in state.message and "no_such_key" in state.message
