@@ -99,26 +99,31 @@ DVC := python -m tools.quiet_dvc
 # so params.yaml keeps meaning the defaults. The experiment keeps its own copy: `dvc exp apply <name>`.
 SAVED_PARAMS := $(VENV)/params.yaml.before-exp
 define keeping_params
-cp params.yaml $(SAVED_PARAMS); $(1); status=$$?; cp $(SAVED_PARAMS) params.yaml; exit $$status
+(cp params.yaml $(SAVED_PARAMS); $(1); status=$$?; cp $(SAVED_PARAMS) params.yaml; exit $$status)
 endef
 OFFLINE_DATA := $(if $(CIFAR_ARCHIVE),-S 'data.url=$(CIFAR_ARCHIVE)' -S 'data.sha256=$(CIFAR_SHA256)')
 
-# The pipeline as params.yaml says (offline: as an experiment with the local archive as data.url).
+# The defaults of params.yaml (offline: as an experiment with the local archive as data.url), and the quick CPU
+# setting (configs/quick-cpu.yaml) as the named experiment quick-cpu; both leave params.yaml meaning the defaults.
+RUN_DEFAULTS = $(if $(CIFAR_ARCHIVE),$(call keeping_params,$(DVC) exp run $(OFFLINE_DATA)),$(DVC) repro)
+RUN_QUICK = $(call keeping_params,$(DVC) exp run -n quick-cpu $$(python -m tools.overrides configs/quick-cpu.yaml) \
+	$(OFFLINE_DATA)) && echo "make quick: experiment quick-cpu done, its results are in the workspace; params.yaml" \
+	"is unchanged (the defaults). Apply its settings: dvc exp apply quick-cpu."
+
+# The defaults where a GPU is usable; without one, where they take hours, the quick setting -- unless FULL=1.
+# `dvc repro` itself always runs params.yaml as written.
+FULL ?=
 pipeline: setup
-	@python -m tasks.core.devices
-ifneq ($(CIFAR_ARCHIVE),)
-	@$(call keeping_params,$(DVC) exp run $(OFFLINE_DATA))
+ifeq ($(FULL),)
+	@if python -m tasks.core.devices --has-gpu; then $(RUN_DEFAULTS); else echo "make pipeline: no GPU here, so" \
+		"the quick CPU setting runs (make quick); the defaults, sized for a GPU: make pipeline FULL=1"; $(RUN_QUICK); fi
 else
-	$(DVC) repro
+	@$(RUN_DEFAULTS)
 endif
 
-# The quick CPU setting (configs/quick-cpu.yaml) as the named DVC experiment quick-cpu; add CIFAR_ARCHIVE=...
-# offline. Its results stay in the workspace, params.yaml stays the defaults (so `make pipeline` runs those).
+# The quick CPU setting wherever you are; add CIFAR_ARCHIVE=... offline.
 quick: setup
-	@$(call keeping_params,$(DVC) exp run -n quick-cpu $$(python -m tools.overrides configs/quick-cpu.yaml) \
-		$(OFFLINE_DATA))
-	@echo "make quick: experiment quick-cpu done, its results are in the workspace; params.yaml is unchanged" \
-		"(the defaults). Apply its settings: dvc exp apply quick-cpu. Run the defaults: make pipeline."
+	@$(RUN_QUICK)
 
 # `dvc plots diff` rendered offline: make plots-diff REVS="HEAD~1 HEAD"
 REVS ?=

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tasks.core.atomic import write_json  # noqa: E402
-from tasks.core.params import AlexNetParams, DataParams, parse  # noqa: E402
+from tasks.core.params import AlexNetParams, DataParams, VGG16Params, parse  # noqa: E402
 from tasks.data.archive import read_archive  # noqa: E402
 from tasks.data.splits import Split, facts, make_splits  # noqa: E402
 from tools.overrides import load_overlay, merged  # noqa: E402
@@ -52,12 +52,12 @@ def real_splits(archive: Path = DEFAULT_ARCHIVE, seed: int = 42) -> tuple[dict[s
     return splits, facts(splits, data, params)
 
 
-def recipe_params(config: str | None, **changes: Any) -> AlexNetParams:
-    """The ``alexnet`` section of params.yaml with the overlay ``configs/<config>.yaml`` and ``changes``."""
+def recipe_params(config: str | None, model: str = "alexnet", **changes: Any) -> AlexNetParams | VGG16Params:
+    """The ``model`` section of params.yaml with the overlay ``configs/<config>.yaml`` and ``changes``."""
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     overlay = load_overlay(REPO / "configs" / f"{config}.yaml") if config else {}
-    section = merged(base, overlay)["alexnet"] | changes
-    return parse(AlexNetParams, section)
+    section = merged(base, overlay)[model] | changes
+    return parse({"alexnet": AlexNetParams, "vgg16": VGG16Params}[model], section)
 
 
 #: CPU flags that decide how fast training can be here (and whether bfloat16 pays: tasks.core.precision).

@@ -23,6 +23,7 @@ from typing import Any
 import psutil
 import yaml
 
+from flows import remotes
 from tasks.core.errors import StageError
 
 #: Exit status of a stage that failed for good, for a reason its ``error:`` line explains (bad input, bad
@@ -150,6 +151,8 @@ def run_dvc(args: Sequence[str], cwd: Path, logger: Any = None, *, what: str | N
             _stop_tree(proc)
     result = CommandResult(proc.returncode, list(lines))
     if what and result.returncode != 0:
+        if refused := remotes.refusal(result.lines):  # no retry can mend credentials
+            raise DeterministicFailure(what, [remotes.describe(dvc_config(cwd), refused)], tail=result.lines)
         raise classify(what, result.lines)
     return result
 
@@ -194,6 +197,16 @@ def dvc_out(args: Sequence[str], cwd: Path) -> str:
     if proc.returncode != 0:
         raise TransientFailure(f"dvc {' '.join(args)}", [], tail=(proc.stdout + proc.stderr).splitlines()[-TAIL_LINES:])
     return proc.stdout
+
+
+def dvc_config(repo: Path, origins: bool = False) -> dict[str, str]:
+    """``dvc config --list`` of ``repo`` as ``{key: value}``; with ``origins``, ``{key: file it comes from}``."""
+    found: dict[str, str] = {}
+    for line in dvc_out(["config", "--list", "--show-origin"], repo).splitlines():
+        origin, _, setting = line.partition("\t")
+        key, _, value = setting.partition("=")
+        found[key] = Path(origin).as_posix() if origins else value
+    return found
 
 
 # -- the stages: their order, and what a run did to them ----------------------------------------------

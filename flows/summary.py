@@ -74,6 +74,11 @@ def pipeline_summary(
     )
 
 
+def percent(value: float | None) -> str:
+    """A fraction as a percentage cell; ``-`` for none."""
+    return "-" if value is None else f"{100 * value:.2f} %"
+
+
 def accuracy_rows(before: str | None, after: str | None) -> list[tuple[str, str, str, str]]:
     """``(model, before, after, change in points)`` cells from two texts of metrics/evaluate.json
     (None where a run has none); one row per model, present or not."""
@@ -90,5 +95,5 @@ def accuracy_rows(before: str | None, after: str | None) -> list[tuple[str, str,
     for model in MODELS:
         a, b = old.get(model), new.get(model)
         change = "-" if a is None or b is None else f"{100 * (b - a):+.2f} pp"
-        rows.append((model, *("-" if v is None else f"{100 * v:.2f} %" for v in (a, b)), change))
+        rows.append((model, percent(a), percent(b), change))
     return rows

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import subprocess
 
-from flows.stages import child_env, dvc_out
+from flows.stages import child_env, dvc_config, dvc_out
 
 #: The name a workspace's ``.dvc/config.local`` gives the DVC remote it is told about.
 REMOTE_NAME = "sweep"
@@ -59,14 +59,10 @@ def write_local_config(
 def default_remote(repo: Path) -> tuple[str | None, bool]:
     """The URL of ``repo``'s default DVC remote, and whether a clone gets it from the committed
     ``.dvc/config`` (then its workspaces need not be told)."""
-    found: dict[str, tuple[str, str]] = {}
-    for line in dvc_out(["config", "--list", "--show-origin"], repo).splitlines():
-        origin, _, setting = line.partition("\t")
-        key, _, value = setting.partition("=")
-        found[key] = (value, Path(origin).as_posix())
-    name, name_from = found.get("core.remote", (None, ""))
-    url, url_from = found.get(f"remote.{name}.url", (None, ""))
-    return url, bool(url) and name_from == url_from == ".dvc/config"
+    values, origins = dvc_config(repo), dvc_config(repo, origins=True)
+    name = values.get("core.remote")
+    url = values.get(f"remote.{name}.url")
+    return url, bool(url) and origins.get("core.remote") == origins.get(f"remote.{name}.url") == ".dvc/config"
 
 
 def cache_dir_of(repo: Path) -> str | None:

@@ -7,7 +7,7 @@ typo costs a fraction of a second, not a TensorFlow import.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tasks.core.cli import run_stage
 from tasks.core.params import AlexNetParams, TrainParams, load
@@ -33,18 +33,18 @@ def phases(params: AlexNetParams) -> list[train.Phase]:
     return [train.Phase("train", recipe.epochs, prepare)]
 
 
-def run(params: AlexNetParams, checkpoint_root: Path, require_gpu: bool) -> None:
-    from tasks.model import train
+def build(params: AlexNetParams, facts: dict[str, Any]) -> keras.Model:
+    """A fresh AlexNet, normalising by the train split's channel statistics (``facts`` of the prepared data)."""
     from tasks.model.models import build_alexnet
 
+    return build_alexnet(params, facts["train_channel_mean"], facts["train_channel_std"])
+
+
+def run(params: AlexNetParams, checkpoint_root: Path, require_gpu: bool) -> None:
+    from tasks.model import train
+
     train.run(
-        NAME,
-        params,
-        params.recipe,
-        lambda facts: build_alexnet(params, facts["train_channel_mean"], facts["train_channel_std"]),
-        phases(params),
-        checkpoint_root,
-        require_gpu,
+        NAME, params, params.recipe, lambda facts: build(params, facts), phases(params), checkpoint_root, require_gpu
     )
 
 

@@ -9,7 +9,7 @@ functions below, after ``main`` has checked the params and the validation gate.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tasks.core.cli import run_stage
 from tasks.core.params import TrainParams, VGG16Params, load
@@ -48,12 +48,18 @@ def phases(params: VGG16Params) -> list[train.Phase]:
     ]
 
 
-def run(params: VGG16Params, checkpoint_root: Path, require_gpu: bool) -> None:
-    from tasks.model import train
+def build(params: VGG16Params, facts: dict[str, Any]) -> keras.Model:
+    """A fresh VGG16 (its own ImageNet preprocessing inside, so the data's ``facts`` are not needed)."""
     from tasks.model.models import build_vgg16
 
+    return build_vgg16(params)
+
+
+def run(params: VGG16Params, checkpoint_root: Path, require_gpu: bool) -> None:
+    from tasks.model import train
+
     train.run(
-        NAME, params, params.recipe, lambda facts: build_vgg16(params), phases(params), checkpoint_root, require_gpu
+        NAME, params, params.recipe, lambda facts: build(params, facts), phases(params), checkpoint_root, require_gpu
     )
 
 

@@ -25,6 +25,7 @@ from tasks.data.archive import read_archive
 from tasks.data.splits import facts, make_splits, write_splits
 from tasks.data.validation import validate
 
+from tests import s3_server
 from tests.cifar_archive import make_archive
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,6 +38,8 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+# Without credentials botocore would ask the cloud's metadata address for some: never, here.
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 
 def shared_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -72,6 +75,27 @@ def fixture_archive(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str
             make_archive(path)
             mark_built(folder)
     return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[s3_server.S3Server]:
+    """A real S3-protocol object store on 127.0.0.1 (SeaweedFS, authentication on) for this worker's tests;
+    each test makes its own bucket."""
+    server = s3_server.start(tmp_path_factory.mktemp("s3"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def add_s3_remote(repo: Path, server: s3_server.S3Server, url: str, name: str = "shared", local: bool = False) -> None:
+    """The team setup of docs/orchestration.md: an ``s3://`` default remote and its endpoint (committed
+    unless ``local``), the credentials in ``.dvc/config.local``."""
+    where = ["--local"] if local else []
+    dvc("remote", "add", *where, "-d", name, url, cwd=repo)
+    dvc("remote", "modify", *where, name, "endpointurl", server.endpoint, cwd=repo)
+    dvc("remote", "modify", "--local", name, "access_key_id", server.access_key, cwd=repo)
+    dvc("remote", "modify", "--local", name, "secret_access_key", server.secret_key, cwd=repo)
 
 
 @pytest.fixture(scope="session")

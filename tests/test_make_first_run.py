@@ -1,6 +1,6 @@
-"""A new user's first run, end to end on the fixture archive: `make quick`, then `make pipeline`, through the
-real Makefile and the real DVC -- quiet (no WARNING line), params.yaml left meaning the defaults, and
-`make pipeline` then running those defaults."""
+"""A new user's first run, end to end on the fixture archive: `make quick`, `make pipeline` and `make pipeline
+FULL=1`, through the real Makefile and the real DVC -- quiet (no WARNING line), params.yaml left meaning the
+defaults; on this host without a GPU `make pipeline` runs the quick setting and says so, FULL=1 the defaults."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from tests.conftest import REPO, TINY_TRAINING, dvc, run
 TINY_QUICK = {"alexnet": {"width": 0.125, "epochs": 1, "warmup_epochs": 0, "batch_size": 64, "jit_compile": False}}
 
 
-def make(target: str, repo: Path) -> str:
+def make(target: str, repo: Path, *variables: str) -> str:
     """``make <target>`` in ``repo`` with this interpreter's venv (already set up: the stamp is taken as is)."""
     venv = Path(sys.executable).parent.parent
-    proc = run(["make", target, f"VENV={venv}", "-o", f"{venv}/.setup-stamp"], cwd=repo, timeout=1200)
+    proc = run(["make", target, f"VENV={venv}", *variables, "-o", f"{venv}/.setup-stamp"], cwd=repo, timeout=1200)
     return proc.stdout + proc.stderr
 
 
@@ -52,7 +52,13 @@ def test_make_quick_then_make_pipeline_is_quiet_and_keeps_the_defaults(seeded_re
     names = {e.get("name") for rev in shown for e in rev.get("experiments") or []}
     assert "quick-cpu" in names, shown
 
+    # No GPU here: `make pipeline` is the quick setting again (nothing to run), and says how to ask for more.
     pipeline = make("pipeline", dvc_repo)
+    assert "make pipeline: no GPU here" in pipeline and "make pipeline FULL=1" in pipeline, pipeline
+    assert "Running stage" not in pipeline and "Stage 'train_alexnet' didn't change" in pipeline, pipeline
+    assert json.loads((dvc_repo / "models/alexnet.meta.json").read_text())["params"]["width"] == 0.125
+
+    pipeline = make("pipeline", dvc_repo, "FULL=1")
     assert not warnings_in(pipeline), pipeline
     # The defaults differ from the quick setting in AlexNet's params only: its stage and evaluate rerun, here
     # from the run-cache (the defaults ran before); nothing else changed.

@@ -1,7 +1,9 @@
 """The nightly deployment (docs/orchestration.md): a branch head in a worker-owned clone, run by the
 pipeline flow's tasks, recorded as DVC experiment ``<deployment>-<UTC time>``, pushed, compared with
-the last, and a notification when it fails. A crashed run cannot speak for itself: the deployment's
-trigger starts one with ``restart_of``, which reports the crash and resumes (up to ``max_crash_restarts``)::
+the last and with each model's ``prod`` version in the registry (``promote_staging``: a run that beats
+it is registered and assigned ``staging``), and a notification when it fails. A crashed run cannot
+speak for itself: the deployment's trigger starts one with ``restart_of``, which reports the crash and
+resumes (up to ``max_crash_restarts``)::
 
     python -m flows.nightly --branch main --notify-block custom-webhook/cifar10-nightly
 """
@@ -21,10 +23,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import deployment as current_deployment
 from prefect.runtime import flow_run as current_flow_run
 
-from flows import access
+from flows import access, registry
 from flows.pipeline import QUIET, pipeline, save_experiment, share_results, workspace_lock
 from flows.stages import DeterministicFailure, StageFailure, markdown_diff
-from flows.summary import accuracy_rows, render
+from flows.summary import accuracy_rows, percent, render
 from flows.workspace import (
     RecordedRun,
     Sync,
@@ -36,7 +38,7 @@ from flows.workspace import (
     recorded_runs,
     sync,
 )
-from tasks.core.paths import EVALUATE_METRICS
+from tasks.core.paths import EVALUATE_METRICS, MODELS
 
 ARTIFACT = "cifar10-nightly-summary"
 #: Where the workspace clones live by default, inside the deployment's checkout (DVC ignores .dvc/).
@@ -154,15 +156,38 @@ def _diff(kind: str, old: RecordedRun, new: RecordedRun, ws: Path) -> str:
     return markdown_diff([kind, "diff", old.ref, new.ref], ws).replace(old.ref, old.name).replace(new.ref, new.name)
 
 
+def weigh_against_prod(
+    root: Path, evaluate: str | None, recorded: RecordedRun | None, promote: bool
+) -> tuple[list[registry.Standing], dict[str, str], str | None]:
+    """Each model of this run against its prod version; with ``promote``, the recorded run registered and
+    staged for each model it beats prod on (``{model: "v0.2.0 (staging)"}``). A registry that cannot be
+    read or written is reported in the summary, never fails the recorded run."""
+    promoted: dict[str, str] = {}
+    try:
+        registry.refresh(root)
+        standings = registry.standings(root, evaluate, MODELS)
+        if promote and recorded:
+            commit = git(["rev-parse", recorded.ref], root).stdout.strip()
+            for s in standings:
+                if s.beats_prod:
+                    promoted[s.model] = f"{registry.promote_to_staging(root, s.model, commit)} ({registry.STAGING})"
+    except (registry.RegistryError, WorkspaceError) as exc:
+        get_run_logger().warning("model registry: %s", exc)
+        return [], promoted, str(exc)
+    return standings, promoted, None
+
+
 @task(name="publish-nightly", **QUIET)
 def publish_nightly(
     ws: str, previous: RecordedRun | None, experiment: str | None, nothing_changed: bool, **context: Any
 ) -> str:
-    """The summary artifact: this run against the previous recorded run of the deployment."""
+    """The summary artifact: this run against the previous recorded run of the deployment and against the
+    registry's prod versions; with ``promote_staging``, a recorded run that beats prod is registered and staged."""
     root, synced = Path(ws), context["synced"]
     recorded = next((r for r in recorded_runs(root, experiment) if r.name == experiment), None) if experiment else None
     compare = previous and recorded and not nothing_changed
     evaluate = (root / EVALUATE_METRICS).read_text() if (root / EVALUATE_METRICS).is_file() else None
+    standings, promoted, problem = weigh_against_prod(root, evaluate, recorded, context["promote_staging"])
     log = ["log", "--max-count=20", "--format=%h %s", f"{previous.baseline}..{synced.commit}"] if previous else None
     markdown = render(
         "nightly_summary.md.j2",
@@ -179,6 +204,10 @@ def publish_nightly(
         accuracy=accuracy_rows(read_at(root, previous.ref, EVALUATE_METRICS) if previous else None, evaluate),
         params_diff=_diff("params", previous, recorded, root) if compare else "",
         metrics_diff=_diff("metrics", previous, recorded, root) if compare else "",
+        standings=standings,
+        promoted=promoted,
+        registry_problem=problem,
+        pct=percent,
     )
     create_markdown_artifact(
         markdown=markdown, key=ARTIFACT, description=f"Nightly run {context['run_name']} against the last"
@@ -199,6 +228,7 @@ def nightly(
     restart_of: str | None = None,
     stage_retries: int = 2,
     retry_delay_seconds: float = 30.0,
+    promote_staging: bool = False,
 ) -> dict[str, Any]:
     """Run the pipeline on the head of ``branch`` and record the run; the parameters are described in
     docs/orchestration.md."""
@@ -235,7 +265,13 @@ def nightly(
                 share_results(str(ws), experiment, "origin", remote)
                 pushed_to = f"{url} and the DVC remote" if remote else url
             context = dict(
-                run_name=run_name, branch=branch, git_url=url, synced=synced, stages=stages, pushed_to=pushed_to
+                run_name=run_name,
+                branch=branch,
+                git_url=url,
+                synced=synced,
+                stages=stages,
+                pushed_to=pushed_to,
+                promote_staging=promote_staging,
             )
             publish_nightly(str(ws), previous, experiment, nothing_changed, **context)
     except Exception as exc:
@@ -257,6 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workspace")
     parser.add_argument("--notify-block")
     parser.add_argument("--require-gpu", action="store_true")
+    parser.add_argument("--promote-staging", action="store_true", help="stage a run that beats prod")
     nightly(**vars(parser.parse_args(argv)))
 
 

@@ -132,22 +132,25 @@ def require_gpu(info: dict[str, Any], what: str) -> None:
 
 CPU_ONLY_NOTE = (
     "note: no GPU is usable here ({devices}). params.yaml's defaults -- full-size AlexNet for 30 epochs and "
-    "VGG16 -- are sized for a GPU and take many hours on a CPU; `make quick` runs the quick CPU setting "
-    "(configs/quick-cpu.yaml) instead. Going on with what was asked."
+    "VGG16 -- are sized for a GPU and take many hours on a CPU: `make pipeline` runs the quick CPU setting "
+    "(configs/quick-cpu.yaml) here, `make pipeline FULL=1` the defaults anyway."
 )
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m tasks.core.devices``: what training would run on here, and a note when that is only a CPU.
-    ``--json``: :func:`report` as one JSON line, for a caller in another process (the flow's host report)."""
+    ``--json``: :func:`report` as one JSON line, for a caller in another process (the flow's host report).
+    ``--has-gpu``: the devices line only, and exit status 1 when no GPU is usable (``make pipeline`` asks)."""
     args = sys.argv[1:] if argv is None else argv
     if args == ["--json"]:
         print(json.dumps(report()))
         return
-    if args:
-        sys.exit("usage: python -m tasks.core.devices [--json]")
+    if args not in ([], ["--has-gpu"]):
+        sys.exit("usage: python -m tasks.core.devices [--json | --has-gpu]")
     info = describe()
     print(f"training devices: keras backend {info['keras_backend']}: {', '.join(info['devices'])}")
+    if args:
+        sys.exit(0 if info["gpus"] else 1)
     if not info["gpus"]:
         print(CPU_ONLY_NOTE.format(devices=", ".join(info["devices"])), file=sys.stderr)
 

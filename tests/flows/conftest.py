@@ -257,15 +257,15 @@ def deploy_all(repo: Path, server: PrefectServer) -> None:
 
 
 @contextmanager
-def running_worker(repo: Path, server: PrefectServer) -> Iterator[subprocess.Popen]:
-    """``prefect worker start --pool gpu`` in ``repo``, its log beside the repo; stopped with SIGINT
-    (it ignores SIGTERM's intent)."""
+def running_worker(repo: Path, server: PrefectServer, **env: str) -> Iterator[subprocess.Popen]:
+    """``prefect worker start --pool gpu`` in ``repo`` with ``env`` added to its environment, its log beside
+    the repo; stopped with SIGINT (it ignores SIGTERM's intent)."""
     require_mark("server", "starts a Prefect worker")
     with open(repo.parent / "worker.log", "w") as log:
         proc = subprocess.Popen(
             [*WITH_SIGINT, PREFECT, "worker", "start", "--pool", "gpu"],
             cwd=repo,
-            env=server.env(PREFECT_WORKER_QUERY_SECONDS="1"),
+            env=server.env(PREFECT_WORKER_QUERY_SECONDS="1", **env),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

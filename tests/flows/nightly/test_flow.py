@@ -1,11 +1,13 @@
 """The nightly deployment for real: `prefect server start` on 127.0.0.1, a `gpu` process pool,
-`prefect --no-prompt deploy --all`, a worker, a bare git repository as the project's remote, a
-local-folder DVC remote, a webhook notification block posting to a receiver on 127.0.0.1, and the
-fixture pipeline with tiny training."""
+`prefect --no-prompt deploy --all`, a worker, a bare git repository as the project's remote, an S3 bucket
+as the DVC remote (SeaweedFS on 127.0.0.1; the worker's credentials in its environment, a reviewer's in
+`.dvc/config.local`), a webhook notification block posting to a receiver on 127.0.0.1, and the fixture
+pipeline with tiny training."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -24,6 +26,7 @@ import yaml
 
 from flows.nightly.flow import ARTIFACT, WORKSPACES
 from tests.conftest import REPO, TrainedPipeline, dvc, make_dvc_repo, run, set_params, tiny_training
+from tests.s3_server import S3Server, credentials_env
 from tests.flows.conftest import (
     PrefectServer,
     add_flow_files,
@@ -68,11 +71,12 @@ class Receiver:
 
 @dataclass
 class Team:
-    """The deploy checkout (a developer's clone too), its bare remote, the DVC remote, and the worker."""
+    """The deploy checkout (a developer's clone too), its bare remote, the S3 store of the DVC remote, and
+    the worker."""
 
     repo: Path
     bare: Path
-    dvc_remote: Path
+    s3: S3Server
     server: PrefectServer
     receiver: Receiver
     deployment_id: UUID
@@ -157,6 +161,7 @@ def team(
     fixture_archive: tuple[Path, str],
     prefect_server: PrefectServer,
     trained_pipeline: TrainedPipeline,
+    s3: S3Server,
 ) -> Iterator[Team]:
     """One team for the module, as in real life: the tests below run in order on the same deployment,
     remotes and worker, each starting from what the one before left. Its DVC cache starts with the test
@@ -166,8 +171,10 @@ def team(
     tiny_training(repo)
     trained_pipeline.seed(repo)
     shutil.copy2(REPO / ".gitignore", repo / ".gitignore")
-    dvc_remote = tmp_path / "dvc-remote"
-    dvc("remote", "add", "-d", "storage", str(dvc_remote), cwd=repo)
+    # The team's bucket, committed as docs/orchestration.md says (URL and endpoint; the secrets stay out).
+    s3.make_bucket("nightly")
+    dvc("remote", "add", "-d", "storage", "s3://nightly/dvc", cwd=repo)
+    dvc("remote", "modify", "storage", "endpointurl", s3.endpoint, cwd=repo)
     run(["git", "add", "-A"], cwd=repo)
     run(["git", *GIT_ID, "commit", "-qm", "tiny training, DVC remote"], cwd=repo)
     add_flow_files(repo)
@@ -196,11 +203,12 @@ def team(
             "max_crash_restarts": 1,
             "notify_block": "custom-webhook/cifar10-nightly-test",
             "retry_delay_seconds": 1,
+            "promote_staging": True,
         }
         c.update_deployment(deployment.id, DeploymentUpdate(parameters=parameters))
-    team = Team(repo, bare, dvc_remote, prefect_server, receiver, deployment.id)
+    team = Team(repo, bare, s3, prefect_server, receiver, deployment.id)
     try:
-        with running_worker(repo, prefect_server) as team.worker:
+        with running_worker(repo, prefect_server, **credentials_env(s3)) as team.worker:
             yield team
     finally:
         receiver.httpd.shutdown()
@@ -232,9 +240,37 @@ def test_runs_are_recorded_compared_and_failures_notified(team: Team, tmp_path: 
     assert "| train_alexnet | restored |" in team.summary(first)  # from the host's DVC cache
     [exp1] = team.experiments()
     assert exp1.startswith("nightly-")
-    assert any(team.dvc_remote.rglob("*")), "nothing reached the DVC remote"
+    assert team.s3.objects("nightly/dvc"), "nothing reached the DVC remote"
     md = team.summary(first)
     assert f"Recorded as DVC experiment **{exp1}**" in md and "first recorded run" in md, md
+    # Nothing in prod yet: the run beats it, and promote_staging registers and stages it, tags pushed.
+    for model in ("alexnet", "vgg16"):
+        assert f"| {model} | none assigned | - |" in md and "| **yes** | v0.1.0 (staging) |" in md, md
+    tags = run(["git", "ls-remote", "--tags", str(team.bare)], cwd=team.repo).stdout
+    assert "refs/tags/alexnet@v0.1.0" in tags and "refs/tags/alexnet#staging#1" in tags, tags
+    # A person promotes the staged AlexNet to prod (from a clone of their own), as docs/orchestration.md says.
+    person = tmp_path / "person"
+    run(["git", "clone", "-q", str(team.bare), str(person)], cwd=tmp_path)
+    run(["gto", "assign", "alexnet", "--version", "v0.1.0", "--stage", "prod", "--push"], cwd=person)
+    shown = run(["gto", "show"], cwd=person).stdout
+    print(f"\ngto show after the promotion:\n{shown}")
+    assert re.search(r"alexnet\s*│\s*v0\.1\.0\s*│\s*v0\.1\.0\s*│\s*v0\.1\.0", shown), shown
+    fetched = tmp_path / "prod-alexnet.keras"
+    credentials = [f"access_key_id={team.s3.access_key}", f"secret_access_key={team.s3.secret_key}"]
+    dvc(
+        "artifacts",
+        "get",
+        str(team.bare),
+        "alexnet",
+        "--stage",
+        "prod",
+        "-o",
+        str(fetched),
+        "--remote-config",
+        *credentials,
+        cwd=tmp_path,
+    )
+    assert fetched.stat().st_size > 0
 
     changed = team.push("alexnet: lower peak learning rate", alexnet={"learning_rate": 0.01})
     second = team.start()
@@ -243,6 +279,7 @@ def test_runs_are_recorded_compared_and_failures_notified(team: Team, tmp_path: 
     md = team.summary(second)
     assert f"**{exp1}**" in md and changed[:7] in md and "alexnet: lower peak learning rate" in md, md
     assert "(updated)" in md and "stashed" not in md, md  # the first run's results were recorded: nothing to keep
+    assert "| alexnet | v0.1.0 |" in md and "| vgg16 | none assigned |" in md, md  # prod as the person left it
     params_section = md.split("## Params changed")[1].split("##")[0]
     assert "alexnet.learning_rate" in params_section and "0.02" in params_section and "0.01" in params_section, md
     assert "| alexnet |" in md and " pp |" in md, md
@@ -258,9 +295,12 @@ def test_runs_are_recorded_compared_and_failures_notified(team: Team, tmp_path: 
     assert "| ran |" not in md, md
     assert team.experiments() == sorted([exp1, exp2])
 
-    # A reviewer's clone: pull last night's experiments and compare them.
+    # A reviewer's clone, credentials in its own .dvc/config.local: pull last night's experiments (their
+    # models come from the bucket) and compare them.
     reviewer = tmp_path / "reviewer"
     run(["git", "clone", "-q", str(team.bare), str(reviewer)], cwd=tmp_path)
+    dvc("remote", "modify", "--local", "storage", "access_key_id", team.s3.access_key, cwd=reviewer)
+    dvc("remote", "modify", "--local", "storage", "secret_access_key", team.s3.secret_key, cwd=reviewer)
     dvc("exp", "pull", "origin", exp1, exp2, cwd=reviewer)
     shown = dvc("exp", "show", "-A", "--csv", "--drop", "data.*|validate.*|vgg16.*", cwd=reviewer).stdout
     assert exp1 in shown and exp2 in shown, shown
@@ -270,6 +310,8 @@ def test_runs_are_recorded_compared_and_failures_notified(team: Team, tmp_path: 
     assert "0.02" in lr_row and "0.01" in lr_row, diff
     assert "metrics/evaluate.json" in diff and "alexnet." in diff, diff
     print(f"\nreviewer's dvc exp show -A --csv (narrowed):\n{shown}\ndvc metrics diff {exp1} {exp2}:\n{diff}")
+    dvc("exp", "apply", exp2, cwd=reviewer)  # the second run's model, from the reviewer's cache alone
+    assert (reviewer / "models/alexnet.keras").stat().st_size > 0
 
     team.push("a bad param", alexnet={"optimizer": "adamm"})
     fourth = team.start()

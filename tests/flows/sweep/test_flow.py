@@ -1,9 +1,10 @@
 """A tiny sweep for real: `prefect server start`, the `gpu` pool, `prefect --no-prompt deploy --all`,
 two GPU-style process workers (`--work-queue default --limit 1`) and one for the coordinator
-(`--work-queue sweeps`), a local-folder DVC remote between the experiments' workspaces.
+(`--work-queue sweeps`), an S3 bucket (SeaweedFS on 127.0.0.1) as the DVC remote between the experiments'
+workspaces, committed as a team commits it, the credentials in the workers' environment.
 
 A point x 2 seeds on the fixture data with tiny widths (seed 42 is the test run's trained pipeline, which
-the shared DVC remote holds: restored; seed 1 trains), plus a point with an invalid param value:
+the bucket holds: restored from its run-cache; seed 1 trains), plus a point with an invalid param value:
 every finished experiment is in `dvc exp show`, the table's per-point means and standard deviations
 match the ones computed here from `dvc exp show --json`, the broken point is reported while the
 others complete, and a second run of the same sweep starts nothing.
@@ -14,7 +15,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import shutil
 import signal
 import statistics
 import subprocess
@@ -27,6 +27,7 @@ import pytest
 
 from flows.sweep.flow import DETERMINISTIC
 from tests.conftest import REPO, TINY, TrainedPipeline, commit_all, dvc, run, tiny_training
+from tests.s3_server import S3Server, credentials_env
 from tests.flows.conftest import PREFECT, WITH_SIGINT, PrefectServer, artifacts, env_with, logs, stop
 
 pytestmark = [pytest.mark.server, pytest.mark.e2e]
@@ -48,12 +49,12 @@ GOOD = [f"tiny-variant-paper-s{s}" for s in SEEDS]
 BROKEN = [f"tiny-broken-s{s}" for s in SEEDS]
 
 
-def start_worker(server: PrefectServer, repo: Path, name: str, *args: str) -> subprocess.Popen:
+def start_worker(server: PrefectServer, s3: S3Server, repo: Path, name: str, *args: str) -> subprocess.Popen:
     log = open(repo.parent / f"{name}.log", "w")
     return subprocess.Popen(
         [*WITH_SIGINT, PREFECT, "worker", "start", "--pool", "gpu", "--name", name, *args],
         cwd=repo,
-        env=server.env(PREFECT_WORKER_QUERY_SECONDS="1"),
+        env=server.env(PREFECT_WORKER_QUERY_SECONDS="1", **credentials_env(s3)),
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -61,27 +62,29 @@ def start_worker(server: PrefectServer, repo: Path, name: str, *args: str) -> su
 
 
 @pytest.fixture
-def sweep_repo(deployed: Path, tmp_path: Path, trained_pipeline: TrainedPipeline) -> Path:
-    """The deployed fixture pipeline with tiny training, the tiny sweep file and a local-folder DVC remote
-    that holds the test run's trained pipeline (a local remote's layout is the cache's): the stages the
-    sweep's experiments share come from its run-cache."""
+def sweep_repo(deployed: Path, trained_pipeline: TrainedPipeline, s3: S3Server) -> Path:
+    """The deployed fixture pipeline with tiny training, the tiny sweep file and the team's S3 remote, whose
+    bucket holds the test run's trained pipeline (a remote's layout is the cache's): the stages the sweep's
+    experiments share come from its run-cache."""
     tiny_training(deployed)
     (deployed / "sweeps").mkdir()
     (deployed / "sweeps/tiny.yaml").write_text(SWEEP)
-    commit_all(deployed, "tiny sweep")
-    shutil.copytree(trained_pipeline.cache, tmp_path / "dvc-remote")
-    dvc("remote", "add", "--local", "-d", "shared", str(tmp_path / "dvc-remote"), cwd=deployed)
+    s3.make_bucket("sweep")
+    s3.upload(trained_pipeline.cache, "sweep/dvc")
+    dvc("remote", "add", "-d", "shared", "s3://sweep/dvc", cwd=deployed)
+    dvc("remote", "modify", "shared", "endpointurl", s3.endpoint, cwd=deployed)
+    commit_all(deployed, "tiny sweep, the team's DVC remote")
     return deployed
 
 
 @pytest.fixture
-def workers(sweep_repo: Path, prefect_server: PrefectServer) -> Iterator[list[str]]:
+def workers(sweep_repo: Path, prefect_server: PrefectServer, s3: S3Server) -> Iterator[list[str]]:
     """Two experiment workers (one run at a time each, as on a GPU each) and a coordinator worker."""
     procs = {
-        name: start_worker(prefect_server, sweep_repo, name, "--work-queue", "default", "--limit", "1")
+        name: start_worker(prefect_server, s3, sweep_repo, name, "--work-queue", "default", "--limit", "1")
         for name in ("gpu-worker-1", "gpu-worker-2")
     }
-    procs["coordinator"] = start_worker(prefect_server, sweep_repo, "coordinator", "--work-queue", "sweeps")
+    procs["coordinator"] = start_worker(prefect_server, s3, sweep_repo, "coordinator", "--work-queue", "sweeps")
     try:
         yield list(procs)
     finally:  # SIGINT to all at once, then wait for each (one grace period, not three)
@@ -150,10 +153,11 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_tiny_sweep_over_two_workers_then_rerun_starts_nothing(
-    sweep_repo: Path, prefect_server: PrefectServer, workers: list[str]
+    sweep_repo: Path, prefect_server: PrefectServer, workers: list[str], s3: S3Server
 ) -> None:
     repo = sweep_repo
     params_before = (repo / "params.yaml").read_bytes()
+    stored_before = set(s3.objects("sweep/dvc"))
     sweep_run, first_wall = run_sweep_deployment(prefect_server, repo)
     text = logs(sweep_run.id, prefect_server.url)
 
@@ -233,7 +237,9 @@ def test_tiny_sweep_over_two_workers_then_rerun_starts_nothing(
     for stage in ("download", "preprocess", "train_vgg16"):
         assert f"Stage '{stage}' is cached - skipping run" in point_log, point_log[-4000:]
     assert "Running stage 'train_alexnet'" in point_log
-    assert (repo.parent / "dvc-remote" / "runs").is_dir()
+    # Seed 1's training reached the bucket with its run-cache entry, for the next worker that needs it.
+    pushed = set(s3.objects("sweep/dvc")) - stored_before
+    assert any("/runs/" in key for key in pushed), sorted(pushed)
     assert not any((repo / ".dvc/tmp/sweeps/tiny").glob("tiny-variant-*"))  # succeeded: workspace removed
     assert sorted(p.name for p in (repo / ".dvc/tmp/sweeps/tiny").glob("tiny-broken-*")) == sorted(BROKEN)  # kept
 

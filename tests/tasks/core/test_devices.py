@@ -34,7 +34,9 @@ def test_cpu_only_host_is_told_the_defaults_are_sized_for_a_gpu() -> None:
     out = _python(["-m", "tasks.core.devices"])
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("training devices: keras backend tensorflow: CPU:0")
-    assert "sized for a GPU" in out.stderr and "make quick" in out.stderr
+    assert "sized for a GPU" in out.stderr and "make pipeline FULL=1" in out.stderr
+    asked = _python(["-m", "tasks.core.devices", "--has-gpu"])  # what `make pipeline` asks
+    assert asked.returncode == 1 and asked.stdout.startswith("training devices: ") and not asked.stderr, asked
 
 
 def test_json_report_is_what_the_flow_reads() -> None:

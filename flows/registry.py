@@ -1,0 +1,117 @@
+"""The model registry as the nightly reads and writes it: GTO's git tags on the models of dvc.yaml's
+``artifacts:`` (``alexnet@v1.2.0`` a version, ``alexnet#prod#3`` a stage), through GTO's command line.
+
+A registered version is a commit; its test accuracy is that commit's ``metrics/evaluate.json``. The
+nightly compares its run with each model's ``prod`` version and, when asked, registers a run that beats
+it and assigns it ``staging``; ``prod`` is a person's ``gto assign``. No Prefect here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from flows.stages import child_env
+from flows.workspace import git, read_at
+from tasks.core.paths import EVALUATE_METRICS
+
+#: The stage a person gives the version in use, and the one the nightly may give a run that beats it.
+PROD, STAGING = "prod", "staging"
+
+
+class RegistryError(RuntimeError):
+    """A GTO command failed; the message carries GTO's own words."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One model in the registry: its latest version and the version each stage points at."""
+
+    name: str
+    latest: str | None
+    stages: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Standing:
+    """This run's test accuracy against the ``prod`` version's, for one model."""
+
+    model: str
+    accuracy: float | None
+    prod_version: str | None
+    prod_accuracy: float | None
+
+    @property
+    def beats_prod(self) -> bool:
+        """Better than prod on test accuracy; with no prod version yet, any evaluated run is."""
+        if self.accuracy is None:
+            return False
+        return self.prod_accuracy is None or self.accuracy > self.prod_accuracy
+
+
+def gto(args: list[str], repo: Path) -> str:
+    """``gto <args>`` in ``repo`` (the ``gto`` beside this interpreter: :func:`child_env`);
+    :class:`RegistryError` with its message when it fails."""
+    proc = subprocess.run(["gto", *args], cwd=repo, env=child_env(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        said = (proc.stderr or proc.stdout).strip().splitlines()
+        raise RegistryError(f"gto {' '.join(args)} failed in {repo}: {said[-1] if said else proc.returncode}")
+    return proc.stdout
+
+
+def refresh(repo: Path) -> None:
+    """The registry's tags as ``origin`` has them now (a stage moved by a person since the clone)."""
+    git(["fetch", "-q", "--tags", "--force", "origin"], repo)
+
+
+def entries(repo: Path) -> dict[str, Entry]:
+    """Every registered model: ``gto show --json``."""
+    shown = json.loads(gto(["show", "--json"], repo) or "{}")
+    return {name: Entry(name, e.get("version"), dict(e.get("stage") or {})) for name, e in shown.items()}
+
+
+def accuracy_at(repo: Path, rev: str, model: str) -> float | None:
+    """``model``'s test accuracy in ``metrics/evaluate.json`` at ``rev`` (None where there is none)."""
+    try:
+        value = json.loads(read_at(repo, rev, EVALUATE_METRICS) or "{}").get(model, {}).get("test_accuracy")
+    except (ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def standings(repo: Path, evaluate_text: str | None, models: tuple[str, ...]) -> list[Standing]:
+    """Each model's accuracy in ``evaluate_text`` (this run's metrics/evaluate.json) against its prod version."""
+    try:
+        ours = json.loads(evaluate_text or "{}")
+    except ValueError:
+        ours = {}
+    registered = entries(repo)
+    rows = []
+    for model in models:
+        version = registered[model].stages.get(PROD) if model in registered else None
+        accuracy = (ours.get(model) or {}).get("test_accuracy")
+        rows.append(
+            Standing(
+                model,
+                float(accuracy) if isinstance(accuracy, (int, float)) else None,
+                version,
+                accuracy_at(repo, f"{model}@{version}", model) if version else None,
+            )
+        )
+    return rows
+
+
+def promote_to_staging(repo: Path, model: str, commit: str) -> str:
+    """Register ``commit`` as the next minor version of ``model`` (v0.1.0 when it is the first), assign it
+    ``staging``, push both tags to ``origin``; return the version."""
+    first = model not in entries(repo)
+    bump = ["--version", "v0.1.0"] if first else ["--bump-minor"]
+    message = ["-m", f"{model}: a nightly run that beats prod on test accuracy"]
+    gto(["register", model, commit, *bump, *message, "--push"], repo)
+    version = entries(repo)[model].latest
+    if version is None:
+        raise RegistryError(f"gto registered {model} at {commit[:12]} but shows no version")
+    gto(["assign", model, "--version", version, "--stage", STAGING, *message, "--push"], repo)
+    return version
