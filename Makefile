@@ -106,7 +106,9 @@ OFFLINE_DATA := $(if $(CIFAR_ARCHIVE),-S 'data.url=$(CIFAR_ARCHIVE)' -S 'data.sh
 # The defaults of params.yaml (offline: as an experiment with the local archive as data.url), and the quick CPU
 # setting (configs/quick-cpu.yaml) as the named experiment quick-cpu; both leave params.yaml meaning the defaults.
 RUN_DEFAULTS = $(if $(CIFAR_ARCHIVE),$(call keeping_params,$(DVC) exp run $(OFFLINE_DATA)),$(DVC) repro)
-RUN_QUICK = $(call keeping_params,$(DVC) exp run -n quick-cpu $$(python -m tools.overrides configs/quick-cpu.yaml) \
+# An earlier quick-cpu of the same commit keeps its record under a dated name (DVC refuses a second one).
+RUN_QUICK = { $(DVC) exp rename quick-cpu quick-cpu-$$(date -u +%Y%m%d-%H%M%S) >/dev/null 2>&1 || true; } && \
+	$(call keeping_params,$(DVC) exp run -n quick-cpu $$(python -m tools.overrides configs/quick-cpu.yaml) \
 	$(OFFLINE_DATA)) && echo "make quick: experiment quick-cpu done, its results are in the workspace; params.yaml" \
 	"is unchanged (the defaults). Apply its settings: dvc exp apply quick-cpu."
 

@@ -69,7 +69,11 @@ def refresh(repo: Path) -> None:
 def entries(repo: Path) -> dict[str, Entry]:
     """Every registered model: ``gto show --json``."""
     shown = json.loads(gto(["show", "--json"], repo) or "{}")
-    return {name: Entry(name, e.get("version"), dict(e.get("stage") or {})) for name, e in shown.items()}
+    # GTO lists every stage in use for each model, unassigned ones as null.
+    return {
+        name: Entry(name, e.get("version"), {k: v for k, v in (e.get("stage") or {}).items() if v})
+        for name, e in shown.items()
+    }
 
 
 def accuracy_at(repo: Path, rev: str, model: str) -> float | None:

@@ -8,6 +8,8 @@ that fails half-way leaves the previous run's report, metrics and plots as they 
 
 from __future__ import annotations
 
+import os
+
 import json
 
 from tasks.core import devices, runinfo
@@ -41,6 +43,8 @@ def main() -> None:
         "packages": runinfo.package_versions(),
         "evaluated": runinfo.now(),
         "params": {"evaluate": runinfo.as_dict(params)},
+        # `dvc exp run` names the experiment it runs in DVC_EXP_NAME (`make quick`: quick-cpu); `dvc repro` does not.
+        "experiment": os.environ.get("DVC_EXP_NAME"),
     }
     with together():
         for r in results:

@@ -57,6 +57,9 @@ def test_make_quick_then_make_pipeline_is_quiet_and_keeps_the_defaults(seeded_re
     assert "make pipeline: no GPU here" in pipeline and "make pipeline FULL=1" in pipeline, pipeline
     assert "Running stage" not in pipeline and "Stage 'train_alexnet' didn't change" in pipeline, pipeline
     assert json.loads((dvc_repo / "models/alexnet.meta.json").read_text())["params"]["width"] == 0.125
+    shown = json.loads(dvc("exp", "show", "--json", cwd=dvc_repo).stdout)
+    names = {e.get("name") for rev in shown for e in rev.get("experiments") or []}
+    assert "quick-cpu" in names and any(n.startswith("quick-cpu-2") for n in names if n), names  # both kept
 
     pipeline = make("pipeline", dvc_repo, "FULL=1")
     assert not warnings_in(pipeline), pipeline

@@ -63,7 +63,7 @@ def test_every_stage_ran_once_and_a_second_repo_restores_them_from_the_run_cache
     for name in ("alexnet", "alexnet-onnx"):
         run(["gto", "assign", name, "--version", "v1.0.0", "--stage", "prod"], cwd=seeded_repo)
     shown = json.loads(run(["gto", "show", "--json"], cwd=seeded_repo).stdout)
-    assert shown["alexnet"]["stage"] == {"prod": "v1.0.0"} and shown["vgg16"]["stage"] == {}, shown
+    assert shown["alexnet"]["stage"] == {"prod": "v1.0.0"} and not any(shown["vgg16"]["stage"].values()), shown
     dvc("artifacts", "get", str(seeded_repo), "alexnet", "--stage", "prod", "-o", "prod.keras", cwd=elsewhere)
     assert (elsewhere / "prod.keras").read_bytes() == (seeded_repo / "models/alexnet.keras").read_bytes()
 

@@ -71,6 +71,20 @@ def model_label(result: Evaluated) -> str:
     return f"VGG16 (weights from {Path(weights).name})"
 
 
+def setting(experiment: str | None, configs: Path = Path("configs")) -> str:
+    """What the report compares, for its header: the DVC experiment it ran in (and the config of that name,
+    where one exists, as `make quick` runs configs/quick-cpu.yaml as experiment quick-cpu) or params.yaml."""
+    if not experiment:
+        return "params.yaml as it stands (dvc repro)"
+    config = configs / f"{experiment}.yaml"
+    return f"DVC experiment {experiment}" + (f" (the settings of {config.as_posix()})" if config.is_file() else "")
+
+
+def from_scratch(result: Evaluated) -> bool:
+    """Whether VGG16 started from random weights, unlike the student's ImageNet-pretrained one."""
+    return result.name == "vgg16" and str(result.meta.get("params", {}).get("weights", "imagenet")) == "none"
+
+
 def title(results: list[Evaluated]) -> str:
     return "CIFAR-10: " + " vs ".join(
         "AlexNet from scratch" if r.name == "alexnet" else model_label(r) for r in results
@@ -87,8 +101,9 @@ def comparison(results: list[Evaluated]) -> Table:
                 _pct(s["test_accuracy"]),
                 f"{s['test_loss']:.4f}",
                 f"{s['macro_f1']:.4f}",
-                _pct(STUDENT[r.name]),
-                f"{100 * (s['test_accuracy'] - STUDENT[r.name]):+.2f} pt",
+                _pct(STUDENT[r.name]) + (" (ImageNet-pretrained)" if from_scratch(r) else ""),
+                f"{100 * (s['test_accuracy'] - STUDENT[r.name]):+.2f} pt"
+                + (" (random init vs pretrained)" if from_scratch(r) else ""),
                 f"{t.get('params', 0):,}",
                 t.get("epochs_run"),
                 f"{t.get('train_seconds', 0):.0f} s",
@@ -211,6 +226,7 @@ def build(
     """The markdown, the HTML and the figure files of the report."""
     page = {
         "title": title(results),
+        "setting": setting(context.get("experiment")),
         "test_size": len(test.y),
         "comparison": comparison(results),
         "deployment": deployment(results),

@@ -62,6 +62,7 @@ def built(monkeypatch: pytest.MonkeyPatch) -> tuple[str, str, dict[str, bytes]]:
         "evaluated": "2024-01-01T00:00:00",
         "devices": {"host": "here", "keras_backend": "tensorflow", "devices": ["CPU"]},
         "packages": {"keras": "3.5.0", "evil": EVIL},
+        "experiment": "quick-cpu",
     }
     results = [result("alexnet", probs), result("vgg16", np.eye(10)[y])]
     results[0].meta["params"]["test_time_augmentation"] = "flip"  # VGG16's older records lack the key
@@ -73,6 +74,14 @@ def built(monkeypatch: pytest.MonkeyPatch) -> tuple[str, str, dict[str, bytes]]:
 def test_markdown_and_html_show_the_same_facts(built: tuple[str, str, dict[str, bytes]]) -> None:
     md, page, files = built
     assert md.startswith("# CIFAR-10: AlexNet from scratch vs VGG16 (random init)\n")
+    setting = "Setting: DVC experiment quick-cpu (the settings of configs/quick-cpu.yaml)."
+    assert setting in md and setting in page
+    # VGG16 from random weights against the student's ImageNet-pretrained one: the row says so.
+    vgg16 = (
+        "| VGG16 (random init) | 80.00 % | 0.5000 | 0.7500 | 78.62 % (ImageNet-pretrained) "
+        "| +1.38 pt (random init vs pretrained) |"
+    )
+    assert vgg16 in md, md
     assert "| AlexNet | 80.00 % | 0.5000 | 0.7500 | 79.12 % | +0.88 pt | 1,234,567 | 3 | 61 s | 1000 | 2.50 ms |" in md
     assert "<td>80.00 %</td><td>0.5000</td><td>0.7500</td><td>79.12 %</td><td>+0.88 pt</td>" in page
     # Each model beside its ONNX export: sizes, CPU speed, agreement.
@@ -104,3 +113,13 @@ def test_html_escapes_class_names_params_and_hosts(built: tuple[str, str, dict[s
     assert f"Trained on {escaped} with jax" in page
     assert f"&#34;note&#34;: &#34;{escaped}&#34;" in page  # the params JSON
     assert EVIL in md  # markdown shows the text as given
+
+
+def test_the_setting_names_the_experiment_and_its_config(tmp_path) -> None:
+    (tmp_path / "quick-cpu.yaml").write_text("alexnet: {}\n")
+    assert report.setting(None, tmp_path) == "params.yaml as it stands (dvc repro)"
+    assert (
+        report.setting("quick-cpu", tmp_path)
+        == f"DVC experiment quick-cpu (the settings of {tmp_path.as_posix()}/quick-cpu.yaml)"
+    )
+    assert report.setting("lunar-orbit", tmp_path) == "DVC experiment lunar-orbit"
