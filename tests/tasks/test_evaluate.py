@@ -91,8 +91,11 @@ def test_report_has_every_section_and_the_numbers(evaluated: Path) -> None:
     for section in SECTIONS:
         assert section in md
     assert "79.12 %" in md and "78.62 %" in md
-    # The fixture's VGG16 starts from random weights: the report must not call it ImageNet VGG16.
-    assert md.startswith("# CIFAR-10: AlexNet from scratch vs VGG16 (random init)") and "ImageNet" not in md
+    # The fixture's VGG16 starts from random weights: the report must not call it ImageNet VGG16, and its row
+    # says the student's figure it is set against was ImageNet-pretrained.
+    assert md.startswith("# CIFAR-10: AlexNet from scratch vs VGG16 (random init)\n\nSetting: params.yaml as it")
+    assert "ImageNet VGG16" not in md and "VGG16 (ImageNet weights)" not in md
+    assert "| 78.62 % (ImageNet-pretrained) |" in md and " pt (random init vs pretrained) |" in md
     for name, label in (("alexnet", "AlexNet"), ("vgg16", "VGG16 (random init)")):
         assert f"| {label} | {100 * metrics[name]['test_accuracy']:.2f} % |" in md
     for name in ("alexnet", "vgg16"):
