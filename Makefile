@@ -141,7 +141,7 @@ bench: setup
 	python bench/bench_data_stages.py
 	python bench/bench_throughput.py
 	python bench/bench_cpu_recipe_ablation.py
-	python bench/bench_time_to_accuracy.py --recipes quick-cpu quick-cpu-half
+	python bench/bench_time_to_accuracy.py
 	python bench/bench_pipeline.py
 
 # ruff: lint (pycodestyle, pyflakes, bugbear, pyupgrade) and format, configured in pyproject.toml.
