@@ -80,12 +80,13 @@ def fetch_artifact(name: str, stage: str | None, version: str | None, repo: str,
     choice = ["--stage", stage] if stage else ["--rev", version] if version else []
     out = folder / name
     got = subprocess.run(
-        [sys.executable, "-m", "dvc", "artifacts", "get", repo, name, *choice, "-o", str(out), "--force", "-q"],
+        [sys.executable, "-m", "dvc", "artifacts", "get", repo, name, *choice, "-o", str(out), "--force"],
         capture_output=True,
         text=True,
     )
     if got.returncode != 0:
-        said = next((ln for ln in got.stderr.splitlines() if ln.startswith("ERROR")), got.stderr.strip())
+        # DVC's last ERROR line is the one that says why (an earlier one may be about Studio, tried first).
+        said = next((ln for ln in reversed(got.stderr.splitlines()) if ln.startswith("ERROR")), got.stderr.strip())
         which = f"{name} at stage {stage}" if stage else f"{name} {version}" if version else name
         raise StageError(f"cannot fetch the registry's model {which} from {repo}: {said.removeprefix('ERROR: ')}")
     # A .keras model is a zip archive, an ONNX export a protobuf: the loader goes by the suffix.

@@ -86,4 +86,5 @@ def test_every_stage_ran_once_and_a_second_repo_restores_them_from_the_run_cache
     )
     assert unassigned.returncode == 2 and unassigned.stdout == "", unassigned
     [line] = unassigned.stderr.strip().splitlines()
-    assert line.startswith("error: cannot fetch the registry's model vgg16 at stage prod from ."), line
+    assert line.startswith("error: cannot fetch the registry's model vgg16 at stage prod from .: "), line
+    assert "Unable to find artifact 'vgg16 @ prod'" in line, line

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tasks.core.errors import StageError
 from tasks.core.params import AlexNetParams, parse
 from tasks.model.export import write_onnx
 from tasks.model.models import build_alexnet, for_inference
+from tasks.predict import default_model
 from tests.conftest import REPO, params_section, subprocess_env
 
 CLASSES = [f"class-{i}" for i in range(10)]
@@ -106,3 +108,27 @@ def test_missing_model_is_one_error_line_and_exit_2(tmp_path: Path) -> None:
     assert done.stderr.strip().splitlines() == [
         f"error: model not found: {tmp_path / 'nowhere.onnx'} (train it with dvc repro, or fetch it: dvc artifacts get)"
     ]
+
+
+def test_without_a_model_named_the_workspace_s_better_export_is_used(tmp_path: Path) -> None:
+    with pytest.raises(StageError, match=r"no model named and no evaluation in .*: run the pipeline here first"):
+        default_model(tmp_path)
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/evaluate.json").write_text(
+        json.dumps({"alexnet": {"test_accuracy": 0.81}, "vgg16": {"test_accuracy": 0.83}})
+    )
+    with pytest.raises(StageError, match=r"no models/\*\.onnx in .*: run `dvc pull` or the pipeline"):
+        default_model(tmp_path)
+    (tmp_path / "models").mkdir()
+    for name in ("alexnet", "vgg16"):
+        (tmp_path / f"models/{name}.onnx").write_bytes(b"onnx")
+    assert default_model(tmp_path) == tmp_path / "models/vgg16.onnx"
+    (tmp_path / "models/vgg16.onnx").unlink()  # only the one that is there can be used
+    assert default_model(tmp_path) == tmp_path / "models/alexnet.onnx"
+
+
+def test_model_and_artifact_are_one_choice_and_a_stage_needs_an_artifact(tmp_path: Path) -> None:
+    both = predict("x.png", "--model", "m.onnx", "--artifact", "alexnet", cwd=tmp_path)
+    assert both.returncode == 2 and "--model and --artifact name two models: give one" in both.stderr
+    stage = predict("x.png", "--stage", "prod", cwd=tmp_path)
+    assert stage.returncode == 2 and "--stage and --version choose a version of an --artifact" in stage.stderr
