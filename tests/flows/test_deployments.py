@@ -89,6 +89,7 @@ def registers_a_nightly_schedule_and_an_on_demand_deployment(deployed: Path, pre
         "require_gpu": True,
         "notify_block": "custom-webhook/cifar10-nightly",
         "max_crash_restarts": 2,
+        "promote_staging": False,
     }
     assert on_demand.schedules == [] and on_demand.parameters == {}
     for deployment in (nightly, on_demand):  # the pull step puts the run in this checkout

@@ -7,7 +7,8 @@ from uuid import uuid4
 
 from flows.nightly.flow import Crash, crash_report, failure_message
 from flows.stages import DeterministicFailure
-from flows.summary import accuracy_rows, render
+from flows.registry import Standing
+from flows.summary import accuracy_rows, percent, render
 from flows.workspace import RecordedRun
 
 BASELINE = "ab" + "c" * 38
@@ -41,6 +42,11 @@ def page(**changes: object) -> str:
         accuracy=accuracy_rows(evaluate(alexnet=0.9012, vgg16=0.88), evaluate(alexnet=0.9101, vgg16=0.87)),
         params_diff="| Path | Param |\n| params.yaml | alexnet.learning_rate |",
         metrics_diff="",
+        standings=[Standing("alexnet", 0.9101, "v0.1.0", 0.9012), Standing("vgg16", 0.87, None, None)],
+        promoted={},
+        promote_staging=False,
+        registry_problem=None,
+        pct=percent,
     )
     args.update(changes)
     return render("nightly_summary.md.j2", **args)
@@ -89,3 +95,19 @@ def test_crash_reports_count_the_crashes_in_a_row() -> None:
     go_on, subject, body = crash_report([newest, older], limit=1)
     assert not go_on and subject.endswith("giving up") and "crashed in stage train_vgg16" in subject
     assert "2 crashes in a row, more than max_crash_restarts=1" in body and "earlier crash: first-try" in body
+
+
+def test_the_registry_table_says_who_beats_prod_and_what_was_staged() -> None:
+    assert (
+        Standing("alexnet", 0.91, "v0.1.0", 0.90).beats_prod
+        and not Standing("alexnet", 0.90, "v0.1.0", 0.90).beats_prod
+    )
+    assert Standing("vgg16", 0.5, None, None).beats_prod and not Standing("vgg16", None, None, None).beats_prod
+    md = page()
+    assert "| alexnet | v0.1.0 | 90.12 % | 91.01 % | **yes** | not registered |" in md, md
+    assert "| vgg16 | none assigned | - | 87.00 % | **yes** | not registered |" in md, md
+    assert "Nothing was registered (`promote_staging` is off)" in md
+    staged = page(promote_staging=True, promoted={"alexnet": "v0.2.0 (staging)"})
+    assert "| **yes** | v0.2.0 (staging) |" in staged and "`prod` is yours to assign" in staged, staged
+    broken = page(standings=[], registry_problem="gto show --json failed in /ws: boom")
+    assert "_The registry could not be read or written: gto show --json failed in /ws: boom_" in broken, broken
