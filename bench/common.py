@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tasks.core.atomic import write_json  # noqa: E402
-from tasks.core.params import AlexNetParams, DataParams, VGG16Params, parse  # noqa: E402
+from tasks.core.params import SECTIONS, AlexNetParams, DataParams, VGG16Params, parse  # noqa: E402
 from tasks.data.archive import read_archive  # noqa: E402
 from tasks.data.splits import Split, facts, make_splits  # noqa: E402
 from tools.overrides import load_overlay, merged  # noqa: E402
@@ -57,7 +57,7 @@ def recipe_params(config: str | None, model: str = "alexnet", **changes: Any) ->
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     overlay = load_overlay(REPO / "configs" / f"{config}.yaml") if config else {}
     section = merged(base, overlay)[model] | changes
-    return parse({"alexnet": AlexNetParams, "vgg16": VGG16Params}[model], section)
+    return parse(SECTIONS[model], section)
 
 
 #: CPU flags that decide how fast training can be here (and whether bfloat16 pays: tasks.core.precision).

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flows.stages import child_env
+from flows.summary import test_accuracies
 from flows.workspace import git, read_at
 from tasks.core.paths import EVALUATE_METRICS
 
@@ -76,34 +77,15 @@ def entries(repo: Path) -> dict[str, Entry]:
     }
 
 
-def accuracy_at(repo: Path, rev: str, model: str) -> float | None:
-    """``model``'s test accuracy in ``metrics/evaluate.json`` at ``rev`` (None where there is none)."""
-    try:
-        value = json.loads(read_at(repo, rev, EVALUATE_METRICS) or "{}").get(model, {}).get("test_accuracy")
-    except (ValueError, AttributeError):
-        return None
-    return float(value) if isinstance(value, (int, float)) else None
-
-
 def standings(repo: Path, evaluate_text: str | None, models: tuple[str, ...]) -> list[Standing]:
-    """Each model's accuracy in ``evaluate_text`` (this run's metrics/evaluate.json) against its prod version."""
-    try:
-        ours = json.loads(evaluate_text or "{}")
-    except ValueError:
-        ours = {}
-    registered = entries(repo)
+    """Each model's accuracy in ``evaluate_text`` (this run's metrics/evaluate.json) against its prod version's
+    (the metrics/evaluate.json of the commit that version tags)."""
+    ours, registered = test_accuracies(evaluate_text), entries(repo)
     rows = []
     for model in models:
         version = registered[model].stages.get(PROD) if model in registered else None
-        accuracy = (ours.get(model) or {}).get("test_accuracy")
-        rows.append(
-            Standing(
-                model,
-                float(accuracy) if isinstance(accuracy, (int, float)) else None,
-                version,
-                accuracy_at(repo, f"{model}@{version}", model) if version else None,
-            )
-        )
+        prod = test_accuracies(read_at(repo, f"{model}@{version}", EVALUATE_METRICS)).get(model) if version else None
+        rows.append(Standing(model, ours.get(model), version, prod))
     return rows
 
 

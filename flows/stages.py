@@ -152,7 +152,7 @@ def run_dvc(args: Sequence[str], cwd: Path, logger: Any = None, *, what: str | N
     result = CommandResult(proc.returncode, list(lines))
     if what and result.returncode != 0:
         if refused := remotes.refusal(result.lines):  # no retry can mend credentials
-            raise DeterministicFailure(what, [remotes.describe(dvc_config(cwd), refused)], tail=result.lines)
+            raise DeterministicFailure(what, [remotes.describe(dvc_config(cwd)[0], refused)], tail=result.lines)
         raise classify(what, result.lines)
     return result
 
@@ -199,14 +199,15 @@ def dvc_out(args: Sequence[str], cwd: Path) -> str:
     return proc.stdout
 
 
-def dvc_config(repo: Path, origins: bool = False) -> dict[str, str]:
-    """``dvc config --list`` of ``repo`` as ``{key: value}``; with ``origins``, ``{key: file it comes from}``."""
-    found: dict[str, str] = {}
+def dvc_config(repo: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """``dvc config --list --show-origin`` of ``repo``: ``{key: value}`` and ``{key: file it comes from}``."""
+    values: dict[str, str] = {}
+    origins: dict[str, str] = {}
     for line in dvc_out(["config", "--list", "--show-origin"], repo).splitlines():
         origin, _, setting = line.partition("\t")
         key, _, value = setting.partition("=")
-        found[key] = Path(origin).as_posix() if origins else value
-    return found
+        values[key], origins[key] = value, Path(origin).as_posix()
+    return values, origins
 
 
 # -- the stages: their order, and what a run did to them ----------------------------------------------

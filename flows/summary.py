@@ -79,18 +79,21 @@ def percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f} %"
 
 
+def test_accuracies(text: str | None) -> dict[str, float]:
+    """Each model's test accuracy in a text of metrics/evaluate.json; none from a missing or broken one."""
+    try:
+        data = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {m: float(v["test_accuracy"]) for m, v in data.items() if _numeric((v or {}).get("test_accuracy"))}
+
+
 def accuracy_rows(before: str | None, after: str | None) -> list[tuple[str, str, str, str]]:
     """``(model, before, after, change in points)`` cells from two texts of metrics/evaluate.json
     (None where a run has none); one row per model, present or not."""
-
-    def accuracies(text: str | None) -> dict[str, float]:
-        try:
-            data = json.loads(text or "{}")
-        except ValueError:
-            return {}
-        return {m: v["test_accuracy"] for m, v in data.items() if _numeric((v or {}).get("test_accuracy"))}
-
-    old, new = accuracies(before), accuracies(after)
+    old, new = test_accuracies(before), test_accuracies(after)
     rows = []
     for model in MODELS:
         a, b = old.get(model), new.get(model)

@@ -59,7 +59,7 @@ def write_local_config(
 def default_remote(repo: Path) -> tuple[str | None, bool]:
     """The URL of ``repo``'s default DVC remote, and whether a clone gets it from the committed
     ``.dvc/config`` (then its workspaces need not be told)."""
-    values, origins = dvc_config(repo), dvc_config(repo, origins=True)
+    values, origins = dvc_config(repo)
     name = values.get("core.remote")
     url = values.get(f"remote.{name}.url")
     return url, bool(url) and origins.get("core.remote") == origins.get(f"remote.{name}.url") == ".dvc/config"

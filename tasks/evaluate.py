@@ -8,9 +8,8 @@ that fails half-way leaves the previous run's report, metrics and plots as they 
 
 from __future__ import annotations
 
-import os
-
 import json
+import os
 
 from tasks.core import devices, runinfo
 from tasks.core.atomic import together, write_json, write_text

@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 #: The one identity the server knows (what a team's administrator hands out).
 ACCESS_KEY = "team-access"
@@ -64,30 +65,28 @@ class S3Server:
     process: subprocess.Popen
     log: Path
 
-    def make_bucket(self, name: str) -> str:
-        """Create bucket ``name`` (as a team's administrator would, once) and return its ``s3://`` URL."""
+    def client(self) -> Any:
+        """An ``s3fs`` filesystem on this server with its credentials (no cached listings)."""
         import s3fs
 
-        fs = s3fs.S3FileSystem(key=self.access_key, secret=self.secret_key, endpoint_url=self.endpoint)
+        return s3fs.S3FileSystem(
+            key=self.access_key, secret=self.secret_key, endpoint_url=self.endpoint, skip_instance_cache=True
+        )
+
+    def make_bucket(self, name: str) -> str:
+        """Create bucket ``name`` (as a team's administrator would, once) and return its ``s3://`` URL."""
+        fs = self.client()
         if not fs.exists(name):
             fs.mkdir(name)
         return f"s3://{name}"
 
     def upload(self, folder: Path, target: str) -> None:
         """Copy ``folder``'s files to ``bucket/prefix`` ``target`` (a DVC cache's layout is its remote's)."""
-        import s3fs
-
-        fs = s3fs.S3FileSystem(key=self.access_key, secret=self.secret_key, endpoint_url=self.endpoint)
-        fs.put(f"{folder}/", target, recursive=True)
+        self.client().put(f"{folder}/", target, recursive=True)
 
     def objects(self, prefix: str) -> list[str]:
         """Every object key under ``bucket/prefix``."""
-        import s3fs
-
-        fs = s3fs.S3FileSystem(
-            key=self.access_key, secret=self.secret_key, endpoint_url=self.endpoint, skip_instance_cache=True
-        )
-        return fs.find(prefix)
+        return self.client().find(prefix)
 
     def stop(self, deadline: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after ``deadline`` seconds (weed takes its time over SIGTERM)."""

@@ -59,11 +59,16 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f} %"
 
 
+def _vgg16_weights(result: Evaluated) -> str:
+    """How VGG16's base started (``vgg16.weights`` as the run recorded it)."""
+    return str(result.meta.get("params", {}).get("weights", "imagenet"))
+
+
 def model_label(result: Evaluated) -> str:
     """The model's name as the report shows it; VGG16's says how its base started (vgg16.weights)."""
     if result.name != "vgg16":
         return LABELS[result.name]
-    weights = str(result.meta.get("params", {}).get("weights", "imagenet"))
+    weights = _vgg16_weights(result)
     if weights == "imagenet":
         return "VGG16 (ImageNet weights)"
     if weights == "none":
@@ -82,7 +87,7 @@ def setting(experiment: str | None, configs: Path = Path("configs")) -> str:
 
 def from_scratch(result: Evaluated) -> bool:
     """Whether VGG16 started from random weights, unlike the student's ImageNet-pretrained one."""
-    return result.name == "vgg16" and str(result.meta.get("params", {}).get("weights", "imagenet")) == "none"
+    return result.name == "vgg16" and _vgg16_weights(result) == "none"
 
 
 def title(results: list[Evaluated]) -> str:
