@@ -13,6 +13,7 @@ import fcntl
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -26,10 +27,13 @@ from prefect.runtime import flow_run as current_flow_run
 from prefect.runtime import task_run as current_task_run
 from prefect.tasks import exponential_backoff
 
-from flows import access, host
+from flows import access, host, registry
+from flows.cli import run_flow
 from flows.stages import DeterministicFailure, check_overrides, outcomes, override_files, push_uncached_outputs
 from flows.stages import markdown_diff, read_lock, retry_unless_deterministic, run_dvc, stage_order
 from flows.summary import REPORT, pipeline_summary
+from flows.workspace import WorkspaceError
+from tasks.core.paths import EVALUATE_METRICS, MODELS
 
 ARTIFACT_SUMMARY = "cifar10-pipeline-summary"
 ARTIFACT_REPORT = "cifar10-report"
@@ -130,12 +134,26 @@ def share_results(ws: str, experiment: str | None, git_url: str, remote: bool) -
     run_dvc(args, Path(ws), logger, what=f"dvc {' '.join(args[:2])}")
 
 
+def registry_view(root: Path) -> dict[str, Any]:
+    """The run's models against the registry's prod versions, and what ``HEAD`` is registered as; a registry
+    that cannot be read is reported in the summary, never fails the run."""
+    evaluate = (root / EVALUATE_METRICS).read_text() if (root / EVALUATE_METRICS).is_file() else None
+    try:
+        registered = registry.entries(root)
+        standings = registry.standings(root, evaluate, MODELS, registered)
+        head = registry.versions_at(root, "HEAD", registered)
+    except (registry.RegistryError, WorkspaceError) as exc:
+        get_run_logger().warning("model registry: %s", exc)
+        return {"standings": [], "registered": {}, "registry_problem": str(exc)}
+    return {"standings": standings, "registered": head, "registry_problem": None}
+
+
 @task(name="publish", **QUIET)
 def publish(repo: str, results: list[dict[str, Any]], experiment: str | None, host: str) -> str:
     """Artifacts: the stages' outcomes, both models' test metrics, ``dvc metrics diff HEAD``, the report."""
     root = Path(repo)
     diff = markdown_diff(["metrics", "diff", "HEAD"], root)
-    markdown = pipeline_summary(root, results, diff, experiment=experiment, host=host)
+    markdown = pipeline_summary(root, results, diff, experiment=experiment, host=host, **registry_view(root))
     create_markdown_artifact(
         markdown=markdown, key=ARTIFACT_SUMMARY, description="Stages, test metrics and metrics diff of this run"
     )
@@ -190,7 +208,8 @@ def pipeline(
     access.check({"repo_dir": repo_dir})
     repo = Path(repo_dir or os.getcwd()).resolve()
     if not (repo / "dvc.yaml").is_file():
-        raise FileNotFoundError(f"{repo} holds no dvc.yaml; set repo_dir or the deployment's working directory")
+        problem = f"{repo} holds no dvc.yaml; set repo_dir or the deployment's working directory"
+        raise DeterministicFailure("pipeline", [f"error: {problem}"])
     where = report_host(require_gpu)["host"]
     retry = retry_options(stage_retries, retry_delay_seconds)
     experiment = (experiment_name or current_flow_run.get_name() or "prefect-run") if set_params else None
@@ -230,7 +249,7 @@ def pipeline(
     return {"repo": str(repo), "stages": results, "experiment": experiment, "host": where}
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the CIFAR-10 DVC pipeline as a Prefect flow.")
     parser.add_argument("--stages", nargs="*", help="stages to run with their upstream (default: all)")
     parser.add_argument("-S", "--set-param", action="append", dest="set_params", help="as in dvc exp run -S")
@@ -240,8 +259,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repo-dir")
     parser.add_argument("--no-serialize", dest="serialize", action="store_false")
     args = vars(parser.parse_args(argv))
-    pipeline(**{**args, "stages": args["stages"] or None})
+    return run_flow(pipeline, **{**args, "stages": args["stages"] or None})[1]
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -77,16 +77,31 @@ def entries(repo: Path) -> dict[str, Entry]:
     }
 
 
-def standings(repo: Path, evaluate_text: str | None, models: tuple[str, ...]) -> list[Standing]:
+def standings(
+    repo: Path, evaluate_text: str | None, models: tuple[str, ...], registered: dict[str, Entry] | None = None
+) -> list[Standing]:
     """Each model's accuracy in ``evaluate_text`` (this run's metrics/evaluate.json) against its prod version's
     (the metrics/evaluate.json of the commit that version tags)."""
-    ours, registered = test_accuracies(evaluate_text), entries(repo)
+    ours, registered = test_accuracies(evaluate_text), entries(repo) if registered is None else registered
     rows = []
     for model in models:
         version = registered[model].stages.get(PROD) if model in registered else None
         prod = test_accuracies(read_at(repo, f"{model}@{version}", EVALUATE_METRICS)).get(model) if version else None
         rows.append(Standing(model, ours.get(model), version, prod))
     return rows
+
+
+def versions_at(repo: Path, commit: str, registered: dict[str, Entry] | None = None) -> dict[str, str]:
+    """``{model: "v0.1.0 (prod)"}``: the version of each model registered at ``commit``, with the stages
+    it holds."""
+    registered = entries(repo) if registered is None else registered
+    found: dict[str, str] = {}
+    for tag in git(["tag", "--points-at", commit], repo).stdout.split():
+        model, at, version = tag.partition("@")
+        if at and model in registered:
+            stages = [stage for stage, v in registered[model].stages.items() if v == version]
+            found[model] = f"{version} ({', '.join(stages)})" if stages else version
+    return found
 
 
 def promote_to_staging(repo: Path, model: str, commit: str) -> str:

@@ -57,8 +57,12 @@ def pipeline_summary(
     *,
     experiment: str | None = None,
     host: str | None = None,
+    standings: Sequence[Any] = (),
+    registered: dict[str, str] | None = None,
+    registry_problem: str | None = None,
 ) -> str:
-    """The pipeline flow's summary artifact."""
+    """The pipeline flow's summary artifact; ``standings`` and ``registered`` as the nightly's
+    (:mod:`flows.registry`), ``registered`` for ``HEAD``."""
     report = repo / REPORT
     return render(
         "pipeline_summary.md.j2",
@@ -71,6 +75,10 @@ def pipeline_summary(
         report=REPORT,
         report_uri=report.as_uri() if report.is_file() else None,
         report_path=report,
+        standings=list(standings),
+        registered=registered or {},
+        registry_problem=registry_problem,
+        pct=percent,
     )
 
 

@@ -1,17 +1,17 @@
 """The nightly deployment (docs/orchestration.md): a branch head in a worker-owned clone, run by the
 pipeline flow's tasks, recorded as DVC experiment ``<deployment>-<UTC time>``, pushed, compared with
 the last and with each model's ``prod`` version in the registry (``promote_staging``: a run that beats
-it is registered and assigned ``staging``), and a notification when it fails. A crashed run cannot
-speak for itself: the deployment's trigger starts one with ``restart_of``, which reports the crash and
-resumes (up to ``max_crash_restarts``)::
+it is registered and assigned ``staging``). The deployment's trigger restarts a crashed run with
+``restart_of``; the restart logs the crash and resumes (up to ``max_crash_restarts`` in a row). Failures
+and crashes are announced by the project's alert automation (:mod:`flows.alerts`)::
 
-    python -m flows.nightly --branch main --notify-block custom-webhook/cifar10-nightly
+    python -m flows.nightly --branch main
 """
 
 from __future__ import annotations
 
 import argparse
-import re
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,8 +24,9 @@ from prefect.runtime import deployment as current_deployment
 from prefect.runtime import flow_run as current_flow_run
 
 from flows import access, registry
+from flows.cli import run_flow
 from flows.pipeline import QUIET, pipeline, save_experiment, share_results, workspace_lock
-from flows.stages import DeterministicFailure, StageFailure, markdown_diff
+from flows.stages import DeterministicFailure, markdown_diff
 from flows.summary import accuracy_rows, percent, render
 from flows.workspace import (
     RecordedRun,
@@ -45,7 +46,6 @@ ARTIFACT = "cifar10-nightly-summary"
 WORKSPACES = Path(".dvc/tmp/nightly")
 #: DVC links outputs to the shared cache instead of copying them, where the filesystem allows.
 LINK_TYPE = "reflink,hardlink,copy"
-_STAGE = re.compile(r"stage '([^']+)'")
 
 
 class CrashLoop(RuntimeError):
@@ -60,42 +60,6 @@ class Crash:
     name: str
     stage: str | None  # the stage task that was running when it died
     message: str
-
-
-def notify(block: str | None, subject: str, body: str) -> None:
-    """Send through the Prefect notification block ``<block-type-slug>/<name>``; one that cannot be
-    sent is logged, never raised, so it cannot hide the failure it reports."""
-    logger = get_run_logger()
-    if not block:
-        logger.info("no notify_block set; not sending: %s", subject)
-        return
-    from prefect.blocks.core import Block
-
-    try:
-        Block.load(block).notify(body=body, subject=subject)
-        logger.info("notified through %r: %s", block, subject)
-    except Exception as exc:
-        logger.warning("could not send the notification through %r: %s", block, exc)
-
-
-def failure_message(deployment: str, exc: BaseException, commit: str | None) -> tuple[str, str]:
-    """(subject, body) for a failed run: the flow run, the failed stage and its ``error:`` line."""
-    if isinstance(exc, StageFailure):
-        what, error = exc.what, exc.errors[0] if exc.errors else exc.describe()
-    else:
-        what, error = "the nightly run", f"{type(exc).__name__}: {exc}"
-    stage = m.group(1) if (m := _STAGE.search(what)) else what
-    url = current_flow_run.get_flow_run_ui_url()
-    body = [
-        f"flow run {current_flow_run.get_name()} ({current_flow_run.get_id()}){f', {url}' if url else ''} failed.",
-        f"stage: {stage}",
-        error if error.startswith("error:") else f"error: {error}",
-        *([f"commit: {commit}"] if commit else []),
-        "not retried: a deterministic failure (bad params or data)"
-        if isinstance(exc, DeterministicFailure)
-        else "after its retries",
-    ]
-    return f"cifar10 {deployment}: {current_flow_run.get_name()} failed in {stage}", "\n".join(body)
 
 
 def crash_chain(restart_of: str) -> list[Crash]:
@@ -120,8 +84,8 @@ def crash_chain(restart_of: str) -> list[Crash]:
     return chain
 
 
-def crash_report(chain: list[Crash], limit: int) -> tuple[bool, str, str]:
-    """(go on?, subject, body) for a run started because ``chain[0]`` crashed."""
+def crash_report(chain: list[Crash], limit: int) -> tuple[bool, str]:
+    """(go on?, what to log) for a run started because ``chain[0]`` crashed."""
     crash, go_on = chain[0], len(chain) <= limit
     where = f"in stage {crash.stage}" if crash.stage else "before its first stage"
     verdict = (
@@ -130,13 +94,12 @@ def crash_report(chain: list[Crash], limit: int) -> tuple[bool, str, str]:
         if go_on
         else f"not restarted again: {len(chain)} crashes in a row, more than max_crash_restarts={limit}"
     )
-    body = [
-        f"flow run {crash.name} ({crash.flow_run_id}) crashed {where}.",
-        f"error: {crash.message}",
+    lines = [
+        f"flow run {crash.name} ({crash.flow_run_id}) crashed {where}: {crash.message}",
         *(f"earlier crash: {c.name} ({c.stage or 'no stage'})" for c in chain[1:]),
         verdict,
     ]
-    return go_on, f"cifar10 nightly: {crash.name} crashed {where}" + ("" if go_on else "; giving up"), "\n".join(body)
+    return go_on, "\n".join(lines)
 
 
 @task(name="checkout", **QUIET, retries=2, retry_delay_seconds=[10, 30])
@@ -223,7 +186,6 @@ def nightly(
     cache_dir: str | None = None,
     dvc_remote: str | None = None,
     require_gpu: bool = False,
-    notify_block: str | None = None,
     max_crash_restarts: int = 2,
     restart_of: str | None = None,
     stage_retries: int = 2,
@@ -237,18 +199,15 @@ def nightly(
     here, deployment = Path.cwd(), current_deployment.name or "nightly"
     prefix, run_name = f"{deployment}-", current_flow_run.get_name() or "nightly"
     if restart_of and (chain := crash_chain(restart_of)):
-        go_on, subject, body = crash_report(chain, max_crash_restarts)
-        (logger.info if go_on else logger.error)("%s\n%s", subject, body)
-        notify(notify_block, subject, body)
+        go_on, report = crash_report(chain, max_crash_restarts)
+        (logger.info if go_on else logger.error)("%s", report)
         if not go_on:
-            raise CrashLoop(body.splitlines()[-1])
+            raise CrashLoop(report.splitlines()[-1])
 
-    commit: str | None = None
     try:
         url = git_url or git(["remote", "get-url", "origin"], here).stdout.strip()
         ws = Path(workspace).expanduser().resolve() if workspace else here / WORKSPACES / deployment
         synced = checkout(str(ws), url, branch, cache_dir or cache_dir_of(here), dvc_remote, prefix)
-        commit = f"{synced.commit[:12]} on {branch}"
         remote = bool(dvc_remote or default_remote(ws)[0])
         with workspace_lock(ws, logger):
             previous = (recorded_runs(ws, prefix) or [None])[-1]
@@ -274,28 +233,22 @@ def nightly(
                 promote_staging=promote_staging,
             )
             publish_nightly(str(ws), previous, experiment, nothing_changed, **context)
-    except Exception as exc:
-        subject, body = failure_message(deployment, exc, commit)
-        logger.error("%s\n%s", subject, body)
-        notify(notify_block, subject, body)
-        if isinstance(exc, WorkspaceError):
-            raise DeterministicFailure("checkout", [f"error: {exc}"]) from None
-        raise
+    except WorkspaceError as exc:
+        raise DeterministicFailure("checkout", [f"error: {exc}"]) from None
     return {"workspace": str(ws), "commit": synced.commit, "experiment": experiment, "stages": stages}
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m flows.nightly", description="Run the nightly CIFAR-10 flow once, here."
     )
     parser.add_argument("--branch", default="main")
     parser.add_argument("--git-url")
     parser.add_argument("--workspace")
-    parser.add_argument("--notify-block")
     parser.add_argument("--require-gpu", action="store_true")
     parser.add_argument("--promote-staging", action="store_true", help="stage a run that beats prod")
-    nightly(**vars(parser.parse_args(argv)))
+    return run_flow(nightly, **vars(parser.parse_args(argv)))[1]
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -24,11 +24,12 @@ from prefect.client.orchestration import get_client
 from prefect.states import Completed, Failed
 
 from flows import access
+from flows.cli import run_flow
 from flows.pipeline import QUIET, exp_run, report_host, retry_options, share_results
 from flows.stages import DeterministicFailure, StageFailure, check_overrides, dvc_out, run_dvc, shared_stages
 from flows.sweep import spec as sweep_spec
 from flows.sweep import table as sweep_table
-from flows.sweep.table import DONE, DONE_EARLIER, FAILED, FAILED_EARLIER, Outcome
+from flows.sweep.table import DONE, DONE_EARLIER, FAILED, Outcome
 from flows.workspace import cache_dir_of, default_remote, git, has_experiment, prepare, read_at
 
 POINT_DEPLOYMENT = "cifar10-sweep-point/point"
@@ -36,9 +37,6 @@ POINT_FLOW = "cifar10-sweep-point"
 RESULTS_DIR = Path("reports/sweeps")
 #: Where the experiments' workspaces live, under the checkout the worker runs in.
 WORKSPACES = Path(".dvc/tmp/sweeps")
-#: The name of a point's Failed state when another attempt would fail the same way (bad params,
-#: failed validation): a rerun of the sweep skips it unless told to retry.
-DETERMINISTIC = "FailedForGood"
 
 
 class SweepFailed(RuntimeError):
@@ -75,8 +73,7 @@ def sweep_point(
     keep_workspace: bool = False,
 ) -> Any:
     """One experiment of a sweep (with ``experiment=None``, the stages all its experiments share) in its
-    workspace ``<workspace_root>/<workspace>``; a Failed state named :data:`DETERMINISTIC` when another
-    attempt would fail the same way."""
+    workspace ``<workspace_root>/<workspace>``."""
     logger = get_run_logger()
     report_host(False)
     here = Path.cwd()
@@ -100,7 +97,7 @@ def sweep_point(
         if remote:  # what did finish is worth sharing
             pushed = run_dvc(["push", "--run-cache"], ws).returncode
             logger.info("dvc push --run-cache after the failure: exit %s", pushed)
-        return Failed(message=exc.describe(), name="Failed" if exc.retryable else DETERMINISTIC)
+        return Failed(message=exc.describe())
     if not keep_workspace:
         shutil.rmtree(ws, ignore_errors=True)
     return Completed(message=f"{what} finished")
@@ -115,9 +112,7 @@ def outcome_of(flow_run: Any) -> Outcome:
     if state.is_completed():
         return Outcome(DONE, wall_seconds=wall)
     message = (state.message or state.name).removeprefix("Flow run encountered an exception: ")
-    if state.name not in ("Failed", DETERMINISTIC):
-        message = f"{state.name}: {message}"
-    return Outcome(FAILED, message, wall, deterministic=state.name == DETERMINISTIC)
+    return Outcome(FAILED, message if state.name == "Failed" else f"{state.name}: {message}", wall)
 
 
 def previous_runs(sweep: str, baseline: str) -> dict[str, Any]:
@@ -144,27 +139,31 @@ def read_experiments(repo: Path, baseline: str) -> dict[str, dict[str, Any]]:
     return sweep_table.experiments_from_show(json.loads(show or "[]"), baseline)
 
 
+def refuse_bad_overrides(repo: Path, sweep: str, experiments: list[sweep_spec.Experiment], baseline: str) -> None:
+    """Refuse the whole sweep, before anything runs, when DVC would refuse an override of one of its
+    experiments (a key params.yaml lacks, a file that is not there)."""
+    problems = dict.fromkeys(
+        p for e in experiments for p in check_overrides(lambda path: read_at(repo, baseline, path), e.overrides)
+    )
+    if problems:
+        shown = "; ".join(list(problems)[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise DeterministicFailure("sweep file", [f"error: {sweep}: {shown}"])
+
+
 @task(name="plan-sweep", **QUIET)
-def plan_sweep(repo: str, sweep: sweep_spec.Sweep, baseline: str, retry_failed: bool) -> dict[str, Outcome]:
-    """What is already settled: experiments that exist (with the params the sweep gives them), that
-    failed for good before on this commit with the same overrides, or whose overrides DVC would refuse."""
+def plan_sweep(repo: str, sweep: sweep_spec.Sweep, baseline: str) -> dict[str, Outcome]:
+    """What is already settled: experiments that exist on this commit, with the params the sweep gives
+    them (done earlier) or with others (failed: the name is taken)."""
     root, experiments = Path(repo), sweep.experiments()
     existing, previous = read_experiments(root, baseline), previous_runs(sweep.name, baseline)
     settled: dict[str, Outcome] = {}
-    for e in experiments:
-        before = outcome_of(previous[e.name]) if e.name in previous else None
-        same = before and before.deterministic and previous[e.name].parameters.get("overrides") == e.overrides
-        if e.name in existing:
-            if wrong := sweep_table.mismatched_params(e, existing[e.name]["params"]):
-                why = f"an experiment named {e.name} exists on this commit with other params: {'; '.join(wrong)}"
-                settled[e.name] = Outcome(FAILED, f"{why}. Remove it (dvc exp remove {e.name}) or rename the point")
-            else:
-                wall = before.wall_seconds if before and before.status == DONE else None
-                settled[e.name] = Outcome(DONE_EARLIER, wall_seconds=wall)
-        elif same and not retry_failed:  # failed for good before with the same overrides
-            settled[e.name] = Outcome(FAILED_EARLIER, before.message, deterministic=True)
-        elif problems := check_overrides(lambda path: read_at(root, baseline, path), e.overrides):
-            settled[e.name] = Outcome(FAILED, f"bad override: {'; '.join(problems)}", deterministic=True)
+    for e in (e for e in experiments if e.name in existing):
+        if wrong := sweep_table.mismatched_params(e, existing[e.name]["params"]):
+            why = f"an experiment named {e.name} exists on this commit with other params: {'; '.join(wrong)}"
+            settled[e.name] = Outcome(FAILED, f"{why}. Remove it (dvc exp remove {e.name}) or rename the point")
+        else:
+            before = outcome_of(previous[e.name]) if e.name in previous else None
+            settled[e.name] = Outcome(DONE_EARLIER, wall_seconds=before.wall_seconds if before else None)
     summary = ", ".join(f"{n}: {o.status}" for n, o in settled.items()) or "none"
     logged = (sweep.name, baseline[:12], len(experiments), summary)
     get_run_logger().info("sweep %s at %s: %d experiments, settled before running: %s", *logged)
@@ -219,7 +218,6 @@ def run_sweep(
     dvc_remote: str | None = None,
     host_cache: bool = True,
     workspace_root: str | None = None,
-    retry_failed: bool = False,
     point_retries: int = 1,
     retry_delay_seconds: float = 30.0,
     keep_workspaces: bool = False,
@@ -244,7 +242,8 @@ def run_sweep(
     remote_url, remote_in_git = default_remote(repo)
     if not (remote := bool(dvc_remote or remote_url)):
         logger.warning("no DVC remote: experiments share stages only through the host's cache")
-    outcomes = dict(plan_sweep(str(repo), spec, baseline, retry_failed))
+    refuse_bad_overrides(repo, sweep, experiments, baseline)
+    outcomes = dict(plan_sweep(str(repo), spec, baseline))
     pending = [e for e in experiments if e.name not in outcomes]
     common = {
         "git_url": url,
@@ -284,7 +283,7 @@ def run_sweep(
         name, overrides = f"{spec.name}-shared-stages", sweep_spec.to_overrides(spec.base)
         base = dict(common, experiment=None, overrides=overrides, stages=shared, workspace=f"{spec.name}/_shared")
         first = launch({name: base})[name]
-        if first.status != DONE and first.deterministic:
+        if first.status != DONE:  # after its retries: each experiment would only fail the same way
             why = f"not run: the shared stages failed: {first.message}"
             outcomes.update({e.name: Outcome(FAILED, why) for e in pending})
             pending = []
@@ -318,17 +317,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repo-dir")
     parser.add_argument("--git-url")
     parser.add_argument("--dvc-remote")
-    parser.add_argument("--retry-failed", action="store_true")
     parser.add_argument("--keep-workspaces", action="store_true")
     args = vars(parser.parse_args(argv))
     executor = "local" if args.pop("local") else "workers"
-    state = run_sweep(**args, executor=executor, return_state=True)
+    state, status = run_flow(run_sweep, **args, executor=executor)
     summary = state.result(raise_on_failure=False)
     summary = summary.summary if isinstance(summary, SweepFailed) else summary
     if isinstance(summary, dict):
         print(summary["markdown"])
-    print(state.message or state.name, file=sys.stderr)
-    return 0 if state.is_completed() else 1
+    if state.is_completed():
+        print(state.message, file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

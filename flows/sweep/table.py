@@ -23,7 +23,7 @@ EVALUATE_METRICS = paths.EVALUATE_METRICS.as_posix()  # as dvc exp show --json k
 #: Per compared model, in this order: what the table shows and averages.
 METRICS = {"test_accuracy": "test acc", "test_loss": "test loss", "train_seconds": "train s"}
 #: Outcomes of an experiment in one sweep run.
-DONE, DONE_EARLIER, FAILED, FAILED_EARLIER = "done", "done earlier", "failed", "failed earlier"
+DONE, DONE_EARLIER, FAILED = "done", "done earlier", "failed"
 SUCCESS = (DONE, DONE_EARLIER)
 
 
@@ -32,8 +32,6 @@ class Outcome:
     status: str
     message: str = ""
     wall_seconds: float | None = None
-    #: True: the same experiment would fail again (bad params, failed validation); a rerun skips it
-    deterministic: bool = False
 
 
 @dataclass
@@ -132,7 +130,7 @@ def markdown(sweep: Sweep, table: Table, *, baseline: str, files: Sequence[str] 
         sweep=sweep,
         table=table,
         baseline=baseline[:12],
-        counts={s.replace(" ", "_"): statuses.count(s) for s in (DONE, DONE_EARLIER, FAILED, FAILED_EARLIER)},
+        counts={s.replace(" ", "_"): statuses.count(s) for s in (DONE, DONE_EARLIER, FAILED)},
         labels=[f"{model} {METRICS[metric]}" for model, metric in (c.split(".", 1) for c in table.columns)],
         text=lambda value: "-" if value is None else value_text(value),
         metric=_metric,

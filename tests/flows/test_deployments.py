@@ -87,7 +87,6 @@ def registers_a_nightly_schedule_and_an_on_demand_deployment(deployed: Path, pre
     assert nightly.parameters == {
         "branch": "main",
         "require_gpu": True,
-        "notify_block": "custom-webhook/cifar10-nightly",
         "max_crash_restarts": 2,
         "promote_staging": False,
     }

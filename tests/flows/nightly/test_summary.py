@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from uuid import uuid4
 
-from flows.nightly.flow import Crash, crash_report, failure_message
-from flows.stages import DeterministicFailure
+from flows.nightly.flow import Crash, crash_report
 from flows.registry import Standing
 from flows.summary import accuracy_rows, percent, render
 from flows.workspace import RecordedRun
@@ -79,22 +78,16 @@ def test_nothing_changed_and_first_run_say_so() -> None:
     assert 'stashed: `git stash list` there shows "cifar10-nightly: changes left on abc"' in stashed
 
 
-def test_the_failure_message_names_the_stage_and_its_error_line() -> None:
-    exc = DeterministicFailure("stage 'train_alexnet'", ["error: params.yaml: 'alexnet.optimizer' must be one of sgd"])
-    subject, body = failure_message("nightly", exc, "abc123 on main")
-    assert subject.endswith("failed in train_alexnet")
-    assert "stage: train_alexnet" in body and "error: params.yaml: 'alexnet.optimizer'" in body
-    assert "commit: abc123 on main" in body and "not retried" in body
-
-
 def test_crash_reports_count_the_crashes_in_a_row() -> None:
     older = Crash(uuid4(), "first-try", None, "exited with -9")
     newest = Crash(uuid4(), "second-try", "train_vgg16", "Flow run infrastructure exited with -9")
-    go_on, subject, body = crash_report([older], limit=2)
-    assert go_on and "crashed before its first stage" in subject and "restart 1 of at most 2" in body
-    go_on, subject, body = crash_report([newest, older], limit=1)
-    assert not go_on and subject.endswith("giving up") and "crashed in stage train_vgg16" in subject
-    assert "2 crashes in a row, more than max_crash_restarts=1" in body and "earlier crash: first-try" in body
+    go_on, report = crash_report([older], limit=2)
+    assert go_on and "crashed before its first stage: exited with -9" in report and "restart 1 of at most 2" in report
+    go_on, report = crash_report([newest, older], limit=1)
+    assert not go_on and "second-try" in report and "crashed in stage train_vgg16" in report
+    assert (
+        report.endswith("2 crashes in a row, more than max_crash_restarts=1") and "earlier crash: first-try" in report
+    )
 
 
 def test_the_registry_table_says_who_beats_prod_and_what_was_staged() -> None:

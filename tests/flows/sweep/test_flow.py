@@ -25,7 +25,6 @@ from pathlib import Path
 
 import pytest
 
-from flows.sweep.flow import DETERMINISTIC
 from tests.conftest import REPO, TINY, TrainedPipeline, commit_all, dvc, run, tiny_training
 from tests.s3_server import S3Server, credentials_env
 from tests.flows.conftest import PREFECT, WITH_SIGINT, PrefectServer, artifacts, env_with, logs, stop
@@ -152,7 +151,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_tiny_sweep_over_two_workers_then_rerun_starts_nothing(
+def test_tiny_sweep_over_two_workers_then_rerun_starts_only_the_failed(
     sweep_repo: Path, prefect_server: PrefectServer, workers: list[str], s3: S3Server
 ) -> None:
     repo = sweep_repo
@@ -214,8 +213,9 @@ def test_tiny_sweep_over_two_workers_then_rerun_starts_nothing(
     # Spread over both workers, side by side; shared stages once, then restored through the remote.
     runs = {r.name: r for r in point_runs(prefect_server)}
     assert sorted(runs) == sorted([*GOOD, *BROKEN, "tiny-shared-stages"])
-    # A failure another attempt cannot mend is told apart by its state's name, which a rerun reads.
-    assert {runs[n].state.name for n in BROKEN} == {DETERMINISTIC}
+    # A failure another attempt cannot mend was not retried inside the experiment.
+    assert {runs[n].state.name for n in BROKEN} == {"Failed"}
+    assert all("not retried" in runs[n].state.message for n in BROKEN), [runs[n].state.message for n in BROKEN]
     assert {runs[n].state.name for n in GOOD} == {"Completed"}
     by_worker: dict[str, list[str]] = {}
     for name, r in runs.items():
@@ -243,58 +243,63 @@ def test_tiny_sweep_over_two_workers_then_rerun_starts_nothing(
     assert not any((repo / ".dvc/tmp/sweeps/tiny").glob("tiny-variant-*"))  # succeeded: workspace removed
     assert sorted(p.name for p in (repo / ".dvc/tmp/sweeps/tiny").glob("tiny-broken-*")) == sorted(BROKEN)  # kept
 
-    # Run it again: nothing new starts; the table is the same.
+    # Run it again: only the failed experiments start again (and fail again); the groups are the same.
     before = len(runs)
     again, second_wall = run_sweep_deployment(prefect_server, repo)
     assert again.state.is_failed()
     assert "4 experiments, 0 ran now, 2 finished before, 2 failed" in again.state.message, again.state.message
-    assert len(point_runs(prefect_server)) == before
+    assert len(point_runs(prefect_server)) == before + len(BROKEN)
     rerun_rows = {r["experiment"]: r for r in read_csv(out / "tiny.csv")}
     assert {rerun_rows[n]["status"] for n in GOOD} == {"done earlier"}
-    assert {rerun_rows[n]["status"] for n in BROKEN} == {"failed earlier"}
+    assert {rerun_rows[n]["status"] for n in BROKEN} == {"failed"}
     assert {g["point"]: g for g in read_csv(out / "tiny-groups.csv")} == groups
     assert sorted(exp_show(repo)) == sorted(GOOD)
     print(
         f"\ntiny sweep (4 experiments + 2 failing + shared stages) over 2 workers: {first_wall:.0f} s; "
-        f"rerun with everything done: {second_wall:.0f} s"
+        f"rerun of the failed ones: {second_wall:.0f} s"
     )
 
 
-def test_local_sweep_runs_here_refuses_bad_keys_and_skips_on_rerun(dvc_repo: Path, prefect_harness: str) -> None:
+def test_local_sweep_runs_here_skips_on_rerun_and_refuses_a_bad_key(dvc_repo: Path, prefect_harness: str) -> None:
     """``executor="local"`` (``python -m flows.sweep --local``): the experiments run one after
-    another in this process, still each in its own workspace; an override key DVC would refuse
-    fails its experiment before anything runs."""
-    from flows.sweep.flow import SweepFailed, run_sweep
+    another in this process, still each in its own workspace; a rerun starts nothing; a sweep file with
+    an override key DVC would refuse is refused whole, in one line, before anything runs."""
+    from flows.sweep.flow import run_sweep
 
     (dvc_repo / "sweeps").mkdir()
     (dvc_repo / "sweeps/small.yaml").write_text(
-        "name: small\nstages: [validate]\npoints:\n"
-        "  - {name: subset, params: {data.limit_train: 200}}\n"
-        "  - {name: typo, params: {data.no_such_key: 1}}\n"
+        "name: small\nstages: [validate]\npoints:\n  - {name: subset, params: {data.limit_train: 200}}\n"
     )
-    commit_all(dvc_repo, "small sweep")
+    (dvc_repo / "sweeps/typo.yaml").write_text(
+        "name: typo\nstages: [validate]\ngrid:\n  data.no_such_key: [1, 2]\n  data.limit_train: [100, 200]\n"
+    )
+    commit_all(dvc_repo, "small sweeps")
     state = run_sweep(sweep="sweeps/small.yaml", repo_dir=str(dvc_repo), executor="local", return_state=True)
-    assert state.is_failed() and "2 experiments, 1 ran now, 0 finished before, 1 failed" in state.message, state.message
-    assert "small-typo (bad override" in state.message and "no_such_key" in state.message
-    failure = state.result(raise_on_failure=False)
-    assert isinstance(failure, SweepFailed) and [r["status"] for r in failure.summary["rows"]] == ["done", "failed"]
+    assert state.is_completed() and "1 experiments, 1 ran now, 0 finished before, 0 failed" in state.message, state
     shown = exp_show(dvc_repo)
     assert list(shown) == ["small-subset"] and shown["small-subset"]["params"]["data"]["limit_train"] == 200
     assert shown["small-subset"]["metrics"]["metrics/validation.json"]["sizes"]["train"] == 180
     assert not (dvc_repo / "data").exists()  # it ran in its workspace, not here
     rows = {r["experiment"]: r for r in read_csv(dvc_repo / "reports/sweeps/small.csv")}
-    assert rows["small-subset"]["status"] == "done" and rows["small-typo"]["status"] == "failed"
+    assert rows["small-subset"]["status"] == "done"
 
-    cli = subprocess.run(
-        [sys.executable, "-m", "flows.sweep", "sweeps/small.yaml", "--local", "--repo-dir", str(dvc_repo)],
-        cwd=REPO,
-        env=env_with(PREFECT_API_URL=prefect_harness),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    out, err = cli.stdout, cli.stderr
-    assert cli.returncode == 1 and "2 experiments, 0 ran now, 1 finished before, 1 failed" in err, err[-3000:]
-    # A key DVC would refuse is refused again, before anything runs: "failed", not "failed earlier".
-    assert "| small-subset | done earlier | 200 | - |" in out and "| small-typo | failed | - | 1 |" in out
-    assert list(exp_show(dvc_repo)) == ["small-subset"]
+    def cli(sweep: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "flows.sweep", sweep, "--local", "--repo-dir", str(dvc_repo)],
+            cwd=REPO,
+            env=env_with(PREFECT_API_URL=prefect_harness),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    again = cli("sweeps/small.yaml")
+    assert again.returncode == 0 and "1 experiments, 0 ran now, 1 finished before, 0 failed" in again.stderr, again
+    assert "| small-subset | done earlier |" in again.stdout, again.stdout
+
+    refused = cli("sweeps/typo.yaml")
+    last = refused.stderr.strip().splitlines()[-2:]  # then Prefect's "Stopping temporary server", if any
+    error = next(line for line in last if line.startswith("error: "))
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    assert error.startswith("error: sweeps/typo.yaml: could not override 'data.no_such_key'"), error
+    assert refused.stdout == "" and list(exp_show(dvc_repo)) == ["small-subset"]

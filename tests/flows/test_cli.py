@@ -1,0 +1,60 @@
+"""The flows' command lines given bad input: one ``error:`` line, exit status 2, no traceback, and the
+Prefect run still recorded as Failed (against the test harness's API)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.cli import error_line
+from flows.stages import DeterministicFailure, TransientFailure
+from tests.conftest import REPO
+from tests.flows.conftest import client, env_with
+
+
+def test_the_error_line_is_the_stages_own_where_there_is_one() -> None:
+    from prefect.states import Failed
+
+    state = Failed(message="Flow run encountered an exception: RuntimeError: boom")
+    refused = DeterministicFailure("plan", ["error: unknown stage(s) 'x'", "error: another"])
+    assert error_line(refused, state) == "error: unknown stage(s) 'x'"
+    lost = TransientFailure("stage 'download'", [], exit_code=-9)
+    assert error_line(lost, state) == f"error: {lost.describe()}"
+    assert error_line(None, state) == "error: RuntimeError: boom"
+
+
+def last_flow_run_state(api: str):
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with client(api) as c:
+        [latest] = c.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
+    return latest.state
+
+
+@pytest.mark.server
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--stages", "bogus"], "error: unknown stage(s) 'bogus'; the pipeline has: download, preprocess"),
+        (["-S", "data.nokey=3"], "error: could not override 'data.nokey' in params.yaml: no such key"),
+    ],
+)
+def test_python_m_flows_pipeline_refuses_bad_input_in_one_line(
+    args: list[str], error: str, dvc_repo: Path, prefect_harness: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.pipeline", "--repo-dir", str(dvc_repo), "--no-serialize", *args],
+        cwd=REPO,
+        env=env_with(PREFECT_API_URL=prefect_harness),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and done.stderr.rstrip().splitlines()[-1].startswith(error), done.stderr
+    state = last_flow_run_state(prefect_harness)
+    assert state.is_failed() and error.removeprefix("error: ") in state.message, state
+    assert not (dvc_repo / "data").exists()  # refused before any stage ran
