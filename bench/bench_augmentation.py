@@ -32,7 +32,7 @@ import keras
 from tasks.core.devices import describe
 from tasks.model.feed import feed
 from tasks.model.models import build_alexnet
-from tasks.model.recipe import make_optimizer, make_schedule
+from tasks.model.recipe import make_optimizer
 from tasks.model.train import compile_model, set_precision
 
 AUGMENTATIONS = ("student", "student_keras", "crop_flip")
@@ -56,7 +56,7 @@ def step_seconds(x: np.ndarray, y: np.ndarray, images: int, **changes: object) -
     policy = set_precision(params.recipe, describe()).policy
     model = build_alexnet(params, MEAN, STD)
     batch = params.recipe.batch_size
-    compile_model(model, params.recipe, make_optimizer(params.recipe, make_schedule(params.recipe, 10)))
+    compile_model(model, params.recipe, make_optimizer(params.recipe, 10))
     steps, clocks = max(1, images // batch), Clocks()
     n = images_needed(images, batch)
     model.fit(

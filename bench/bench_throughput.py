@@ -45,7 +45,7 @@ import keras
 from tasks.core.devices import describe
 from tasks.model.feed import feed
 from tasks.model.models import build_alexnet
-from tasks.model.recipe import make_optimizer, make_schedule
+from tasks.model.recipe import make_optimizer
 from tasks.model.train import compile_model, set_precision
 
 MEAN, STD = [125.3, 123.0, 113.9], [63.0, 62.1, 66.7]
@@ -101,7 +101,7 @@ def project_step(
     policy = set_precision(params.recipe, describe()).policy
     model = build_alexnet(params, MEAN, STD)
     steps = max(1, len(x) // params.recipe.batch_size)
-    compile_model(model, params.recipe, make_optimizer(params.recipe, make_schedule(params.recipe, steps)))
+    compile_model(model, params.recipe, make_optimizer(params.recipe, steps))
     batch = params.recipe.batch_size
     n = images_needed(images, batch)
     if len(x) < n:

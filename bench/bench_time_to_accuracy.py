@@ -1,6 +1,6 @@
 """Time-to-accuracy on the real CIFAR-10: the project's CPU recipes for both models against one epoch of the student's.
 
-All run through the project's own training loop (:func:`tasks.model.train.fit`) with the training
+All run through the project's own training loop (:func:`tasks.model.train.epochs`) with the training
 stages' own models and phases, on the same split the pipeline makes, on this machine, one after the
 other; each runs its epochs or stops after the epoch that uses up ``--budget``. The table gives
 validation accuracy against cumulative training time and the final test accuracy of each.
@@ -61,17 +61,14 @@ def run_recipe(name: str, budget: float, splits: dict, facts: dict) -> dict:
     stage = STAGES[model_name]
     train.set_precision(params.recipe, devices.describe())
     with tempfile.TemporaryDirectory() as tmp:
-        model, state = train.fit(
-            name,
-            lambda: stage.build(params, facts),
-            stage.phases(params),
-            params.recipe,
-            splits["train"],
-            splits["val"],
-            train.Checkpoints(Path(tmp), name),
-            fingerprint=name,
-            budget_seconds=budget,
-        )
+        # The stage's own loop, stopped after the epoch that uses up the budget.
+        checkpoints, recipe = train.Checkpoints(Path(tmp), name), params.recipe
+        model, state = train.start(lambda: stage.build(params, facts), recipe, splits["train"], checkpoints, name)
+        data = (splits["train"], splits["val"], checkpoints)
+        for _ in train.epochs(name, model, state, stage.phases(params), recipe, *data):
+            if sum(h["seconds"] for h in state.history) >= budget:
+                break
+        train.restore_best(model, state, recipe, checkpoints)
     test, val = splits["test"], splits["val"]
 
     def accuracy_of(m: Any, split: Any) -> float:

@@ -59,7 +59,9 @@ def report_host(require_gpu: bool) -> dict[str, Any]:
         *(info[k] for k in ("host", "platform", "python", "cpu_count", "memory_gib", "nvidia_smi")),
         "".join(f"\n  {g}" for g in info["nvidia_gpus"]),
     )
-    logger.info("keras backend: %s; accelerators: %s", info["backend"], ", ".join(info["gpus"]) or "none (CPU only)")
+    backend = info["backend"]  # what the probe saw, why it failed, or why it was not asked
+    seen = backend.get("backend") or backend.get("error") or backend.get("skipped")
+    logger.info("keras backend: %s; accelerators: %s", seen, ", ".join(info["gpus"]) or "none (CPU only)")
     return info
 
 

@@ -1,20 +1,28 @@
 """The model registry as the nightly reads and writes it: GTO's git tags on the models of dvc.yaml's
 ``artifacts:`` (``alexnet@v1.2.0`` a version, ``alexnet#prod#3`` a stage), through GTO's command line.
 
-A registered version is a commit; its test accuracy is that commit's ``metrics/evaluate.json``. The
-nightly compares its run with each model's ``prod`` version and, when asked, registers a run that beats
-it and assigns it ``staging``; ``prod`` is a person's ``gto assign``. No Prefect here.
+A registered version is a commit; its test accuracy is that commit's ``metrics/evaluate.json``, and its
+seed spread the sample standard deviation of test accuracy over the DVC experiments on that commit that
+differ from it only in the model's seed (what a sweep with ``seeds:`` leaves there). The nightly compares
+its run with each model's ``prod`` version and, when asked, registers a run that beats it and assigns it
+``staging``; ``prod`` is a person's ``gto assign``. No Prefect here.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from flows.stages import child_env
+import yaml
+
+from flows.stages import StageFailure, child_env, dvc_out
 from flows.summary import test_accuracies
+from flows.sweep.table import experiments_from_show, flat
 from flows.workspace import git, read_at
 from tasks.core.paths import EVALUATE_METRICS
 
@@ -43,6 +51,8 @@ class Standing:
     accuracy: float | None
     prod_version: str | None
     prod_accuracy: float | None
+    #: prod's seed spread: (sample standard deviation of test accuracy, number of seeds), where measured
+    spread: tuple[float, int] | None = None
 
     @property
     def beats_prod(self) -> bool:
@@ -50,6 +60,12 @@ class Standing:
         if self.accuracy is None:
             return False
         return self.prod_accuracy is None or self.accuracy > self.prod_accuracy
+
+    @property
+    def within_spread(self) -> bool:
+        """Better than prod by less than prod's seed standard deviation: another seed could undo it."""
+        ahead = self.beats_prod and self.prod_accuracy is not None and self.accuracy is not None
+        return bool(ahead and self.spread and self.accuracy - self.prod_accuracy < self.spread[0])
 
 
 def gto(args: list[str], repo: Path) -> str:
@@ -87,8 +103,48 @@ def standings(
     for model in models:
         version = registered[model].stages.get(PROD) if model in registered else None
         prod = test_accuracies(read_at(repo, f"{model}@{version}", EVALUATE_METRICS)).get(model) if version else None
-        rows.append(Standing(model, ours.get(model), version, prod))
+        spread = prod_spread(repo, model, version) if version else None
+        rows.append(Standing(model, ours.get(model), version, prod, spread))
     return rows
+
+
+def prod_spread(repo: Path, model: str, version: str) -> tuple[float, int] | None:
+    """The seed spread of ``model``'s ``version`` from the DVC experiments on its commit (those ``origin``
+    has too: a sweep pushes them) -- or, for a version that is itself an experiment (a nightly run's),
+    on the commit it ran on."""
+    commit = git(["rev-parse", f"{model}@{version}^{{commit}}"], repo).stdout.strip()
+    git(["fetch", "-q", "origin", "+refs/exps/*:refs/exps/*"], repo, check=False)
+    revs = [commit]
+    # An experiment's ref is refs/exps/<baseline sha, split 2/38>/<name>; refs/exps/exec/ are DVC's own.
+    named = git(["for-each-ref", "--points-at", commit, "--format=%(refname)", "refs/exps"], repo).stdout.split()
+    if any(len(ref.split("/")) == 5 and ref.split("/")[2] != "exec" for ref in named):
+        revs.append(git(["rev-parse", f"{commit}^"], repo).stdout.strip())
+    experiments: dict[str, dict[str, Any]] = {}
+    try:
+        for rev in revs:
+            show = dvc_out(["exp", "show", "--json", "--rev", rev, "--no-fetch"], repo)
+            experiments.update(experiments_from_show(json.loads(show or "[]"), rev))
+    except StageFailure:  # no spread to show is no reason to fail the comparison
+        return None
+    params = yaml.safe_load(read_at(repo, commit, "params.yaml") or "{}") or {}
+    return seed_spread(experiments, flat(params), model)
+
+
+def seed_spread(
+    experiments: Mapping[str, Mapping[str, Any]], params: Mapping[str, Any], model: str
+) -> tuple[float, int] | None:
+    """(sample sd, n) of ``model``'s test accuracy over the ``experiments`` (as
+    :func:`~flows.sweep.table.experiments_from_show` gives them) whose params match ``params`` (the
+    commit's, dotted) in every key that trains ``model`` -- ``data.*``, ``train.*``, ``<model>.*`` --
+    but ``<model>.seed``; None for fewer than two."""
+    relevant = [k for k in params if k.split(".")[0] in ("data", "train", model) and k != f"{model}.seed"]
+    accuracies: Sequence[float] = [
+        float(e["evaluate"][model]["test_accuracy"])
+        for e in experiments.values()
+        if all(e["params"].get(k) == params[k] for k in relevant)
+        and isinstance((e.get("evaluate") or {}).get(model, {}).get("test_accuracy"), (int, float))
+    ]
+    return (statistics.stdev(accuracies), len(accuracies)) if len(accuracies) >= 2 else None
 
 
 def versions_at(repo: Path, commit: str, registered: dict[str, Entry] | None = None) -> dict[str, str]:

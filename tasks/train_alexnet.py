@@ -22,15 +22,10 @@ NAME = "alexnet"
 
 
 def phases(params: AlexNetParams) -> list[train.Phase]:
+    """One phase: every layer trains for ``epochs`` under one schedule peaking at ``learning_rate``."""
     from tasks.model import train
-    from tasks.model.recipe import make_optimizer, make_schedule
 
-    recipe = params.recipe
-
-    def prepare(model: keras.Model, steps: int) -> None:
-        train.compile_model(model, recipe, make_optimizer(recipe, make_schedule(recipe, steps)))
-
-    return [train.Phase("train", recipe.epochs, prepare)]
+    return [train.Phase("train", params.recipe.epochs, params.recipe.learning_rate)]
 
 
 def build(params: AlexNetParams, facts: dict[str, Any]) -> keras.Model:
@@ -43,9 +38,7 @@ def build(params: AlexNetParams, facts: dict[str, Any]) -> keras.Model:
 def run(params: AlexNetParams, checkpoint_root: Path, require_gpu: bool) -> None:
     from tasks.model import train
 
-    train.run(
-        NAME, params, params.recipe, lambda facts: build(params, facts), phases(params), checkpoint_root, require_gpu
-    )
+    train.run(NAME, params, lambda facts: build(params, facts), phases(params), checkpoint_root, require_gpu)
 
 
 def main() -> None:

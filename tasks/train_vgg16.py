@@ -24,28 +24,14 @@ NAME = "vgg16"
 
 
 def phases(params: VGG16Params) -> list[train.Phase]:
+    """``head`` (the base frozen, at ``learning_rate``), then ``fine_tune`` (the base trains from
+    ``unfreeze_from``, at ``fine_tune_learning_rate``); a phase of no epochs is left out."""
     from tasks.model import train
-    from tasks.model.models import set_vgg_trainable
-    from tasks.model.recipe import make_optimizer, make_schedule
 
-    recipe = params.recipe
-    fine_epochs = recipe.epochs - params.head_epochs
-
-    def head(model: keras.Model, steps: int) -> None:
-        set_vgg_trainable(model, None)
-        schedule = make_schedule(recipe, steps, epochs=params.head_epochs)
-        train.compile_model(model, recipe, make_optimizer(recipe, schedule))
-
-    def fine_tune(model: keras.Model, steps: int) -> None:
-        set_vgg_trainable(model, params.unfreeze_from)
-        schedule = make_schedule(recipe, steps, peak=params.fine_tune_learning_rate, epochs=fine_epochs)
-        train.compile_model(model, recipe, make_optimizer(recipe, schedule))
-
-    return [
-        p
-        for p in (train.Phase("head", params.head_epochs, head), train.Phase("fine_tune", fine_epochs, fine_tune))
-        if p.epochs > 0
-    ]
+    recipe, fine_epochs = params.recipe, params.recipe.epochs - params.head_epochs
+    head = train.Phase("head", params.head_epochs, recipe.learning_rate, base=train.FROZEN)
+    fine_tune = train.Phase("fine_tune", fine_epochs, params.fine_tune_learning_rate, base=params.unfreeze_from)
+    return [p for p in (head, fine_tune) if p.epochs > 0]
 
 
 def build(params: VGG16Params, facts: dict[str, Any]) -> keras.Model:
@@ -58,9 +44,7 @@ def build(params: VGG16Params, facts: dict[str, Any]) -> keras.Model:
 def run(params: VGG16Params, checkpoint_root: Path, require_gpu: bool) -> None:
     from tasks.model import train
 
-    train.run(
-        NAME, params, params.recipe, lambda facts: build(params, facts), phases(params), checkpoint_root, require_gpu
-    )
+    train.run(NAME, params, lambda facts: build(params, facts), phases(params), checkpoint_root, require_gpu)
 
 
 def main() -> None:

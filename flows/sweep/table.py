@@ -45,10 +45,11 @@ class Table:
     groups: list[dict[str, Any]]
 
 
-def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+def flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested params as ``{"section.key": value}``."""
     if not isinstance(data, Mapping):
         return {prefix: data}
-    return {k: v for key, value in data.items() for k, v in _flat(value, f"{prefix}.{key}" if prefix else key).items()}
+    return {k: v for key, value in data.items() for k, v in flat(value, f"{prefix}.{key}" if prefix else key).items()}
 
 
 def experiments_from_show(show: Sequence[Mapping[str, Any]], baseline: str) -> dict[str, dict[str, Any]]:
@@ -60,8 +61,8 @@ def experiments_from_show(show: Sequence[Mapping[str, Any]], baseline: str) -> d
             data = rev.get("data") or {}
             params = {}
             for file, content in (data.get("params") or {}).items():
-                flat = _flat(content.get("data") or {})
-                params.update(flat if file == "params.yaml" else {f"{file}:{k}": v for k, v in flat.items()})
+                dotted = flat(content.get("data") or {})
+                params.update(dotted if file == "params.yaml" else {f"{file}:{k}": v for k, v in dotted.items()})
             evaluate = ((data.get("metrics") or {}).get(EVALUATE_METRICS) or {}).get("data") or {}
             found[rev.get("name") or exp.get("name")] = {"params": params, "evaluate": evaluate}
     return found

@@ -71,7 +71,8 @@ def progress_line(label: str, step: int, total: int, images: int, elapsed: float
 
 
 class EpochProgress(keras.callbacks.Callback):
-    """Log progress inside a ``fit`` or ``predict`` call; ``on_first_report`` gets seconds per step once."""
+    """Log progress inside a ``fit`` or ``predict`` call; given ``epochs_left``, the first report also
+    estimates the training time left for that many epochs of ``steps``."""
 
     def __init__(
         self,
@@ -79,12 +80,12 @@ class EpochProgress(keras.callbacks.Callback):
         steps: int,
         batch_size: int,
         log: logging.Logger,
-        on_first_report: Callable[[float], None] | None = None,
+        epochs_left: int | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         super().__init__()
         self.label, self.steps, self.batch_size, self.log = label, steps, batch_size, log
-        self.on_first_report = on_first_report
+        self.epochs_left = epochs_left
         self.clock = clock
         self.start = 0.0
         self.first_step_done = 0.0
@@ -111,18 +112,18 @@ class EpochProgress(keras.callbacks.Callback):
         if step > 1:
             elapsed = now - self.first_step_done
             self.log.info(progress_line(self.label, step, self.steps, (step - 1) * self.batch_size, elapsed))
-            if self.on_first_report is not None:
-                self.on_first_report(elapsed / (step - 1))
-                self.on_first_report = None
+            if self.epochs_left:
+                self.log.info("%s: %s", self.label, estimate(elapsed / (step - 1), self.steps, self.epochs_left))
+                self.epochs_left = None
         else:
             self.log.info(
                 "%s step 1/%d (first step, including compilation: %.1f s)", self.label, self.steps, now - self.start
             )
 
 
-def stage_estimate(name: str, seconds_per_step: float, steps_per_epoch: int, epochs_left: int) -> str:
+def estimate(seconds_per_step: float, steps_per_epoch: int, epochs_left: int) -> str:
     total = seconds_per_step * steps_per_epoch * epochs_left
     return (
-        f"{name}: about {format_duration(total)} of training left for {epochs_left} epoch(s) at "
+        f"about {format_duration(total)} of training left for {epochs_left} epoch(s) at "
         f"{seconds_per_step * 1000:.0f} ms a step (validation and checkpoints not counted)"
     )

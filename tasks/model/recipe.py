@@ -58,27 +58,25 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
-def make_schedule(
+def make_optimizer(
     recipe: Recipe, steps_per_epoch: int, peak: float | None = None, epochs: int | None = None
-) -> EpochSchedule:
-    return EpochSchedule(
-        recipe.schedule,
-        recipe.learning_rate if peak is None else peak,
-        steps_per_epoch,
-        recipe.epochs if epochs is None else epochs,
-        recipe.warmup_epochs,
-    )
-
-
-def make_optimizer(recipe: Recipe, schedule: EpochSchedule) -> keras.optimizers.Optimizer:
-    """The optimizer of ``recipe.optimizer``; with ``ema_decay`` it also keeps an exponential moving
-    average of the weights (Keras' ``use_ema``).
+) -> keras.optimizers.Optimizer:
+    """The optimizer of ``recipe.optimizer`` on its :class:`EpochSchedule` (``recipe.schedule`` peaking at
+    ``peak`` over ``epochs``: the recipe's learning rate and epochs unless a phase gives its own); with
+    ``ema_decay`` it also keeps an exponential moving average of the weights (Keras' ``use_ema``).
 
     Keras swaps the average into the model at the end of every ``fit`` call
     (``finalize_variable_values``), and the training loop runs one ``fit`` per epoch: so each epoch
     ends on the averaged weights -- validation, the best-epoch checkpoint and the saved model all
     see them -- and the next epoch trains on from there (an epoch-long lookahead).
     """
+    schedule = EpochSchedule(
+        recipe.schedule,
+        recipe.learning_rate if peak is None else peak,
+        steps_per_epoch,
+        recipe.epochs if epochs is None else epochs,
+        recipe.warmup_epochs,
+    )
     decay = recipe.weight_decay or None
     ema: dict[str, Any] = {"use_ema": True, "ema_momentum": recipe.ema_decay} if recipe.ema_decay else {}
     if recipe.optimizer == "sgd":

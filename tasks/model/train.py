@@ -31,7 +31,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,21 +48,27 @@ from tasks.data.splits import NUM_CLASSES, Split, load_split
 from tasks.model import export
 from tasks.model.epoch_log import EpochLog
 from tasks.model.feed import feed
-from tasks.model.models import for_inference, load_model
-from tasks.model.progress import EpochProgress, stage_estimate
-from tasks.model.recipe import make_loss
+from tasks.model.models import for_inference, load_model, set_vgg_trainable
+from tasks.model.progress import EpochProgress
+from tasks.model.recipe import make_loss, make_optimizer
 from tasks.model.whitening import whiten_first_conv
 
 log = logging.getLogger(__name__)
 
 
+#: :attr:`Phase.base` for VGG16's head phase: the convolutional base frozen.
+FROZEN = "frozen"
+
+
 @dataclass(frozen=True)
 class Phase:
-    """A run of epochs with one optimizer: ``prepare`` (re)compiles the model for it."""
+    """A run of epochs with one optimizer, whose schedule peaks at ``learning_rate`` and spans the phase."""
 
     name: str
     epochs: int
-    prepare: Callable[[keras.Model, int], None]  # (model, steps_per_epoch)
+    learning_rate: float
+    #: VGG16's convolutional base: :data:`FROZEN`, or the block it trains from; None leaves the layers as built
+    base: str | None = None
 
 
 @dataclass
@@ -79,6 +85,19 @@ class State:
     stopped_early: bool = False
     resumed_from: list[int] = field(default_factory=list)
 
+    def add(self, record: dict[str, Any]) -> bool:
+        """Count a finished epoch in; whether it is the best so far on validation accuracy."""
+        self.history.append(record)
+        self.epochs_done = record["epoch"]
+        is_best = record["val_accuracy"] > self.best_val_accuracy
+        if is_best:
+            self.best_epoch, self.best_val_accuracy, self.best_val_loss = (
+                record["epoch"],
+                record["val_accuracy"],
+                record["val_loss"],
+            )
+        return is_best
+
 
 def load_data(folder: Path = PREPARED) -> tuple[Split, Split, dict[str, Any]]:
     with reading(folder / "facts.json", "the prepared data's facts"):
@@ -91,6 +110,13 @@ def load_data(folder: Path = PREPARED) -> tuple[Split, Split, dict[str, Any]]:
 
 def compile_model(model: keras.Model, recipe: Recipe, optimizer: keras.optimizers.Optimizer) -> None:
     model.compile(optimizer=optimizer, loss=make_loss(recipe), metrics=["accuracy"], jit_compile=recipe.jit_compile)
+
+
+def prepare(model: keras.Model, phase: Phase, recipe: Recipe, steps: int) -> None:
+    """(Re)compile ``model`` for ``phase``: the layers it trains, a fresh optimizer over its epochs."""
+    if phase.base is not None:
+        set_vgg_trainable(model, None if phase.base == FROZEN else phase.base)
+    compile_model(model, recipe, make_optimizer(recipe, steps, peak=phase.learning_rate, epochs=phase.epochs))
 
 
 def set_precision(recipe: Recipe, info: dict[str, Any]) -> precision.Decision:
@@ -217,6 +243,69 @@ def _sha256(path: Path) -> str:
 # --------------------------------------------------------------------------- the loop
 
 
+def start(
+    build: Callable[[], keras.Model], recipe: Recipe, train: Split, checkpoints: Checkpoints, fingerprint: str
+) -> tuple[keras.Model, State]:
+    """The checkpoint's model and state where they match ``fingerprint``; else a fresh model from ``build``
+    (with ``recipe.whiten_conv1``, its first convolution set from the patches of ``train``:
+    :mod:`tasks.model.whitening`) and a fresh state."""
+    model, state = checkpoints.load(fingerprint)
+    if model is None:
+        keras.utils.set_random_seed(recipe.seed)
+        model = build()
+        if recipe.whiten_conv1:  # a fresh model only: a resumed one goes on from its checkpoint's weights
+            whiten_first_conv(model, train.x, seed=recipe.seed)
+    return model, state
+
+
+def epochs(
+    name: str,
+    model: keras.Model,
+    state: State,
+    phases: list[Phase],
+    recipe: Recipe,
+    train: Split,
+    val: Split,
+    checkpoints: Checkpoints,
+) -> Iterator[dict[str, Any]]:
+    """Train ``model`` on from ``state`` through ``phases``; yield each finished epoch's record once its
+    checkpoint is written. Ends at the last epoch or when early stopping says so."""
+    total, steps = sum(p.epochs for p in phases), steps_per_epoch(len(train.y), recipe.batch_size)
+    y_train, y_val = one_hot(train.y), one_hot(val.y)
+    first = state.epochs_done
+    for epoch in range(first, total):
+        if _stop_early(state, recipe.early_stopping_patience, epoch):
+            checkpoints.save_state(state)
+            return
+        phase = phase_at(phases, epoch)
+        if state.phase != phase.name:
+            prepare(model, phase, recipe, steps)
+            state.phase = phase.name
+        order = np.random.default_rng([recipe.seed, epoch]).permutation(len(train.y))
+        lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+        label, left = f"{name} epoch {epoch + 1}/{total}", total - first if epoch == first else None
+        started = time.perf_counter()
+        fitted = model.fit(
+            **feed(train.x[order], y_train[order], recipe.batch_size),
+            epochs=epoch + 1,
+            initial_epoch=epoch,
+            shuffle=False,
+            verbose=0,
+            callbacks=[EpochProgress(label, steps, recipe.batch_size, log, epochs_left=left)],
+        )
+        seconds = time.perf_counter() - started
+        scores = model.evaluate(**feed(val.x, y_val, max(recipe.batch_size, 256)), verbose=0, return_dict=True)
+        record = _record(epoch + 1, phase.name, lr, fitted.history, scores, seconds, len(train.y))
+        checkpoints.save(model, state, is_best=state.add(record))
+        log.info("%s %s", label, _summary(record))
+        if not math.isfinite(record["train_loss"]):
+            raise StageError(
+                f"{name}: training diverged at epoch {epoch + 1} (loss {record['train_loss']}); "
+                "lower the learning rate in params.yaml"
+            )
+        yield record
+
+
 def fit(
     name: str,
     build: Callable[[], keras.Model],
@@ -226,131 +315,75 @@ def fit(
     val: Split,
     checkpoints: Checkpoints,
     fingerprint: str,
-    budget_seconds: float | None = None,
     epoch_log: EpochLog | None = None,
 ) -> tuple[keras.Model, State]:
-    """Train through ``phases``; resume from ``checkpoints`` when they match ``fingerprint``.
-
-    ``budget_seconds`` (benchmarks) stops after the first epoch that brings the summed training
-    time to the budget or past it. ``epoch_log`` gets every finished epoch, the checkpoint's first.
-    With ``recipe.whiten_conv1`` a freshly built model's first convolution is set from the patches of
-    ``train`` (:mod:`tasks.model.whitening`) before the first epoch.
-    """
-    total = sum(p.epochs for p in phases)
-    model, state = checkpoints.load(fingerprint)
+    """Train through ``phases``, resuming from ``checkpoints`` where they match ``fingerprint``; every
+    finished epoch to ``epoch_log``, the checkpoint's first; with ``recipe.restore_best``, end on the best
+    epoch's weights."""
+    model, state = start(build, recipe, train, checkpoints, fingerprint)
     if epoch_log is not None:
         epoch_log.open(state.history)
-    steps = steps_per_epoch(len(train.y), recipe.batch_size)
-    if model is None:
-        keras.utils.set_random_seed(recipe.seed)
-        model = build()
-        if recipe.whiten_conv1:  # a fresh model only: a resumed one goes on from its checkpoint's weights
-            whiten_first_conv(model, train.x, seed=recipe.seed)
-    y_train, y_val = one_hot(train.y), one_hot(val.y)
-    patience = recipe.early_stopping_patience
-    first = state.epochs_done
-
-    def estimate(seconds_per_step: float) -> None:
-        log.info(stage_estimate(name, seconds_per_step, steps, total - first))
-
-    estimate_once: Callable[[float], None] | None = estimate
-
-    for epoch in range(state.epochs_done, total):
-        if state.stopped_early:
-            break
-        if patience and state.best_epoch and epoch - state.best_epoch >= patience:
-            log.info(
-                "early stopping: no val_accuracy gain for %d epochs (best %.4f at epoch %d)",
-                patience,
-                state.best_val_accuracy,
-                state.best_epoch,
-            )
-            state.stopped_early = True
-            checkpoints.save_state(state)
-            break
-        phase = _phase_at(phases, epoch)
-        if state.phase != phase.name:
-            phase.prepare(model, steps)
-            state.phase = phase.name
-        order = np.random.default_rng([recipe.seed, epoch]).permutation(len(train.y))
-        lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
-        start = time.perf_counter()
-        progress = EpochProgress(
-            f"{name} epoch {epoch + 1}/{total}", steps, recipe.batch_size, log, on_first_report=estimate_once
-        )
-        fitted = model.fit(
-            **feed(train.x[order], y_train[order], recipe.batch_size),
-            epochs=epoch + 1,
-            initial_epoch=epoch,
-            shuffle=False,
-            verbose=0,
-            callbacks=[progress],
-        )
-        estimate_once = progress.on_first_report  # None once the stage's estimate has been logged
-        seconds = time.perf_counter() - start
-        scores = model.evaluate(**feed(val.x, y_val, max(recipe.batch_size, 256)), verbose=0, return_dict=True)
-        record = {
-            "epoch": epoch + 1,
-            "phase": phase.name,
-            "learning_rate": lr,
-            "train_loss": float(fitted.history["loss"][-1]),
-            "train_accuracy": float(fitted.history["accuracy"][-1]),
-            "val_loss": float(scores["loss"]),
-            "val_accuracy": float(scores["accuracy"]),
-            "seconds": round(seconds, 3),
-            "images_per_second": round(len(train.y) / seconds, 1),
-        }
-        state.history.append(record)
-        state.epochs_done = epoch + 1
-        is_best = record["val_accuracy"] > state.best_val_accuracy
-        if is_best:
-            state.best_epoch, state.best_val_accuracy, state.best_val_loss = (
-                epoch + 1,
-                record["val_accuracy"],
-                record["val_loss"],
-            )
-        checkpoints.save(model, state, is_best)
-        # After the checkpoint: a log one epoch behind it (killed in between) is rebuilt on resume.
-        if epoch_log is not None:
+    for record in epochs(name, model, state, phases, recipe, train, val, checkpoints):
+        if epoch_log is not None:  # after the checkpoint: a log one epoch behind it is rebuilt on resume
             epoch_log.record(record)
-        log.info(
-            "%s epoch %d/%d [%s] lr %.2e  loss %.4f acc %.4f  val_loss %.4f val_acc %.4f  %.1f s  %.0f img/s",
-            name,
-            epoch + 1,
-            total,
-            phase.name,
-            lr,
-            record["train_loss"],
-            record["train_accuracy"],
-            record["val_loss"],
-            record["val_accuracy"],
-            seconds,
-            record["images_per_second"],
-        )
-        if not math.isfinite(record["train_loss"]):
-            raise StageError(
-                f"{name}: training diverged at epoch {epoch + 1} (loss {record['train_loss']}); "
-                "lower the learning rate in params.yaml"
-            )
-        if budget_seconds is not None and sum(h["seconds"] for h in state.history) >= budget_seconds:
-            log.info("time budget of %.0f s used up after epoch %d", budget_seconds, epoch + 1)
-            break
-
-    if recipe.restore_best and state.best_epoch and state.best_epoch != state.epochs_done:
-        log.info(
-            "restoring the weights of the best epoch (%d, val_accuracy %.4f)", state.best_epoch, state.best_val_accuracy
-        )
-        model.load_weights(checkpoints.best)
+    restore_best(model, state, recipe, checkpoints)
     return model, state
 
 
-def _phase_at(phases: list[Phase], epoch: int) -> Phase:
+def restore_best(model: keras.Model, state: State, recipe: Recipe, checkpoints: Checkpoints) -> None:
+    """With ``recipe.restore_best``, put the best epoch's weights back if a later epoch was the last."""
+    if recipe.restore_best and state.best_epoch and state.best_epoch != state.epochs_done:
+        best = (state.best_epoch, state.best_val_accuracy)
+        log.info("restoring the weights of the best epoch (%d, val_accuracy %.4f)", *best)
+        model.load_weights(checkpoints.best)
+
+
+def phase_at(phases: list[Phase], epoch: int) -> Phase:
     end = 0
     for phase in phases:
         end += phase.epochs
         if epoch < end:
             return phase
     return phases[-1]
+
+
+def _stop_early(state: State, patience: int | None, epoch: int) -> bool:
+    """Whether training stops before ``epoch``: it did already, or ``patience`` epochs passed without a
+    better validation accuracy (then the state says so)."""
+    if not state.stopped_early and patience and state.best_epoch and epoch - state.best_epoch >= patience:
+        log.info(
+            "early stopping: no val_accuracy gain for %d epochs (best %.4f at epoch %d)",
+            patience,
+            state.best_val_accuracy,
+            state.best_epoch,
+        )
+        state.stopped_early = True
+    return state.stopped_early
+
+
+def _record(
+    epoch: int, phase: str, lr: float, history: dict[str, list[float]], scores: dict[str, float], seconds: float, n: int
+) -> dict[str, Any]:
+    """An epoch as the checkpoint, the training log and the metrics keep it."""
+    return {
+        "epoch": epoch,
+        "phase": phase,
+        "learning_rate": lr,
+        "train_loss": float(history["loss"][-1]),
+        "train_accuracy": float(history["accuracy"][-1]),
+        "val_loss": float(scores["loss"]),
+        "val_accuracy": float(scores["accuracy"]),
+        "seconds": round(seconds, 3),
+        "images_per_second": round(n / seconds, 1),
+    }
+
+
+def _summary(r: dict[str, Any]) -> str:
+    return (
+        f"[{r['phase']}] lr {r['learning_rate']:.2e}  loss {r['train_loss']:.4f} acc {r['train_accuracy']:.4f}  "
+        f"val_loss {r['val_loss']:.4f} val_acc {r['val_accuracy']:.4f}  {r['seconds']:.1f} s  "
+        f"{r['images_per_second']:.0f} img/s"
+    )
 
 
 # --------------------------------------------------------------------------- outputs
@@ -392,20 +425,6 @@ def write_outputs(
         write_json(out.metrics, metrics(model, state, n_train))
 
 
-def finish(
-    out: Outputs,
-    model: keras.Model,
-    recipe: Recipe,
-    state: State,
-    meta: dict[str, Any],
-    n_train: int,
-    checkpoints: Checkpoints,
-) -> None:
-    """Write the stage's outputs, then drop the checkpoint: it exists only to resume unfinished runs."""
-    write_outputs(out, model, recipe, state, meta, n_train)
-    checkpoints.clear()
-
-
 def run_metadata(
     name: str, params: Any, choice: precision.Decision, info: dict[str, Any], facts: dict[str, Any]
 ) -> dict[str, Any]:
@@ -425,14 +444,15 @@ def run_metadata(
 def run(
     name: str,
     params: Any,
-    recipe: Recipe,
     build: Callable[[dict[str, Any]], keras.Model],
     phases: list[Phase],
     checkpoint_root: Path,
     require_gpu: bool,
 ) -> None:
-    """A whole training stage: gates, data, resumable fit, outputs. ``build`` gets the data facts."""
-    info = start(name, recipe, require_gpu)
+    """A whole training stage: devices, data, resumable fit, outputs. ``params`` is the model's section
+    (its ``recipe`` trains it); ``build`` gets the data facts."""
+    recipe = params.recipe
+    info = check_devices(name, recipe, require_gpu)
     choice = set_precision(recipe, info)
     train_split, val_split, facts = load_data()
     checkpoints = Checkpoints(checkpoint_root, name)
@@ -440,30 +460,14 @@ def run(
     out = outputs_for(name)
     # The previous run's log waits beside the checkpoints until this run has written its outputs.
     with EpochLog(out.live, keep=checkpoint_root / f"{name}.previous-log") as epoch_log:
-        model, state = fit(
-            name,
-            lambda: build(facts),
-            phases,
-            recipe,
-            train_split,
-            val_split,
-            checkpoints,
-            fingerprint,
-            epoch_log=epoch_log,
-        )
-        finish(
-            out,
-            model,
-            recipe,
-            state,
-            run_metadata(name, params, choice, info, facts),
-            len(train_split.y),
-            checkpoints,
-        )
+        data = (train_split, val_split, checkpoints, fingerprint, epoch_log)
+        model, state = fit(name, lambda: build(facts), phases, recipe, *data)
+        write_outputs(out, model, recipe, state, run_metadata(name, params, choice, info, facts), len(train_split.y))
+        checkpoints.clear()  # it exists only to resume unfinished runs
         epoch_log.succeeded()
 
 
-def start(name: str, recipe: Recipe, require_gpu: bool) -> dict[str, Any]:
+def check_devices(name: str, recipe: Recipe, require_gpu: bool) -> dict[str, Any]:
     """The device check every training stage makes before touching data (the stage's entry point has
     passed the validation gate, :mod:`tasks.data.gate`, before Keras loaded)."""
     info = devices.describe()

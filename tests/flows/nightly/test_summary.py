@@ -97,8 +97,13 @@ def test_the_registry_table_says_who_beats_prod_and_what_was_staged() -> None:
     )
     assert Standing("vgg16", 0.5, None, None).beats_prod and not Standing("vgg16", None, None, None).beats_prod
     md = page()
-    assert "| alexnet | v0.1.0 | 90.12 % | 91.01 % | **yes** | not registered |" in md, md
-    assert "| vgg16 | none assigned | - | 87.00 % | **yes** | not registered |" in md, md
+    assert "| alexnet | v0.1.0 | 90.12 % | - | 91.01 % | **yes** | not registered |" in md, md
+    assert "| vgg16 | none assigned | - | - | 87.00 % | **yes** | not registered |" in md, md
+    # A sweep measured prod's seed spread: 0.89 pp ahead is less than its standard deviation.
+    spread = page(standings=[Standing("alexnet", 0.9101, "v0.1.0", 0.9012, (0.012, 3))])
+    assert "| alexnet | v0.1.0 | 90.12 % | sd 1.20 pp (3 seeds) | 91.01 % | yes, within the seed spread |" in spread
+    clear = page(standings=[Standing("alexnet", 0.93, "v0.1.0", 0.9012, (0.002, 2))])
+    assert "| sd 0.20 pp (2 seeds) | 93.00 % | **yes** |" in clear, clear
     assert "Nothing was registered (`promote_staging` is off)" in md
     staged = page(promote_staging=True, promoted={"alexnet": "v0.2.0 (staging)"})
     assert "| **yes** | v0.2.0 (staging) |" in staged and "`prod` is yours to assign" in staged, staged

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from tasks.model.progress import EpochProgress, Schedule, format_duration, progress_line, stage_estimate
+from tasks.model.progress import EpochProgress, Schedule, estimate, format_duration, progress_line
 
 
 class Clock:
@@ -50,7 +50,7 @@ def test_progress_line_and_durations() -> None:
     line = progress_line("alexnet epoch 1/30", 50, 200, 50 * 64, 10.0)
     assert line == "alexnet epoch 1/30 step 50/200 (25 %)  320 img/s  epoch ETA 30 s"
     assert [format_duration(s) for s in (59.6, 600, 9000)] == ["60 s", "10 min", "2.5 h"]
-    assert stage_estimate("alexnet", 0.5, 352, 30).startswith("alexnet: about 88 min of training left for 30 epoch(s)")
+    assert estimate(0.5, 352, 30).startswith("about 88 min of training left for 30 epoch(s) at 500 ms a step")
 
 
 @pytest.mark.parametrize("mode", ["fit", "predict"])
@@ -59,16 +59,16 @@ def test_callback_logs_from_a_real_keras_loop(mode: str, caplog: pytest.LogCaptu
     model.compile("sgd", "categorical_crossentropy")
     x = np.random.default_rng(0).normal(size=(400, 4)).astype("float32")
     y = np.eye(3, dtype="float32")[np.arange(400) % 3]
-    estimates: list[float] = []
-    progress = EpochProgress(
-        "tiny", 40, 10, logging.getLogger("test.progress"), on_first_report=estimates.append, clock=Clock(1.0)
-    )
+    progress = EpochProgress("tiny", 40, 10, logging.getLogger("test.progress"), epochs_left=3, clock=Clock(1.0))
     with caplog.at_level(logging.INFO, logger="test.progress"):
         if mode == "fit":
             model.fit(x, y, batch_size=10, epochs=1, verbose=0, callbacks=[progress])
         else:
             model.predict(x, batch_size=10, verbose=0, callbacks=[progress])
     lines = [r.getMessage() for r in caplog.records]
+    estimates = [line for line in lines if "of training left" in line]
+    lines = [line for line in lines if line not in estimates]
     assert lines and all(line.startswith("tiny step ") for line in lines)
     assert "tiny step 4/40 (10 %)" in lines[0] and "tiny step 8/40" in lines[1]  # every 10 %
-    assert len(estimates) == 1 and estimates[0] == pytest.approx(1.0)
+    # Once, from the first rate measured (1 s a step, the clock's): 3 epochs of 40 steps.
+    assert estimates == [f"tiny: {estimate(1.0, 40, 3)}"] and "about 2 min" in estimates[0], estimates

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tasks.core.params import AlexNetParams, parse
-from tasks.model.recipe import EpochSchedule, make_loss, make_optimizer, make_schedule
+from tasks.model.recipe import EpochSchedule, make_loss, make_optimizer
 from tests.conftest import params_section
 
 STEPS = 10
@@ -71,10 +71,10 @@ def test_optimizer_and_loss_follow_params() -> None:
             label_smoothing=0.1,
         ),
     )
-    opt = make_optimizer(params.recipe, make_schedule(params.recipe, STEPS))
+    opt = make_optimizer(params.recipe, STEPS)
     assert isinstance(opt, keras.optimizers.SGD) and opt.nesterov and opt.momentum == pytest.approx(0.9)
     assert opt.weight_decay == pytest.approx(5e-4)
-    adam = make_optimizer(params.recipe.model_copy(update={"optimizer": "adam"}), make_schedule(params.recipe, STEPS))
+    adam = make_optimizer(params.recipe.model_copy(update={"optimizer": "adam"}), STEPS)
     assert isinstance(adam, keras.optimizers.Adam)
     assert make_loss(params.recipe).get_config()["label_smoothing"] == pytest.approx(0.1)
 
@@ -89,7 +89,7 @@ def _tiny_model(seed: int) -> keras.Model:
 @pytest.mark.parametrize("decay", [None, 0.0])
 def test_ema_off_by_null_or_zero(decay: float | None) -> None:
     params = parse(AlexNetParams, params_section("alexnet", epochs=2, warmup_epochs=0, ema_decay=decay))
-    assert not make_optimizer(params.recipe, make_schedule(params.recipe, STEPS)).use_ema
+    assert not make_optimizer(params.recipe, STEPS).use_ema
 
 
 def test_ema_decay_leaves_the_averaged_weights_in_the_model_after_fit(tmp_path) -> None:
@@ -116,7 +116,7 @@ def test_ema_decay_leaves_the_averaged_weights_in_the_model_after_fit(tmp_path) 
 
     plain, trajectory = _tiny_model(1), Trajectory()
     plain.compile(
-        make_optimizer(params.recipe.model_copy(update={"ema_decay": None}), make_schedule(params.recipe, steps)),
+        make_optimizer(params.recipe.model_copy(update={"ema_decay": None}), steps),
         "categorical_crossentropy",
     )
     plain.fit(x, y, batch_size=8, shuffle=False, verbose=0, callbacks=[trajectory])
@@ -125,7 +125,7 @@ def test_ema_decay_leaves_the_averaged_weights_in_the_model_after_fit(tmp_path) 
         average = [decay * a + (1 - decay) * w for a, w in zip(average, step)]
 
     averaged = _tiny_model(1)
-    averaged.compile(make_optimizer(params.recipe, make_schedule(params.recipe, steps)), "categorical_crossentropy")
+    averaged.compile(make_optimizer(params.recipe, steps), "categorical_crossentropy")
     averaged.fit(x, y, batch_size=8, shuffle=False, verbose=0)
     for got, want in zip(averaged.get_weights(), average):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

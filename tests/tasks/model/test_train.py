@@ -25,7 +25,6 @@ from tasks.model.models import build_alexnet, load_model
 from tasks.model import train
 from tasks.model.train import one_hot
 from tasks.model.whitening import whiten_first_conv
-from tasks.train_alexnet import phases
 from tests.conftest import TINY_TRAINING, REPO, copy_of, finish, params_section, stage, subprocess_env
 
 
@@ -234,7 +233,7 @@ def test_vgg16_imagenet_weights_unreachable_is_one_retryable_line(workspace: Pat
 
 
 def test_whiten_conv1_starts_training_from_the_whitening_and_a_resumed_run_keeps_its_weights(
-    workspace: Path, tmp_path: Path
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``whiten_conv1``: the first epoch starts from :func:`whiten_first_conv` of the train split, the
     epoch trains conv1 on from there, and a run resumed from the checkpoint goes on from the trained
@@ -247,16 +246,19 @@ def test_whiten_conv1_starts_training_from_the_whitening_and_a_resumed_run_keeps
         return build_alexnet(params, facts["train_channel_mean"], facts["train_channel_std"])
 
     kernels: list[np.ndarray] = []
+    prepare = train.prepare
 
-    def prepare(model: keras.Model, steps: int) -> None:
+    def watched(model: keras.Model, *args: object) -> None:  # conv1 as each phase starts
         kernels.append(keras.ops.convert_to_numpy(model.get_layer("conv1").kernel).copy())
-        phases(params)[0].prepare(model, steps)
+        prepare(model, *args)
 
+    monkeypatch.setattr(train, "prepare", watched)
     # Two phases, so the resumed run prepares the loaded model too.
-    two = [train.Phase("first", 1, prepare), train.Phase("second", 1, prepare)]
+    lr = params.recipe.learning_rate
+    two = [train.Phase("first", 1, lr), train.Phase("second", 1, lr)]
     checkpoints = train.Checkpoints(tmp_path, "alexnet")
-    args = (params.recipe, train_split, val_split, checkpoints, "fingerprint")
-    model, state = train.fit("alexnet", build, two, *args, budget_seconds=0)
+    model, state = train.start(build, params.recipe, train_split, checkpoints, "fingerprint")
+    next(train.epochs("alexnet", model, state, two, params.recipe, train_split, val_split, checkpoints))
     assert state.epochs_done == 1 and math.isfinite(state.history[0]["train_loss"])
     after_first = keras.ops.convert_to_numpy(model.get_layer("conv1").kernel)
 
@@ -267,6 +269,7 @@ def test_whiten_conv1_starts_training_from_the_whitening_and_a_resumed_run_keeps
     assert not np.allclose(kernels[0], keras.ops.convert_to_numpy(default.get_layer("conv1").kernel))
     assert not np.allclose(after_first, kernels[0]), "conv1 trains"
 
+    args = (params.recipe, train_split, val_split, checkpoints, "fingerprint")
     model, state = train.fit("alexnet", build, two, *args)
     assert state.epochs_done == 2 and state.resumed_from == [1]
     np.testing.assert_array_equal(kernels[1], after_first)
