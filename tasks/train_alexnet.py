@@ -6,6 +6,7 @@ typo costs a fraction of a second, not a TensorFlow import.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,16 +36,12 @@ def build(params: AlexNetParams, facts: dict[str, Any]) -> keras.Model:
     return build_alexnet(params, facts["train_channel_mean"], facts["train_channel_std"])
 
 
-def run(params: AlexNetParams, checkpoint_root: Path, require_gpu: bool) -> None:
-    from tasks.model import train
-
-    train.run(NAME, params, lambda facts: build(params, facts), phases(params), checkpoint_root, require_gpu)
-
-
 def main() -> None:
     shared, params = load(TrainParams), load(AlexNetParams)
     require_validated()
-    run(params, Path(shared.checkpoint_dir), shared.require_gpu)
+    from tasks.model import train  # Keras loads here, once the params and the data have passed
+
+    train.run(NAME, params, partial(build, params), phases(params), Path(shared.checkpoint_dir), shared.require_gpu)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ functions below, after ``main`` has checked the params and the validation gate.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,16 +42,12 @@ def build(params: VGG16Params, facts: dict[str, Any]) -> keras.Model:
     return build_vgg16(params)
 
 
-def run(params: VGG16Params, checkpoint_root: Path, require_gpu: bool) -> None:
-    from tasks.model import train
-
-    train.run(NAME, params, lambda facts: build(params, facts), phases(params), checkpoint_root, require_gpu)
-
-
 def main() -> None:
     shared, params = load(TrainParams), load(VGG16Params)
     require_validated()
-    run(params, Path(shared.checkpoint_dir), shared.require_gpu)
+    from tasks.model import train  # Keras loads here, once the params and the data have passed
+
+    train.run(NAME, params, partial(build, params), phases(params), Path(shared.checkpoint_dir), shared.require_gpu)
 
 
 if __name__ == "__main__":

@@ -48,12 +48,11 @@ def merged(base: dict[str, Any], overlay: dict[str, dict[str, Any]]) -> dict[str
 
 def main() -> None:
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m tools.overrides configs/NAME.yaml")
-    try:
-        print(" ".join(shlex.quote(f) for f in flags(load_overlay(sys.argv[1]))))
-    except ParamsError as exc:
-        sys.exit(f"error: {exc}")
+        raise ParamsError("usage: python -m tools.overrides configs/NAME.yaml")
+    print(" ".join(shlex.quote(f) for f in flags(load_overlay(sys.argv[1]))))
 
 
 if __name__ == "__main__":
-    main()
+    from tasks.core.cli import run_stage
+
+    run_stage(main)
