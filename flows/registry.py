@@ -97,37 +97,40 @@ def standings(
     repo: Path, evaluate_text: str | None, models: tuple[str, ...], registered: dict[str, Entry] | None = None
 ) -> list[Standing]:
     """Each model's accuracy in ``evaluate_text`` (this run's metrics/evaluate.json) against its prod version's
-    (the metrics/evaluate.json of the commit that version tags)."""
+    (the metrics/evaluate.json of the commit that version tags), with prod's seed spread where measured."""
     ours, registered = test_accuracies(evaluate_text), entries(repo) if registered is None else registered
+    around: dict[str, dict[str, dict[str, Any]] | None] = {}  # read once per commit, for every model it is prod of
     rows = []
     for model in models:
         version = registered[model].stages.get(PROD) if model in registered else None
-        prod = test_accuracies(read_at(repo, f"{model}@{version}", EVALUATE_METRICS)).get(model) if version else None
-        spread = prod_spread(repo, model, version) if version else None
+        prod = spread = None
+        if version:
+            commit = git(["rev-parse", f"{model}@{version}^{{commit}}"], repo).stdout.strip()
+            prod = test_accuracies(read_at(repo, commit, EVALUATE_METRICS)).get(model)
+            if commit not in around:
+                around[commit] = experiments_around(repo, commit)
+            params = flat(yaml.safe_load(read_at(repo, commit, "params.yaml") or "{}") or {})
+            spread = seed_spread(around[commit], params, model) if around[commit] is not None else None
         rows.append(Standing(model, ours.get(model), version, prod, spread))
     return rows
 
 
-def prod_spread(repo: Path, model: str, version: str) -> tuple[float, int] | None:
-    """The seed spread of ``model``'s ``version`` from the DVC experiments on its commit (those ``origin``
-    has too: a sweep pushes them) -- or, for a version that is itself an experiment (a nightly run's),
-    on the commit it ran on."""
-    commit = git(["rev-parse", f"{model}@{version}^{{commit}}"], repo).stdout.strip()
+def experiments_around(repo: Path, commit: str) -> dict[str, dict[str, Any]] | None:
+    """The DVC experiments on ``commit`` (those ``origin`` has too: a sweep pushes them) -- and, for a
+    commit that is itself an experiment (a nightly run's), on the commit it ran on -- as
+    :func:`~flows.sweep.table.experiments_from_show` gives them; None where DVC cannot list them."""
     git(["fetch", "-q", "origin", "+refs/exps/*:refs/exps/*"], repo, check=False)
-    revs = [commit]
     # An experiment's ref is refs/exps/<baseline sha, split 2/38>/<name>; refs/exps/exec/ are DVC's own.
     named = git(["for-each-ref", "--points-at", commit, "--format=%(refname)", "refs/exps"], repo).stdout.split()
+    revs = [commit]
     if any(len(ref.split("/")) == 5 and ref.split("/")[2] != "exec" for ref in named):
         revs.append(git(["rev-parse", f"{commit}^"], repo).stdout.strip())
-    experiments: dict[str, dict[str, Any]] = {}
-    try:
-        for rev in revs:
-            show = dvc_out(["exp", "show", "--json", "--rev", rev, "--no-fetch"], repo)
-            experiments.update(experiments_from_show(json.loads(show or "[]"), rev))
+    try:  # one call: -n 2 lists the commit's experiments and its parent's
+        show = dvc_out(["exp", "show", "--json", "--rev", commit, "-n", str(len(revs)), "--no-fetch"], repo)
     except StageFailure:  # no spread to show is no reason to fail the comparison
         return None
-    params = yaml.safe_load(read_at(repo, commit, "params.yaml") or "{}") or {}
-    return seed_spread(experiments, flat(params), model)
+    shown = json.loads(show or "[]")
+    return {name: e for rev in revs for name, e in experiments_from_show(shown, rev).items()}
 
 
 def seed_spread(

@@ -87,11 +87,18 @@ def test_prods_seed_spread_is_read_from_the_experiments_dvc_recorded_on_its_comm
     save("seeds-s2", 2, 0.78)
     save("longer", 42, 0.95, epochs=9)
     run(["gto", "register", "alexnet", first, "--version", "v0.1.0"], cwd=tmp_path)
-    sd, n = registry.prod_spread(tmp_path, "alexnet", "v0.1.0")
+    run(["gto", "assign", "alexnet", "--version", "v0.1.0", "--stage", "prod"], cwd=tmp_path)
+    ours = json.dumps({"alexnet": {"test_accuracy": 0.81}})
+    [alexnet] = registry.standings(tmp_path, ours, ("alexnet",))
+    sd, n = alexnet.spread
     assert n == 2 and sd == pytest.approx(statistics.stdev([0.82, 0.78]))
+    assert alexnet.beats_prod and alexnet.within_spread  # 0.81 against 0.80, sd 0.028
 
     refs = run(["git", "for-each-ref", "refs/exps", "--format=%(objectname) %(refname)"], cwd=tmp_path).stdout
     [seed_one] = [line.split()[0] for line in refs.splitlines() if line.endswith("/seeds-s1")]
     run(["gto", "register", "alexnet", seed_one, "--version", "v0.2.0"], cwd=tmp_path)
-    sd, n = registry.prod_spread(tmp_path, "alexnet", "v0.2.0")  # seed 1's params: its siblings by seed
+    run(["gto", "assign", "alexnet", "--version", "v0.2.0", "--stage", "prod"], cwd=tmp_path)
+    [alexnet] = registry.standings(tmp_path, ours, ("alexnet",))  # seed 1's params: its siblings by seed
+    assert alexnet.prod_version == "v0.2.0" and alexnet.prod_accuracy == 0.82
+    sd, n = alexnet.spread
     assert n == 2 and sd == pytest.approx(statistics.stdev([0.82, 0.78]))
