@@ -32,7 +32,6 @@ from flows.cli import run_flow
 from flows.stages import DeterministicFailure, check_overrides, outcomes, override_files, push_uncached_outputs
 from flows.stages import markdown_diff, read_lock, retry_unless_deterministic, run_dvc, stage_order
 from flows.summary import REPORT, pipeline_summary
-from flows.workspace import WorkspaceError
 from tasks.core.paths import EVALUATE_METRICS, MODELS
 
 ARTIFACT_SUMMARY = "cifar10-pipeline-summary"
@@ -140,14 +139,10 @@ def registry_view(root: Path) -> dict[str, Any]:
     """The run's models against the registry's prod versions, and what ``HEAD`` is registered as; a registry
     that cannot be read is reported in the summary, never fails the run."""
     evaluate = (root / EVALUATE_METRICS).read_text() if (root / EVALUATE_METRICS).is_file() else None
-    try:
-        registered = registry.entries(root)
-        standings = registry.standings(root, evaluate, MODELS, registered)
-        head = registry.versions_at(root, "HEAD", registered)
-    except (registry.RegistryError, WorkspaceError) as exc:
-        get_run_logger().warning("model registry: %s", exc)
-        return {"standings": [], "registered": {}, "registry_problem": str(exc)}
-    return {"standings": standings, "registered": head, "registry_problem": None}
+    standings, head, problem = registry.view(root, evaluate, MODELS)
+    if problem:
+        get_run_logger().warning("model registry: %s", problem)
+    return {"standings": standings, "registered": head, "registry_problem": problem}
 
 
 @task(name="publish", **QUIET)

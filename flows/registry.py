@@ -23,7 +23,7 @@ import yaml
 from flows.stages import StageFailure, child_env, dvc_out
 from flows.summary import test_accuracies
 from flows.sweep.table import experiments_from_show, flat
-from flows.workspace import git, read_at
+from flows.workspace import WorkspaceError, git, read_at
 from tasks.core.paths import EVALUATE_METRICS
 
 #: The stage a person gives the version in use, and the one the nightly may give a run that beats it.
@@ -161,6 +161,18 @@ def versions_at(repo: Path, commit: str, registered: dict[str, Entry] | None = N
             stages = [stage for stage, v in registered[model].stages.items() if v == version]
             found[model] = f"{version} ({', '.join(stages)})" if stages else version
     return found
+
+
+def view(
+    repo: Path, evaluate_text: str | None, models: tuple[str, ...]
+) -> tuple[list[Standing], dict[str, str], str | None]:
+    """What the summaries show of the registry: :func:`standings`, what ``HEAD`` is registered as
+    (:func:`versions_at`), and why the registry could not be read -- ``([], {}, why)`` then."""
+    try:
+        registered = entries(repo)
+        return standings(repo, evaluate_text, models, registered), versions_at(repo, "HEAD", registered), None
+    except (RegistryError, WorkspaceError) as exc:
+        return [], {}, str(exc)
 
 
 def promote_to_staging(repo: Path, model: str, commit: str) -> str:

@@ -128,16 +128,20 @@ def weigh_against_prod(
     promoted: dict[str, str] = {}
     try:
         registry.refresh(root)
-        standings = registry.standings(root, evaluate, MODELS)
-        if promote and recorded:
+    except WorkspaceError as exc:
+        standings, problem = [], str(exc)
+    else:
+        standings, _, problem = registry.view(root, evaluate, MODELS)
+    try:
+        if promote and recorded and not problem:
             commit = git(["rev-parse", recorded.ref], root).stdout.strip()
-            for s in standings:
-                if s.beats_prod:
-                    promoted[s.model] = f"{registry.promote_to_staging(root, s.model, commit)} ({registry.STAGING})"
+            for s in (s for s in standings if s.beats_prod):
+                promoted[s.model] = f"{registry.promote_to_staging(root, s.model, commit)} ({registry.STAGING})"
     except (registry.RegistryError, WorkspaceError) as exc:
-        get_run_logger().warning("model registry: %s", exc)
-        return [], promoted, str(exc)
-    return standings, promoted, None
+        standings, problem = [], str(exc)
+    if problem:
+        get_run_logger().warning("model registry: %s", problem)
+    return standings, promoted, problem
 
 
 @task(name="publish-nightly", **QUIET)
