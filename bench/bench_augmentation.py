@@ -32,8 +32,7 @@ import keras
 from tasks.core.devices import describe
 from tasks.model.feed import feed
 from tasks.model.models import build_alexnet
-from tasks.model.recipe import make_optimizer
-from tasks.model.train import compile_model, set_precision
+from tasks.model.train import compile_model, make_optimizer, set_precision
 
 AUGMENTATIONS = ("student", "student_keras", "crop_flip")
 

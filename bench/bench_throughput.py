@@ -45,8 +45,7 @@ import keras
 from tasks.core.devices import describe
 from tasks.model.feed import feed
 from tasks.model.models import build_alexnet
-from tasks.model.recipe import make_optimizer
-from tasks.model.train import compile_model, set_precision
+from tasks.model.train import compile_model, make_optimizer, set_precision
 
 MEAN, STD = [125.3, 123.0, 113.9], [63.0, 62.1, 66.7]
 

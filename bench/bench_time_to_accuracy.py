@@ -33,6 +33,7 @@ from common import describe_machine, machine, real_splits, recipe_params, table,
 from tasks import train_alexnet, train_vgg16
 from tasks.core import devices, runinfo
 from tasks.model import train
+from tasks.model.checkpoints import Checkpoints
 from tasks.model.models import for_inference
 
 
@@ -62,7 +63,7 @@ def run_recipe(name: str, budget: float, splits: dict, facts: dict) -> dict:
     train.set_precision(params.recipe, devices.describe())
     with tempfile.TemporaryDirectory() as tmp:
         # The stage's own loop, stopped after the epoch that uses up the budget.
-        checkpoints, recipe = train.Checkpoints(Path(tmp), name), params.recipe
+        checkpoints, recipe = Checkpoints(Path(tmp), name), params.recipe
         model, state = train.start(lambda: stage.build(params, facts), recipe, splits["train"], checkpoints, name)
         data = (splits["train"], splits["val"], checkpoints)
         for _ in train.epochs(name, model, state, stage.phases(params), recipe, *data):

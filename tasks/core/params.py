@@ -278,18 +278,6 @@ def _explain(model: type[_Section], error: ErrorDetails) -> tuple[str, str]:
     return key, words.get(kind) or f"{error['msg'][0].lower()}{error['msg'][1:]}, got {got}"
 
 
-def parse_section(model: type[S], name: str, section: dict[str, Any]) -> S:
-    """Validate one section; the first problem becomes a :class:`ParamsError` naming ``name.key``."""
-    try:
-        return model.model_validate(section)
-    except ValidationError as exc:
-        # An unknown key first: a misspelling also makes the intended key "missing", and the
-        # suggestion says more than that does.
-        first = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-        key, problem = _explain(model, first)
-        raise ParamsError(f"params.yaml: '{name}.{key}' {problem}") from None
-
-
 def load_section(name: str, path: str | Path = PARAMS) -> dict[str, Any]:
     """Read one top-level section of the params file as a plain dict."""
     path = Path(path)
@@ -347,8 +335,16 @@ _NAMES: dict[type[_Section], str] = {model: name for name, model in SECTIONS.ite
 
 
 def parse(model: type[S], section: dict[str, Any]) -> S:
-    """``section`` (one section of params.yaml, as a dict) checked by ``model``."""
-    return parse_section(model, _NAMES[model], section)
+    """``section`` (one section of params.yaml, as a dict) checked by ``model``; the first problem becomes
+    a :class:`ParamsError` naming ``section.key``."""
+    try:
+        return model.model_validate(section)
+    except ValidationError as exc:
+        # An unknown key first: a misspelling also makes the intended key "missing", and the
+        # suggestion says more than that does.
+        first = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        key, problem = _explain(model, first)
+        raise ParamsError(f"params.yaml: '{_NAMES[model]}.{key}' {problem}") from None
 
 
 def load(model: type[S], path: str | Path = PARAMS) -> S:

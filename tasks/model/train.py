@@ -1,19 +1,18 @@
 """The training loop both training stages share: resumable, epoch-checkpointed, backend-agnostic.
 
+From a model section of params.yaml to the optimizer: the stage's ``main`` loads the section
+(:func:`tasks.core.params.load`) and names its phases, :func:`run` sets up devices, data and
+checkpoints, :func:`epochs` is the loop, and each phase compiles a fresh optimizer from
+:func:`make_optimizer` on its :class:`EpochSchedule`.
+
 One ``model.fit`` call per epoch over a permutation seeded by (seed, epoch), so a run resumed
 from a checkpoint sees exactly the batches an uninterrupted run would. After every epoch the
-whole model -- weights *and* optimizer state, including its step counter that drives the
-learning-rate schedule -- is saved to ``checkpoints/<model>/`` (outside DVC's outs, which DVC
-wipes before rerunning a stage) together with the history so far, and the epoch goes to the DVCLive
-log ``dvclive/<model>/`` (:mod:`tasks.model.epoch_log`), which DVC reads while the stage runs. A killed or
-retried stage picks up after the last finished epoch and continues the same log.
-
-A checkpoint can never wedge the stage: each epoch's files get new names and ``state.json``, renamed
-into place last, names them with their SHA-256, so a crash mid-write leaves the previous set whole. A
-checkpoint that is unreadable or does not match its digests (cut short, garbled, emptied) is logged in
-one line, moved aside beside it (``<model>.damaged-<time>``, kept for a person) and training starts
-afresh. The stage's outputs -- model, metadata, metrics -- are replaced together once training has
-succeeded, and the previous run's training log is kept until then (put back if the run fails).
+whole model is saved to ``checkpoints/<model>/`` (:mod:`tasks.model.checkpoints`; outside DVC's
+outs, which DVC wipes before rerunning a stage) and the epoch goes to the DVCLive log
+``dvclive/<model>/`` (:mod:`tasks.model.epoch_log`), which DVC reads while the stage runs. A killed
+or retried stage picks up after the last finished epoch and continues the same log. The stage's
+outputs -- model, metadata, metrics -- are replaced together once training has succeeded, and the
+previous run's training log is kept until then (put back if the run fails).
 
 Decisions (early stopping, the best epoch) use the validation split only; the test split is
 read by the evaluate stage alone.
@@ -25,14 +24,12 @@ carries the best epoch so far and the history.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +37,18 @@ import keras
 import numpy as np
 
 from tasks.core import devices, precision, runinfo
-from tasks.core.atomic import atomic_path, require_free_space, together, write_json
-from tasks.core.errors import DAMAGED_INPUT, StageError, reading, writing
+from tasks.core.atomic import atomic_path, together, write_json
+from tasks.core.errors import StageError, reading
 from tasks.core.params import Recipe
 from tasks.core.paths import PREPARED, Outputs, outputs_for
 from tasks.data.splits import NUM_CLASSES, Split, load_split
 from tasks.model import export
+from tasks.model.checkpoints import Checkpoints, State
 from tasks.model.epoch_log import EpochLog
 from tasks.model.feed import feed
-from tasks.model.models import for_inference, load_model, set_vgg_trainable
+from tasks.model.layers import PACKAGE
+from tasks.model.models import for_inference, set_vgg_trainable
 from tasks.model.progress import EpochProgress
-from tasks.model.recipe import make_loss, make_optimizer
 from tasks.model.whitening import whiten_first_conv
 
 log = logging.getLogger(__name__)
@@ -71,52 +69,86 @@ class Phase:
     base: str | None = None
 
 
-@dataclass
-class State:
-    """What a checkpoint remembers besides the model itself."""
-
-    fingerprint: str
-    epochs_done: int = 0
-    phase: str = ""
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best_epoch: int = 0
-    best_val_accuracy: float = -1.0
-    best_val_loss: float = math.inf
-    stopped_early: bool = False
-    resumed_from: list[int] = field(default_factory=list)
-
-    def add(self, record: dict[str, Any]) -> bool:
-        """Count a finished epoch in; whether it is the best so far on validation accuracy."""
-        self.history.append(record)
-        self.epochs_done = record["epoch"]
-        is_best = record["val_accuracy"] > self.best_val_accuracy
-        if is_best:
-            self.best_epoch, self.best_val_accuracy, self.best_val_loss = (
-                record["epoch"],
-                record["val_accuracy"],
-                record["val_loss"],
-            )
-        return is_best
-
-
 def load_data(folder: Path = PREPARED) -> tuple[Split, Split, dict[str, Any]]:
     with reading(folder / "facts.json", "the prepared data's facts"):
         facts = json.loads((folder / "facts.json").read_text())
     return load_split("train", folder), load_split("val", folder), facts
 
 
-# --------------------------------------------------------------------------- compile helpers
+# --------------------------------------------------------------------------- the recipe as Keras objects
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """Learning rate as a function of the (fractional) epoch, per optimizer step and written in
+    ``keras.ops``: it runs on every backend and resumes exactly (the step counter is saved with the model).
+
+    * ``constant``: ``peak`` throughout (after the optional linear warmup).
+    * ``student``: ``peak * 10 ** (floor(epoch) / 20)`` -- the student notebook's schedule, which rises.
+    * ``cosine``: linear warmup for ``warmup_epochs``, then cosine decay to zero at ``epochs``.
+    * ``onecycle``: linear rise from ``peak / 25`` to ``peak`` over ``warmup_epochs``, then linear
+      decay to zero at ``epochs`` (the one-cycle policy as used by fast CIFAR recipes).
+    """
+
+    def __init__(self, kind: str, peak: float, steps_per_epoch: int, epochs: int, warmup_epochs: float = 0.0):
+        self.kind, self.peak, self.steps_per_epoch = kind, peak, steps_per_epoch
+        self.epochs, self.warmup_epochs = epochs, warmup_epochs
+
+    def __call__(self, step: Any) -> Any:
+        ops = keras.ops
+        epoch = ops.cast(step, "float32") / float(self.steps_per_epoch)
+        total = float(max(self.epochs, 1))
+        warm = float(self.warmup_epochs)
+        if self.kind == "student":
+            return self.peak * ops.power(10.0, ops.floor(epoch) / 20.0)
+        if self.kind == "onecycle":
+            start = self.peak / 25.0
+            rise = start + (self.peak - start) * epoch / max(warm, 1e-8)
+            fall = self.peak * ops.maximum(0.0, (total - epoch) / max(total - warm, 1e-8))
+            return ops.where(epoch < warm, rise, fall)
+        ramp = ops.minimum(1.0, (epoch + 1.0 / self.steps_per_epoch) / warm) if warm > 0 else 1.0
+        if self.kind == "cosine":
+            progress = ops.clip((epoch - warm) / max(total - warm, 1e-8), 0.0, 1.0)
+            return ramp * self.peak * 0.5 * (1.0 + ops.cos(math.pi * progress))
+        return ramp * self.peak + ops.zeros_like(epoch)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "peak": self.peak,
+            "steps_per_epoch": self.steps_per_epoch,
+            "epochs": self.epochs,
+            "warmup_epochs": self.warmup_epochs,
+        }
+
+
+def make_optimizer(recipe: Recipe, steps_per_epoch: int, phase: Phase | None = None) -> keras.optimizers.Optimizer:
+    """The optimizer of ``recipe.optimizer`` on its :class:`EpochSchedule`: ``recipe.schedule`` peaking at
+    ``phase.learning_rate`` over ``phase.epochs`` (without a phase, the recipe's own); with ``ema_decay`` it
+    also keeps an exponential moving average of the weights (Keras' ``use_ema``).
+
+    Keras swaps the average into the model at the end of every ``fit`` call
+    (``finalize_variable_values``), and the training loop runs one ``fit`` per epoch: so each epoch
+    ends on the averaged weights -- validation, the best-epoch checkpoint and the saved model all
+    see them -- and the next epoch trains on from there (an epoch-long lookahead).
+    """
+    phase = phase or Phase("train", recipe.epochs, recipe.learning_rate)
+    schedule = EpochSchedule(recipe.schedule, phase.learning_rate, steps_per_epoch, phase.epochs, recipe.warmup_epochs)
+    decay = recipe.weight_decay or None
+    ema: dict[str, Any] = {"use_ema": True, "ema_momentum": recipe.ema_decay} if recipe.ema_decay else {}
+    if recipe.optimizer == "sgd":
+        return keras.optimizers.SGD(
+            schedule, momentum=recipe.momentum, nesterov=recipe.nesterov, weight_decay=decay, **ema
+        )
+    if recipe.optimizer == "adamw":
+        return keras.optimizers.AdamW(schedule, weight_decay=recipe.weight_decay, **ema)
+    return keras.optimizers.Adam(schedule, weight_decay=decay, **ema)
 
 
 def compile_model(model: keras.Model, recipe: Recipe, optimizer: keras.optimizers.Optimizer) -> None:
-    model.compile(optimizer=optimizer, loss=make_loss(recipe), metrics=["accuracy"], jit_compile=recipe.jit_compile)
-
-
-def prepare(model: keras.Model, phase: Phase, recipe: Recipe, steps: int) -> None:
-    """(Re)compile ``model`` for ``phase``: the layers it trains, a fresh optimizer over its epochs."""
-    if phase.base is not None:
-        set_vgg_trainable(model, None if phase.base == FROZEN else phase.base)
-    compile_model(model, recipe, make_optimizer(recipe, steps, peak=phase.learning_rate, epochs=phase.epochs))
+    """Cross-entropy on one-hot labels (label smoothing needs them one-hot), accuracy, the recipe's XLA choice."""
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing)
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], jit_compile=recipe.jit_compile)
 
 
 def set_precision(recipe: Recipe, info: dict[str, Any]) -> precision.Decision:
@@ -135,109 +167,6 @@ def one_hot(labels: np.ndarray) -> np.ndarray:
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
     return max(1, math.ceil(n / batch_size))
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-class Checkpoints:
-    """``checkpoints/<model>/``: ``state.json`` (the :class:`State` and a manifest of the files below, each
-    with its SHA-256), ``last-<epoch>.keras`` (model + optimizer) and ``best-<epoch>.weights.h5``."""
-
-    def __init__(self, root: Path, name: str) -> None:
-        self.root, self.name = root, name
-        self.folder = root / name
-        self.state_file = self.folder / "state.json"
-        self.files: dict[str, dict[str, str]] = {}  # role ("last", "best") -> {"file", "sha256"}
-
-    @property
-    def best(self) -> Path:
-        """The best epoch's weights."""
-        return self.folder / self.files["best"]["file"]
-
-    def load(self, fingerprint: str) -> tuple[keras.Model | None, State]:
-        with writing(self.folder):  # a checkpoint_dir the stage cannot use fails now, not after an epoch
-            self.folder.mkdir(parents=True, exist_ok=True)
-        if not self.state_file.is_file():
-            self._keep_only(set())  # a run killed before its first checkpoint left only temporary files
-            return None, State(fingerprint)
-        try:
-            saved = json.loads(self.state_file.read_text())
-            stale = saved["fingerprint"] != fingerprint
-        except (ValueError, KeyError, TypeError) as exc:
-            return self._damaged(f"state.json is unreadable ({type(exc).__name__}: {exc})", fingerprint)
-        if stale:
-            log.info("checkpoint in %s is for other params or data; starting afresh", self.folder)
-            self.clear()
-            self.folder.mkdir(parents=True, exist_ok=True)
-            return None, State(fingerprint)
-        try:
-            files = saved.pop("files")
-            state = State(**saved)
-            for entry in files.values():
-                if _sha256(self.folder / entry["file"]) != entry["sha256"]:
-                    raise ValueError(f"{entry['file']} does not match its SHA-256 in state.json")
-            model = load_model(self.folder / files["last"]["file"])
-        except (*DAMAGED_INPUT, OSError) as exc:  # cut short, garbled, emptied, missing
-            return self._damaged(f"{type(exc).__name__}: {exc}", fingerprint)
-        self.files = files
-        self._keep_only({entry["file"] for entry in files.values()})
-        log.info("resuming from %s after epoch %d", self.folder, state.epochs_done)
-        state.resumed_from.append(state.epochs_done)
-        return model, state
-
-    def save(self, model: keras.Model, state: State, is_best: bool) -> None:
-        """Write this epoch's files under new names, then ``state.json`` naming them, then drop the old ones:
-        whenever the process dies, ``state.json`` names a complete set."""
-        epoch = state.epochs_done
-        # Writing into a full disk can crash h5py outright; refuse while the checkpoint before is still whole.
-        previous = sum(self._size(e["file"]) for e in self.files.values())
-        require_free_space(self.folder, previous or model.count_params() * 4 * 3)  # weights, optimizer slots
-        files = dict(self.files)
-        if is_best:
-            files["best"] = self._write(f"best-{epoch:05d}.weights.h5", model.save_weights)
-        files["last"] = self._write(f"last-{epoch:05d}.keras", model.save)
-        self.files = files
-        self.save_state(state)
-        self._keep_only({entry["file"] for entry in files.values()})
-
-    def save_state(self, state: State) -> None:
-        write_json(self.state_file, {**state.__dict__, "files": self.files})
-
-    def clear(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
-        self.files = {}
-
-    def _write(self, name: str, save: Callable[[Path], None]) -> dict[str, str]:
-        with atomic_path(self.folder / name) as tmp:
-            save(tmp)
-            digest = _sha256(tmp)
-        return {"file": name, "sha256": digest}
-
-    def _size(self, name: str) -> int:
-        try:
-            return (self.folder / name).stat().st_size
-        except OSError:
-            return 0
-
-    def _keep_only(self, names: set[str]) -> None:
-        """Remove what the manifest does not name: older epochs' files, temporary files of a killed write."""
-        for path in self.folder.iterdir():
-            if path.name != self.state_file.name and path.name not in names and path.is_file():
-                path.unlink(missing_ok=True)
-
-    def _damaged(self, why: str, fingerprint: str) -> tuple[None, State]:
-        aside = self.root / f"{self.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-        self.folder.rename(aside)
-        log.warning("checkpoint in %s is damaged (%s); moved to %s, starting afresh", self.folder, why, aside)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.files = {}
-        return None, State(fingerprint)
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 # --------------------------------------------------------------------------- the loop
@@ -278,8 +207,10 @@ def epochs(
             checkpoints.save_state(state)
             return
         phase = phase_at(phases, epoch)
-        if state.phase != phase.name:
-            prepare(model, phase, recipe, steps)
+        if state.phase != phase.name:  # a new phase: the layers it trains, a fresh optimizer over its epochs
+            if phase.base is not None:
+                set_vgg_trainable(model, None if phase.base == FROZEN else phase.base)
+            compile_model(model, recipe, make_optimizer(recipe, steps, phase))
             state.phase = phase.name
         order = np.random.default_rng([recipe.seed, epoch]).permutation(len(train.y))
         lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
@@ -304,30 +235,6 @@ def epochs(
                 "lower the learning rate in params.yaml"
             )
         yield record
-
-
-def fit(
-    name: str,
-    build: Callable[[], keras.Model],
-    phases: list[Phase],
-    recipe: Recipe,
-    train: Split,
-    val: Split,
-    checkpoints: Checkpoints,
-    fingerprint: str,
-    epoch_log: EpochLog | None = None,
-) -> tuple[keras.Model, State]:
-    """Train through ``phases``, resuming from ``checkpoints`` where they match ``fingerprint``; every
-    finished epoch to ``epoch_log``, the checkpoint's first; with ``recipe.restore_best``, end on the best
-    epoch's weights."""
-    model, state = start(build, recipe, train, checkpoints, fingerprint)
-    if epoch_log is not None:
-        epoch_log.open(state.history)
-    for record in epochs(name, model, state, phases, recipe, train, val, checkpoints):
-        if epoch_log is not None:  # after the checkpoint: a log one epoch behind it is rebuilt on resume
-            epoch_log.record(record)
-    restore_best(model, state, recipe, checkpoints)
-    return model, state
 
 
 def restore_best(model: keras.Model, state: State, recipe: Recipe, checkpoints: Checkpoints) -> None:
@@ -458,10 +365,13 @@ def run(
     checkpoints = Checkpoints(checkpoint_root, name)
     fingerprint = runinfo.fingerprint(params, facts["sha256"], info["keras_backend"], choice.policy)
     out = outputs_for(name)
+    model, state = start(lambda: build(facts), recipe, train_split, checkpoints, fingerprint)
     # The previous run's log waits beside the checkpoints until this run has written its outputs.
     with EpochLog(out.live, keep=checkpoint_root / f"{name}.previous-log") as epoch_log:
-        data = (train_split, val_split, checkpoints, fingerprint, epoch_log)
-        model, state = fit(name, lambda: build(facts), phases, recipe, *data)
+        epoch_log.open(state.history)  # the checkpoint's epochs first
+        for record in epochs(name, model, state, phases, recipe, train_split, val_split, checkpoints):
+            epoch_log.record(record)  # after the checkpoint: a log one epoch behind it is rebuilt on resume
+        restore_best(model, state, recipe, checkpoints)
         write_outputs(out, model, recipe, state, run_metadata(name, params, choice, info, facts), len(train_split.y))
         checkpoints.clear()  # it exists only to resume unfinished runs
         epoch_log.succeeded()

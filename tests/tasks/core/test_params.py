@@ -11,14 +11,14 @@ import yaml
 
 from flows.sweep import spec as sweep_spec
 from tasks.core.errors import ParamsError
-from tasks.core.params import DataParams, SECTIONS, ValidateParams, load, load_section, parse_section
+from tasks.core.params import DataParams, SECTIONS, ValidateParams, load, load_section, parse
 from tools.overrides import load_overlay, merged
 from tests.conftest import REPO, copy_project, dvc, params_section, run, set_params
 
 
 def check(name: str, **changes: object) -> object:
     """params.yaml's section ``name`` with ``changes``, through its model."""
-    return parse_section(SECTIONS[name], name, params_section(name, **changes))
+    return parse(SECTIONS[name], params_section(name, **changes))
 
 
 def test_repository_params_parse() -> None:
@@ -34,7 +34,7 @@ def test_repository_params_parse() -> None:
 def test_every_config_overlay_validates(overlay: Path) -> None:
     params = merged(yaml.safe_load((REPO / "params.yaml").read_text()), load_overlay(overlay))
     for name, model in SECTIONS.items():
-        parse_section(model, name, params[name])
+        parse(model, params[name])
 
 
 @pytest.mark.parametrize("sweep", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
@@ -47,7 +47,7 @@ def test_every_sweep_experiment_validates(sweep: Path) -> None:
             overlay.setdefault(section, {})[key] = value
         params = merged(base, overlay)
         for name, model in SECTIONS.items():
-            parse_section(model, name, params[name])
+            parse(model, params[name])
 
 
 # One case per kind of bad value; each message names the exact key.
@@ -155,7 +155,7 @@ def test_bad_values_are_named(section: str, changes: dict[str, object], message:
 def test_missing_key() -> None:
     section = {k: v for k, v in params_section("alexnet").items() if k != "seed"}
     with pytest.raises(ParamsError, match="'alexnet.seed' is missing"):
-        parse_section(SECTIONS["alexnet"], "alexnet", section)
+        parse(SECTIONS["alexnet"], section)
 
 
 def test_missing_section_and_bad_yaml(tmp_path: Path) -> None:

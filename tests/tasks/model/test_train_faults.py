@@ -126,14 +126,14 @@ def test_each_kind_of_damage_is_found_and_the_checkpoint_loads_as_a_fresh_start(
     stuck: Path, tmp_path: Path, damage, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """What the stage does with each damaged checkpoint on load (the test above runs the whole stage once)."""
-    from tasks.model.train import Checkpoints
+    from tasks.model.checkpoints import Checkpoints
 
     work = tmp_path / "work"
     shutil.copytree(stuck, work)
     fingerprint = json.loads((work / "checkpoints/alexnet/state.json").read_text())["fingerprint"]
     damaged = damage(work / "checkpoints/alexnet")
     monkeypatch.chdir(work)  # the stage's own view: paths relative to its working directory
-    with caplog.at_level(logging.INFO, logger="tasks.model.train"):
+    with caplog.at_level(logging.INFO, logger="tasks.model.checkpoints"):
         model, state = Checkpoints(Path("checkpoints"), "alexnet").load(fingerprint)
     assert model is None and state.epochs_done == 0 and state.fingerprint == fingerprint
     _damaged_line([r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()], work, damaged)
@@ -144,12 +144,12 @@ def test_each_kind_of_damage_is_found_and_the_checkpoint_loads_as_a_fresh_start(
 def test_a_checkpoint_for_other_params_is_not_reused(
     stuck: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from tasks.model.train import Checkpoints
+    from tasks.model.checkpoints import Checkpoints
 
     work = tmp_path / "work"
     shutil.copytree(stuck, work)
     monkeypatch.chdir(work)
-    with caplog.at_level(logging.INFO, logger="tasks.model.train"):
+    with caplog.at_level(logging.INFO, logger="tasks.model.checkpoints"):
         model, state = Checkpoints(Path("checkpoints"), "alexnet").load("other params")
     assert model is None and state.epochs_done == 0
     assert "checkpoint in checkpoints/alexnet is for other params or data; starting afresh" in caplog.messages
