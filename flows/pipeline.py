@@ -29,10 +29,11 @@ from prefect.tasks import exponential_backoff
 
 from flows import access, host, registry
 from flows.cli import run_flow
-from flows.stages import DeterministicFailure, check_overrides, outcomes, override_files, push_uncached_outputs
+from flows.stages import DeterministicFailure, outcomes, push_uncached_outputs
 from flows.stages import markdown_diff, read_lock, retry_unless_deterministic, run_dvc, stage_order
 from flows.summary import REPORT, pipeline_summary
 from tasks.core.paths import EVALUATE_METRICS, MODELS
+from tools.overrides import check_overrides, override_files
 
 ARTIFACT_SUMMARY = "cifar10-pipeline-summary"
 ARTIFACT_REPORT = "cifar10-report"

@@ -1,7 +1,7 @@
 """DVC for the Prefect flows, through its command line and files only: ``dvc`` run with its output
-streamed, the stage order, what a run did to each stage (``dvc.lock`` before and after), ``-S``
-overrides checked before DVC gets them, and the rule that tells a transient failure from a
-deterministic one. No Prefect here: DVC judges what reruns, ``dvc.lock`` records what ran."""
+streamed, the stage order, what a run did to each stage (``dvc.lock`` before and after), and the
+rule that tells a transient failure from a deterministic one. No Prefect here: DVC judges what
+reruns, ``dvc.lock`` records what ran."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -309,47 +309,3 @@ def push_uncached_outputs(repo: Path) -> int:
         dvc_out(["add", "-q", *paths], scratch)
         dvc_out(["push", "-q", *[f"{p}.dvc" for p in paths]], scratch)
     return len(paths)
-
-
-# -- params overrides (-S) ------------------------------------------------------------------------------
-
-
-def split_override(item: str) -> tuple[str, str, str]:
-    """``"sub/params.yaml:+a.b=2"`` -> ``("sub/params.yaml", "+a.b", "2")``; the file defaults to params.yaml."""
-    key, _, value = item.partition("=")
-    path, sep, key = key.rpartition(":")
-    return (path if sep else "params.yaml"), key.strip(), value
-
-
-def override_files(overrides: Sequence[str]) -> list[str]:
-    """The params files that ``-S`` ``overrides`` change, in first-named order."""
-    return list(dict.fromkeys(split_override(o)[0] for o in overrides))
-
-
-def override_problem(params_text: str | None, item: str) -> str | None:
-    """Why ``dvc exp run -S item`` would refuse to change a params file holding ``params_text``, by
-    Hydra's rule (``key=value`` changes an existing key, ``+key`` adds one, ``++key`` either, ``~key``
-    removes one); None when it would accept it."""
-    path, key, value = split_override(item)
-    if "=" not in item and not key.startswith("~"):
-        return f"{item!r} is not KEY=VALUE"
-    try:
-        node: Any = yaml.safe_load(params_text or "") or {}
-    except yaml.YAMLError as exc:
-        return f"{path} is not valid YAML: {exc}"
-    bare = key.lstrip("+~")
-    for part in bare.split("."):
-        node = node.get(part, KeyError) if isinstance(node, dict) else KeyError
-    if key.startswith("++"):
-        return None
-    if key.startswith("+") and node is not KeyError:
-        return f"could not add {bare!r} to {path}: it is already there (override it with {bare}={value})"
-    if not key.startswith("+") and node is KeyError:
-        return f"could not override {bare!r} in {path}: no such key (add it with +{bare}={value})"
-    return None
-
-
-def check_overrides(read: Callable[[str], str | None], overrides: Sequence[str]) -> list[str]:
-    """Every problem :func:`override_problem` finds, reading each params file through ``read``."""
-    texts = {path: read(path) for path in override_files(overrides)}
-    return [p for item in overrides if (p := override_problem(texts[split_override(item)[0]], item))]

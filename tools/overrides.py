@@ -1,4 +1,6 @@
-"""``python -m tools.overrides FILE``: turn a params overlay (YAML shaped like params.yaml) into ``-S`` flags.
+"""``python -m tools.overrides FILE``: turn a params overlay (YAML shaped like params.yaml) into ``-S`` flags;
+and the rule by which ``dvc exp run -S`` accepts or refuses an override, so the flows can refuse a bad one
+before anything runs.
 
 The named settings in ``configs/`` (the student's recipe, the quick CPU run, ...) are overlays
 on ``params.yaml``. ``dvc exp run $(python -m tools.overrides configs/quick-cpu.yaml)`` runs one
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,47 @@ def merged(base: dict[str, Any], overlay: dict[str, dict[str, Any]]) -> dict[str
     for name, values in overlay.items():
         out.setdefault(name, {}).update(values)
     return out
+
+
+def split_override(item: str) -> tuple[str, str, str]:
+    """``"sub/params.yaml:+a.b=2"`` -> ``("sub/params.yaml", "+a.b", "2")``; the file defaults to params.yaml."""
+    key, _, value = item.partition("=")
+    path, sep, key = key.rpartition(":")
+    return (path if sep else "params.yaml"), key.strip(), value
+
+
+def override_files(overrides: Sequence[str]) -> list[str]:
+    """The params files that ``-S`` ``overrides`` change, in first-named order."""
+    return list(dict.fromkeys(split_override(o)[0] for o in overrides))
+
+
+def override_problem(params_text: str | None, item: str) -> str | None:
+    """Why ``dvc exp run -S item`` would refuse to change a params file holding ``params_text``, by
+    Hydra's rule (``key=value`` changes an existing key, ``+key`` adds one, ``++key`` either, ``~key``
+    removes one); None when it would accept it."""
+    path, key, value = split_override(item)
+    if "=" not in item and not key.startswith("~"):
+        return f"{item!r} is not KEY=VALUE"
+    try:
+        node: Any = yaml.safe_load(params_text or "") or {}
+    except yaml.YAMLError as exc:
+        return f"{path} is not valid YAML: {exc}"
+    bare = key.lstrip("+~")
+    for part in bare.split("."):
+        node = node.get(part, KeyError) if isinstance(node, dict) else KeyError
+    if key.startswith("++"):
+        return None
+    if key.startswith("+") and node is not KeyError:
+        return f"could not add {bare!r} to {path}: it is already there (override it with {bare}={value})"
+    if not key.startswith("+") and node is KeyError:
+        return f"could not override {bare!r} in {path}: no such key (add it with +{bare}={value})"
+    return None
+
+
+def check_overrides(read: Callable[[str], str | None], overrides: Sequence[str]) -> list[str]:
+    """Every problem :func:`override_problem` finds, reading each params file through ``read``."""
+    texts = {path: read(path) for path in override_files(overrides)}
+    return [p for item in overrides if (p := override_problem(texts[split_override(item)[0]], item))]
 
 
 def main() -> None:

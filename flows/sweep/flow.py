@@ -26,10 +26,11 @@ from prefect.states import Completed, Failed
 from flows import access
 from flows.cli import run_flow
 from flows.pipeline import QUIET, exp_run, report_host, retry_options, share_results
-from flows.stages import DeterministicFailure, StageFailure, check_overrides, dvc_out, run_dvc, shared_stages
+from flows.stages import DeterministicFailure, StageFailure, dvc_out, run_dvc, shared_stages
 from flows.sweep import spec as sweep_spec
 from flows.sweep import table as sweep_table
 from flows.sweep.table import DONE, DONE_EARLIER, FAILED, Outcome
+from tools.overrides import check_overrides
 from flows.workspace import cache_dir_of, default_remote, git, has_experiment, prepare, read_at
 
 POINT_DEPLOYMENT = "cifar10-sweep-point/point"
@@ -115,24 +116,6 @@ def outcome_of(flow_run: Any) -> Outcome:
     return Outcome(FAILED, message if state.name == "Failed" else f"{state.name}: {message}", wall)
 
 
-def previous_runs(sweep: str, baseline: str) -> dict[str, Any]:
-    """``{experiment: its latest finished point flow run}`` of earlier runs of this sweep on ``baseline``."""
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterTags
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=[POINT_FLOW])),
-            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"sweep:{sweep}"])),
-            sort=FlowRunSort.EXPECTED_START_TIME_DESC,  # the newest first, should the API page them
-        )
-    return {
-        r.parameters.get("experiment"): r
-        for r in reversed(runs)
-        if r.state and r.state.is_final() and r.parameters.get("rev") == baseline
-    }
-
-
 def read_experiments(repo: Path, baseline: str) -> dict[str, dict[str, Any]]:
     """The experiments of ``baseline`` as ``dvc exp show --json`` in ``repo`` lists them."""
     show = dvc_out(["exp", "show", "--json", "--rev", baseline, "--no-fetch"], repo)
@@ -155,15 +138,14 @@ def plan_sweep(repo: str, sweep: sweep_spec.Sweep, baseline: str) -> dict[str, O
     """What is already settled: experiments that exist on this commit, with the params the sweep gives
     them (done earlier) or with others (failed: the name is taken)."""
     root, experiments = Path(repo), sweep.experiments()
-    existing, previous = read_experiments(root, baseline), previous_runs(sweep.name, baseline)
+    existing = read_experiments(root, baseline)
     settled: dict[str, Outcome] = {}
     for e in (e for e in experiments if e.name in existing):
         if wrong := sweep_table.mismatched_params(e, existing[e.name]["params"]):
             why = f"an experiment named {e.name} exists on this commit with other params: {'; '.join(wrong)}"
             settled[e.name] = Outcome(FAILED, f"{why}. Remove it (dvc exp remove {e.name}) or rename the point")
         else:
-            before = outcome_of(previous[e.name]) if e.name in previous else None
-            settled[e.name] = Outcome(DONE_EARLIER, wall_seconds=before.wall_seconds if before else None)
+            settled[e.name] = Outcome(DONE_EARLIER)
     summary = ", ".join(f"{n}: {o.status}" for n, o in settled.items()) or "none"
     logged = (sweep.name, baseline[:12], len(experiments), summary)
     get_run_logger().info("sweep %s at %s: %d experiments, settled before running: %s", *logged)

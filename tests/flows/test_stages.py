@@ -23,8 +23,6 @@ from flows.stages import (
     TransientFailure,
     classify,
     outcomes,
-    override_files,
-    override_problem,
     retry_unless_deterministic,
     run_dvc,
     stage_order,
@@ -159,28 +157,6 @@ def test_only_a_deterministic_failure_is_not_retried() -> None:
     options = retry_options(2, 30.0)
     assert options["retries"] == 2 and options["retry_delay_seconds"](2) == [30.0, 60.0]  # Prefect's backoff
     assert retry_options(-1, 30.0)["retries"] == 0
-
-
-@pytest.mark.parametrize(
-    ("item", "problem"),
-    [
-        ("data.limit_train=5000", None),
-        ("data.nokey=3", "could not override 'data.nokey' in params.yaml: no such key (add it with +data.nokey=3)"),
-        ("+data.nokey=3", None),
-        ("+data.seed=2", "could not add 'data.seed' to params.yaml: it is already there"),
-        ("++data.seed=2", None),
-        ("~data.seed", None),
-        ("nokey.deeper=1", "could not override 'nokey.deeper'"),
-        ("data.seed", "is not KEY=VALUE"),
-    ],
-)
-def test_overrides_are_checked_by_hydras_rule(item: str, problem: str | None) -> None:
-    found = override_problem("data:\n  limit_train: 0\n  seed: 1\n", item)
-    assert found == problem if problem is None else problem in (found or "")
-
-
-def test_override_files() -> None:
-    assert override_files(["a=1", "sub/params.yaml:b=2", "c=3"]) == ["params.yaml", "sub/params.yaml"]
 
 
 class Heard:

@@ -1,11 +1,15 @@
-"""``python -m tools.overrides``: a config file as ``-S`` flags, and bad input as one ``error:`` line."""
+"""``python -m tools.overrides``: a config file as ``-S`` flags, bad input as one ``error:`` line, and the rule
+by which DVC accepts an override."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
+from tools.overrides import override_files, override_problem
 
 
 def overrides(*args: str) -> subprocess.CompletedProcess[str]:
@@ -28,3 +32,25 @@ def test_bad_input_is_one_error_line_and_exit_2() -> None:
         done = overrides(*args)
         assert done.returncode == 2 and done.stderr.startswith(said), done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("item", "problem"),
+    [
+        ("data.limit_train=5000", None),
+        ("data.nokey=3", "could not override 'data.nokey' in params.yaml: no such key (add it with +data.nokey=3)"),
+        ("+data.nokey=3", None),
+        ("+data.seed=2", "could not add 'data.seed' to params.yaml: it is already there"),
+        ("++data.seed=2", None),
+        ("~data.seed", None),
+        ("nokey.deeper=1", "could not override 'nokey.deeper'"),
+        ("data.seed", "is not KEY=VALUE"),
+    ],
+)
+def test_overrides_are_checked_by_hydras_rule(item: str, problem: str | None) -> None:
+    found = override_problem("data:\n  limit_train: 0\n  seed: 1\n", item)
+    assert found == problem if problem is None else problem in (found or "")
+
+
+def test_override_files() -> None:
+    assert override_files(["a=1", "sub/params.yaml:b=2", "c=3"]) == ["params.yaml", "sub/params.yaml"]
