@@ -16,10 +16,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import chdir, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -32,8 +33,10 @@ from flows.cli import run_flow
 from flows.stages import DeterministicFailure, outcomes, push_uncached_outputs
 from flows.stages import markdown_diff, read_lock, retry_unless_deterministic, run_dvc, stage_order
 from flows.summary import REPORT, pipeline_summary
-from tasks.core.paths import EVALUATE_METRICS, MODELS
-from tools.overrides import check_overrides, override_files
+from tasks.core.errors import ParamsError
+from tasks.core.params import check_sections
+from tasks.core.paths import EVALUATE_METRICS, MODELS, PARAMS
+from tools.overrides import applied, check_overrides, override_files
 
 ARTIFACT_SUMMARY = "cifar10-pipeline-summary"
 ARTIFACT_REPORT = "cifar10-report"
@@ -71,6 +74,24 @@ def plan_stages(repo: str, stages: list[str] | None) -> list[str]:
     order = stage_order(Path(repo), stages)
     get_run_logger().info("stages to run, in order: %s", " -> ".join(order))
     return order
+
+
+@task(name="check-params", **QUIET)
+def check_params(repo: str, order: list[str], set_params: list[str]) -> None:
+    """The params sections the planned stages read (``dvc.api.params_show``), ``set_params`` applied, checked
+    as each stage checks its own when it starts: a typo fails the run here, before DVC removes the outputs
+    of a stage it is about to rerun."""
+    import dvc.api
+
+    root = Path(repo)
+    try:
+        with chdir(root):  # dvc.api reads params files relative to the working directory
+            sections = list(dvc.api.params_show(stages=order))
+        check_sections(applied(yaml.safe_load((root / PARAMS).read_text()) or {}, set_params), sections, PARAMS)
+    except ParamsError as exc:
+        raise DeterministicFailure("params", [f"error: {exc}"]) from None
+    except Exception as exc:  # an unreadable file: each stage reports its own problem when it starts
+        get_run_logger().warning("params not checked before the stages: %s", exc)
 
 
 @task(name="stage", task_run_name="{stage}", **DVC_TASK)
@@ -223,6 +244,7 @@ def pipeline(
                 raise DeterministicFailure("experiment", [f"error: {problem}"])
             if problems := check_overrides(originals.get, set_params):
                 raise DeterministicFailure(f"set_params {set_params}", [f"error: {'; '.join(problems)}"])
+        check_params(str(repo), order, set_params or [])
         if share_cache:
             dvc_command.with_options(**retry_options(2, 10))("pull", ["--run-cache", "--allow-missing"], str(repo))
         try:

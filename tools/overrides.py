@@ -1,6 +1,6 @@
 """``python -m tools.overrides FILE``: turn a params overlay (YAML shaped like params.yaml) into ``-S`` flags;
-and the rule by which ``dvc exp run -S`` accepts or refuses an override, so the flows can refuse a bad one
-before anything runs.
+the rule by which ``dvc exp run -S`` accepts or refuses an override, and the params it leaves, so the flows
+can refuse a bad override or value before anything runs.
 
 The named settings in ``configs/`` (the student's recipe, the quick CPU run, ...) are overlays
 on ``params.yaml``. ``dvc exp run $(python -m tools.overrides configs/quick-cpu.yaml)`` runs one
@@ -10,6 +10,7 @@ and a measured one cannot drift apart.
 
 from __future__ import annotations
 
+import copy
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -88,6 +89,27 @@ def check_overrides(read: Callable[[str], str | None], overrides: Sequence[str])
     """Every problem :func:`override_problem` finds, reading each params file through ``read``."""
     texts = {path: read(path) for path in override_files(overrides)}
     return [p for item in overrides if (p := override_problem(texts[split_override(item)[0]], item))]
+
+
+def applied(doc: dict[str, Any], overrides: Sequence[str], file: str = "params.yaml") -> dict[str, Any]:
+    """``doc``, the parsed ``file``, as ``dvc exp run -S`` with ``overrides`` leaves it (a new dict; the
+    overrides of other files are passed over)."""
+    out = copy.deepcopy(doc)
+    for item in overrides:
+        path, key, value = split_override(item)
+        if path != file:
+            continue
+        *parents, last = key.lstrip("+~").split(".")
+        node: Any = out
+        for part in parents:
+            node = node.setdefault(part, {}) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue  # a key below a plain value: check_overrides says why DVC refuses it
+        if key.startswith("~"):
+            node.pop(last, None)
+        else:
+            node[last] = yaml.safe_load(value) if value.strip() else None
+    return out
 
 
 def main() -> None:

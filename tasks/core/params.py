@@ -12,6 +12,7 @@ run of a million hours.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
@@ -345,6 +346,16 @@ def parse(model: type[S], section: dict[str, Any]) -> S:
         first = min(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
         key, problem = _explain(model, first)
         raise ParamsError(f"params.yaml: '{_NAMES[model]}.{key}' {problem}") from None
+
+
+def check_sections(doc: Any, names: Iterable[str], path: str | Path = PARAMS) -> None:
+    """Check each section of ``doc`` (a parsed params file at ``path``) named in ``names`` as the stage
+    reading it will; the first problem as a :class:`ParamsError`. Names no model checks are passed over."""
+    for name in (n for n in names if n in SECTIONS):
+        section = doc.get(name) if isinstance(doc, dict) else None
+        if not isinstance(section, dict):
+            raise ParamsError(f"{path}: section '{name}' is missing or not a mapping")
+        parse(SECTIONS[name], section)
 
 
 def load(model: type[S], path: str | Path = PARAMS) -> S:

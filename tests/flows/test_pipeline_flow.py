@@ -179,6 +179,20 @@ def test_set_params_runs_a_named_experiment_and_restores_params(dvc_repo: Path) 
     assert bad.is_failed() and "not retried" in bad.message
     assert (dvc_repo / "params.yaml").read_bytes() == before
 
+    # A value or a key the stages would refuse fails the run before any stage, and before DVC removes the
+    # outputs of one it would rerun.
+    outputs = {p: p.stat().st_mtime_ns for p in (dvc_repo / "data").rglob("*") if p.is_file()}
+    assert any(p.parent.name == "prepared" for p in outputs)
+    small, run_id, _ = run_flow(dvc_repo, stages=["validate"], set_params=["data.limit_train=5"])
+    assert small.is_failed() and "params failed (not retried): error: params.yaml: 'data.limit_train'" in small.message
+    assert stage_runs(run_id) == {}
+    set_params(dvc_repo, data={"limit_trian": 100})
+    typo, run_id, _ = run_flow(dvc_repo, stages=["validate"])
+    assert typo.is_failed() and "'data.limit_trian' is not a known key (did you mean 'limit_train'?)" in typo.message
+    assert stage_runs(run_id) == {}
+    assert {p: p.stat().st_mtime_ns for p in (dvc_repo / "data").rglob("*") if p.is_file()} == outputs
+    (dvc_repo / "params.yaml").write_bytes(before)
+
 
 def test_share_cache_through_a_local_remote(dvc_repo: Path, tmp_path: Path) -> None:
     """Host A runs and pushes (with the run-cache); host B, a fresh clone, restores instead of running."""

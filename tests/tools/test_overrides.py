@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO
-from tools.overrides import override_files, override_problem
+from tools.overrides import applied, override_files, override_problem
 
 
 def overrides(*args: str) -> subprocess.CompletedProcess[str]:
@@ -54,3 +54,14 @@ def test_overrides_are_checked_by_hydras_rule(item: str, problem: str | None) ->
 
 def test_override_files() -> None:
     assert override_files(["a=1", "sub/params.yaml:b=2", "c=3"]) == ["params.yaml", "sub/params.yaml"]
+
+
+def test_applied_leaves_the_params_dvc_exp_run_would() -> None:
+    doc = {"data": {"limit_train": 0, "seed": 1}, "alexnet": {"epochs": 30}}
+    after = applied(
+        doc,
+        ["data.limit_train=200", "+data.new=[1, 2]", "~data.seed", "alexnet.epochs=", "other.yaml:data.seed=5"],
+    )
+    assert after == {"data": {"limit_train": 200, "new": [1, 2]}, "alexnet": {"epochs": None}}
+    assert doc == {"data": {"limit_train": 0, "seed": 1}, "alexnet": {"epochs": 30}}, "the input is left as it was"
+    assert applied(doc, ["data.seed.deeper=1"]) == doc  # below a plain value: DVC refuses it, check_overrides says why

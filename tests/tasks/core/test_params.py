@@ -11,7 +11,7 @@ import yaml
 
 from flows.sweep import spec as sweep_spec
 from tasks.core.errors import ParamsError
-from tasks.core.params import DataParams, SECTIONS, ValidateParams, load, load_section, parse
+from tasks.core.params import DataParams, SECTIONS, ValidateParams, check_sections, load, load_section, parse
 from tools.overrides import load_overlay, merged
 from tests.conftest import REPO, copy_project, dvc, params_section, run, set_params
 
@@ -156,6 +156,17 @@ def test_missing_key() -> None:
     section = {k: v for k, v in params_section("alexnet").items() if k != "seed"}
     with pytest.raises(ParamsError, match="'alexnet.seed' is missing"):
         parse(SECTIONS["alexnet"], section)
+
+
+def test_check_sections_checks_only_the_named_sections() -> None:
+    doc = yaml.safe_load((REPO / "params.yaml").read_text())
+    check_sections(doc, ["data", "alexnet", "not-a-section"])
+    doc["alexnet"] = {**doc["alexnet"], "learning_rat": 0.1}
+    check_sections(doc, ["data", "vgg16"])  # alexnet's typo is no concern of these stages
+    with pytest.raises(ParamsError, match="'alexnet.learning_rat' is not a known key .did you mean 'learning_rate'"):
+        check_sections(doc, ["data", "alexnet"])
+    with pytest.raises(ParamsError, match="section 'evaluate' is missing or not a mapping"):
+        check_sections({k: v for k, v in doc.items() if k != "evaluate"}, ["evaluate"])
 
 
 def test_missing_section_and_bad_yaml(tmp_path: Path) -> None:
