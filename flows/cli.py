@@ -10,6 +10,7 @@ is spared it, since the error line says all a person at the terminal needs.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +25,9 @@ from tasks.core.errors import StageError
 #: Exit status of a run that failed for a reason another attempt would not change.
 REFUSED = StageError.exit_status
 FAILED = 1
+#: What ``make`` exports (Makefile) and the team setup sets: no analytics, also from a temporary Prefect server
+#: these commands start when no ``PREFECT_API_URL`` is set. An environment that says otherwise wins.
+OFFLINE = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "DVC_NO_ANALYTICS": "1"}
 
 
 class _NoRefusalTracebacks(logging.Filter):
@@ -60,6 +64,8 @@ def error_line(failure: BaseException | None, state: State) -> str:
 def run_flow(flow: Flow, **parameters: Any) -> tuple[State, int]:
     """Run ``flow`` here; its final state and the command's exit status, with the error line printed to
     stderr for a run that did not complete."""
+    for key, value in OFFLINE.items():
+        os.environ.setdefault(key, value)
     with quiet_refusals():
         state = flow(**parameters, return_state=True)
     if state.is_completed():

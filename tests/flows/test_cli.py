@@ -3,13 +3,14 @@ Prefect run still recorded as Failed (against the test harness's API)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from flows.cli import error_line
+from flows.cli import error_line, run_flow
 from flows.stages import DeterministicFailure, TransientFailure
 from tests.conftest import REPO
 from tests.flows.conftest import client, env_with
@@ -58,3 +59,22 @@ def test_python_m_flows_pipeline_refuses_bad_input_in_one_line(
     state = last_flow_run_state(prefect_harness)
     assert state.is_failed() and error.removeprefix("error: ") in state.message, state
     assert not (dvc_repo / "data").exists()  # refused before any stage ran
+
+
+@pytest.mark.server
+def test_the_commands_keep_analytics_off_unless_the_environment_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch, prefect_harness: str
+) -> None:
+    """As ``make`` does: a user who runs ``python -m flows.pipeline`` outside it gets no analytics either,
+    from the temporary Prefect server included."""
+    from prefect import flow
+
+    @flow
+    def nothing() -> None:
+        return None
+
+    monkeypatch.delenv("PREFECT_SERVER_ANALYTICS_ENABLED", raising=False)
+    monkeypatch.setenv("DO_NOT_TRACK", "0")  # a choice of the user's own
+    state, status = run_flow(nothing)
+    assert state.is_completed() and status == 0
+    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false" and os.environ["DO_NOT_TRACK"] == "0"
