@@ -1,9 +1,10 @@
 """Stage ``train_vgg16``: VGG16 (ImageNet weights by default) fine-tuned in two phases (section ``vgg16``).
 
 Phase ``head``: ``vgg16.head_epochs`` epochs with the convolutional base frozen at
-``vgg16.learning_rate``. Phase ``fine_tune``: the rest of ``vgg16.epochs`` with the base unfrozen
-from block ``vgg16.unfreeze_from`` onwards at ``vgg16.fine_tune_learning_rate``. Keras loads inside the
-functions below, after ``main`` has checked the params and the validation gate.
+``vgg16.learning_rate``. Phase ``fine_tune`` (``train`` from random weights): the rest of
+``vgg16.epochs`` with the base unfrozen from block ``vgg16.unfreeze_from`` onwards at
+``vgg16.fine_tune_learning_rate``. Keras loads inside the functions below, after ``main`` has checked
+the params and the validation gate.
 """
 
 from __future__ import annotations
@@ -26,13 +27,15 @@ NAME = "vgg16"
 
 def phases(params: VGG16Params) -> list[train.Phase]:
     """``head`` (the base frozen, at ``learning_rate``), then ``fine_tune`` (the base trains from
-    ``unfreeze_from``, at ``fine_tune_learning_rate``); a phase of no epochs is left out."""
+    ``unfreeze_from``, at ``fine_tune_learning_rate``) -- named ``train`` where the base starts from random
+    weights, as there is nothing to fine-tune; a phase of no epochs is left out."""
     from tasks.model import train
 
-    recipe, fine_epochs = params.recipe, params.recipe.epochs - params.head_epochs
+    recipe, rest = params.recipe, params.recipe.epochs - params.head_epochs
     head = train.Phase("head", params.head_epochs, recipe.learning_rate, base=train.FROZEN)
-    fine_tune = train.Phase("fine_tune", fine_epochs, params.fine_tune_learning_rate, base=params.unfreeze_from)
-    return [p for p in (head, fine_tune) if p.epochs > 0]
+    name = "train" if params.weights == "none" else "fine_tune"
+    whole = train.Phase(name, rest, params.fine_tune_learning_rate, base=params.unfreeze_from)
+    return [p for p in (head, whole) if p.epochs > 0]
 
 
 def build(params: VGG16Params, facts: dict[str, Any]) -> keras.Model:

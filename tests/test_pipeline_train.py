@@ -40,7 +40,7 @@ def test_every_stage_ran_once_and_a_second_repo_restores_them_from_the_run_cache
     assert "best_val_accuracy" in shown["metrics/alexnet.json"]["data"]
     # DVCLive's log is a stage output DVC reads: the latest epoch as metrics, every epoch as plots.
     latest = shown["dvclive/vgg16/metrics.json"]["data"]
-    assert latest["step"] == 2 and latest["phase"] == "fine_tune"
+    assert latest["step"] == 2 and latest["phase"] == "train"
     plots = json.loads(dvc("plots", "show", "--json", cwd=seeded_repo).stdout)["data"]
     assert len(plots["Accuracy"][0]["content"]["data"]["values"]) == 2 * 2 * 2  # models x train/val x epochs
 

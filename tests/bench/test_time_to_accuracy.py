@@ -36,7 +36,7 @@ def test_a_vgg16_recipe_is_the_config_s_vgg16_section() -> None:
         0,
         3,
     )
-    assert bench.STAGES[model].phases(params)[0].name == "fine_tune"  # no frozen phase: all of it trains
+    assert bench.STAGES[model].phases(params)[0].name == "train"  # no frozen phase: all of it trains
 
 
 @pytest.mark.parametrize("spec", ["quick-cpu:epochs", "resnet/quick-cpu", "vgg16/"])
