@@ -290,6 +290,12 @@ def load_section(name: str, path: str | Path = PARAMS) -> dict[str, Any]:
         raise ParamsError(f"{path}: file not found (run from the repository root)") from None
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    return section_of(doc, name, path)
+
+
+def section_of(doc: Any, name: str, path: str | Path = PARAMS) -> dict[str, Any]:
+    """Section ``name`` of ``doc``, a parsed params file at ``path``; a :class:`ParamsError` saying what is
+    wrong where it is missing or not a mapping."""
     if not isinstance(doc, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
     section = doc.get(name)
@@ -352,10 +358,7 @@ def check_sections(doc: Any, names: Iterable[str], path: str | Path = PARAMS) ->
     """Check each section of ``doc`` (a parsed params file at ``path``) named in ``names`` as the stage
     reading it will; the first problem as a :class:`ParamsError`. Names no model checks are passed over."""
     for name in (n for n in names if n in SECTIONS):
-        section = doc.get(name) if isinstance(doc, dict) else None
-        if not isinstance(section, dict):
-            raise ParamsError(f"{path}: section '{name}' is missing or not a mapping")
-        parse(SECTIONS[name], section)
+        parse(SECTIONS[name], section_of(doc, name, path))
 
 
 def load(model: type[S], path: str | Path = PARAMS) -> S:
