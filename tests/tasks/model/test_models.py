@@ -39,6 +39,11 @@ def alexnet(**kw: object) -> keras.Model:
     return build_alexnet(parse(AlexNetParams, params_section("alexnet", **ALEXNET | kw)), MEAN, STD)
 
 
+def order(model: keras.Model, *names: str) -> list[str]:
+    """The layers among ``names``, in the order the model applies them."""
+    return [layer.name for layer in model.layers if layer.name in names]
+
+
 @pytest.mark.parametrize(("variant", "count"), [("seed", 29_983_114), ("paper", 24_740_234)])
 def test_alexnet_parameter_count_at_full_width(variant: str, count: int) -> None:
     assert alexnet(variant=variant).count_params() == count
@@ -50,12 +55,17 @@ def test_paper_variant_has_lrn_overlapping_pools_and_dropout() -> None:
     assert kinds.count("LocalResponseNormalization") == 2 and kinds.count("Dropout") == 2
     assert model.get_layer("pool1").pool_size == (3, 3) and model.get_layer("pool1").strides == (2, 2)
     assert "LocalResponseNormalization" not in [type(layer).__name__ for layer in alexnet(variant="seed").layers]
+    assert order(model, "pool1", "lrn1", "conv1_relu") == ["conv1_relu", "lrn1", "pool1"]  # the paper's order
 
 
 def test_width_and_batch_norm() -> None:
     narrow = alexnet(width=0.25, batch_norm=True)
     assert narrow.get_layer("conv1").filters == 24 and narrow.get_layer("fc6").units == 1024
     assert narrow.get_layer("conv1_bn") is not None
+    # A pool straight after its convolution: batch norm and ReLU see a quarter of the map.
+    for conv, pool in (("conv1", "pool1"), ("conv2", "pool2"), ("conv5", "pool5")):
+        assert order(narrow, conv, pool, f"{conv}_bn", f"{conv}_relu") == [conv, pool, f"{conv}_bn", f"{conv}_relu"]
+    assert narrow.get_layer("conv1_bn").output.shape == (None, 14, 14, 24)
 
 
 @pytest.mark.parametrize("augmentation", ["none", "student", "student_keras", "crop_flip"])
