@@ -6,6 +6,7 @@ import re
 import sys
 
 import pytest
+import yaml
 
 from tasks.core.errors import ParamsError
 from tasks.core.params import VGG16Params
@@ -22,7 +23,8 @@ def test_a_recipe_with_changes_reads_values_as_yaml() -> None:
     assert (model, config) == ("alexnet", "quick-cpu")
     assert changes == {"crop_padding": 4, "mixed_precision": False, "seed": 1}
     params = recipe_params(config, model, **changes)
-    assert (params.crop_padding, params.mixed_precision, params.epochs) == (4, False, 10)
+    unchanged = yaml.safe_load((REPO / "configs/quick-cpu.yaml").read_text())["alexnet"]["epochs"]
+    assert (params.crop_padding, params.mixed_precision, params.epochs) == (4, False, unchanged)
 
 
 def test_a_vgg16_recipe_is_the_config_s_vgg16_section() -> None:
