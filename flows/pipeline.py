@@ -233,6 +233,7 @@ def pipeline(
     retry = retry_options(stage_retries, retry_delay_seconds)
     experiment = (experiment_name or current_flow_run.get_name() or "prefect-run") if set_params else None
     results: list[dict[str, Any]] = []
+    shared = False
 
     with workspace_lock(repo, logger) if serialize else nullcontext():
         order = plan_stages(str(repo), stages)
@@ -264,9 +265,10 @@ def pipeline(
             if share_cache and results:
                 try:
                     share_results(str(repo), None, "", True)
+                    shared = True
                 except Exception as exc:  # results stay local; the run's own outcome stands
                     logger.warning("sharing through the DVC remote failed: %s", exc)
-    return {"repo": str(repo), "stages": results, "experiment": experiment, "host": where}
+    return {"repo": str(repo), "stages": results, "experiment": experiment, "host": where, "shared": shared}
 
 
 def main(argv: list[str] | None = None) -> int:

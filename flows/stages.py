@@ -225,7 +225,11 @@ def dag(repo: Path) -> tuple[list[str], list[tuple[str, str]]]:
 def stage_order(repo: Path, targets: Sequence[str] | None = None) -> list[str]:
     """The stages ``dvc repro <targets>`` runs (all without targets), each after the ones it depends
     on, ties in DVC's order; the graph is DVC's (``dvc dag``)."""
-    stages, edges = dag(repo)
+    return order_of(*dag(repo), targets)
+
+
+def order_of(stages: Sequence[str], edges: Sequence[tuple[str, str]], targets: Sequence[str] | None) -> list[str]:
+    """:func:`stage_order` in the graph ``stages``, ``edges`` (as :func:`dag` gives them)."""
     if unknown := [t for t in targets or [] if t not in stages]:
         problem = f"unknown stage(s) {', '.join(map(repr, unknown))}; the pipeline has: {', '.join(stages)}"
         raise DeterministicFailure("plan", [f"error: {problem}"])
@@ -245,7 +249,8 @@ def shared_stages(repo: Path, varied: Iterable[str], targets: Sequence[str] | No
     import dvc.api
 
     varied = [k.split(":", 1)[-1] for k in varied]
-    edges, order = dag(repo)[1], stage_order(repo, targets)
+    stages, edges = dag(repo)
+    order = order_of(stages, edges, targets)
     changed: set[str] = set()
     for stage in order:  # upstream first: downstream of a changed stage changes too
         with contextlib.chdir(repo):  # dvc.api reads params files relative to the working directory

@@ -5,12 +5,15 @@ pipeline or starts a server without its mark fails."""
 
 from __future__ import annotations
 
+import atexit
 import fcntl
+import functools
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -194,14 +197,35 @@ def copy_project(repo: Path) -> Path:
     return repo
 
 
+@functools.cache
+def _empty_git_dvc_repo() -> Path:
+    """What ``git init`` and ``dvc init`` (analytics off) make in an empty folder, made once per process:
+    each ``dvc`` command costs about a second of interpreter start, and a test run makes dozens of repos."""
+    folder = Path(tempfile.mkdtemp(prefix="git-dvc-init-"))
+    atexit.register(shutil.rmtree, folder, True)
+    run(["git", "init", "-q"], cwd=folder)
+    dvc("init", "-q", cwd=folder)
+    dvc("config", "core.analytics", "false", cwd=folder)
+    return folder
+
+
+def init_git_dvc(repo: Path) -> Path:
+    """Make ``repo`` a git + DVC repository, as ``git init`` then ``dvc init`` would (files already there, such as
+    a ``.dvcignore``, are kept)."""
+    made = _empty_git_dvc_repo()
+    for name in (".git", ".dvc"):
+        shutil.copytree(made / name, repo / name, ignore=shutil.ignore_patterns("tmp", "cache"))
+    if not (repo / ".dvcignore").exists():
+        shutil.copy2(made / ".dvcignore", repo / ".dvcignore")
+    return repo
+
+
 def make_dvc_repo(repo: Path, fixture_archive: tuple[Path, str]) -> Path:
     """A new git + DVC repo at ``repo`` holding this project's pipeline, pointed at the fixture archive."""
     copy_project(repo)
     archive, sha = fixture_archive
     set_params(repo, data={"url": str(archive), "sha256": sha})
-    run(["git", "init", "-q"], cwd=repo)
-    dvc("init", "-q", cwd=repo)
-    dvc("config", "core.analytics", "false", cwd=repo)
+    init_git_dvc(repo)
     run(["git", "add", "-A"], cwd=repo)
     run(["git", "-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "-qm", "init"], cwd=repo)
     return repo

@@ -225,7 +225,8 @@ def nightly(
             else:
                 experiment = f"{prefix}{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
                 save_experiment(str(ws), experiment)
-                share_results(str(ws), experiment, "origin", remote)
+                # The pipeline has pushed the outputs and run-cache the experiment refers to: only its git ref goes.
+                share_results(str(ws), experiment, "origin", remote and not run["shared"])
                 pushed_to = f"{url} and the DVC remote" if remote else url
             context = dict(
                 run_name=run_name,

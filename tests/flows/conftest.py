@@ -1,6 +1,6 @@
-"""Fixtures for the Prefect flow tests: a temporary Prefect backend, a real Prefect server (basic
-authentication on, as a team runs it) with a process worker, a download server that misbehaves on
-purpose, and helpers that read back what a flow run recorded."""
+"""Fixtures for the Prefect flow tests: a real Prefect server (basic authentication on, as a team runs it),
+also the API of flows called in the test process, with a process worker; a download server that misbehaves
+on purpose; and helpers that read back what a flow run recorded."""
 
 from __future__ import annotations
 
@@ -37,19 +37,7 @@ WITH_SIGINT = [
 ]
 
 
-# -- a temporary Prefect backend ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def prefect_harness() -> Iterator[str]:
-    """``prefect_test_harness``: a throwaway API on SQLite for the whole session; yields its URL."""
-    require_mark("server", "starts the Prefect test harness")
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=90):
-        yield PREFECT_API_URL.value()
-
+# -- reading back what a run recorded ----------------------------------------------------------------
 
 #: The auth string of each real server this session started, by API URL.
 AUTH: dict[str, str] = {}
@@ -57,7 +45,7 @@ AUTH: dict[str, str] = {}
 
 def client(api: str | None = None):
     """A sync Prefect client: for the server at ``api`` (with its auth string), else for the current
-    settings (the harness)."""
+    settings (:func:`prefect_api`)."""
     from prefect.client.orchestration import SyncPrefectClient, get_client
 
     return SyncPrefectClient(api=api, auth_string=AUTH.get(api)) if api else get_client(sync_client=True)
@@ -200,7 +188,7 @@ class PrefectServer:
         return proc
 
     def client(self):
-        """A sync client bound to this server (not to the session's harness)."""
+        """A sync client bound to this server."""
         return client(self.url)
 
 
@@ -234,6 +222,19 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
         yield server
     finally:
         stop(server.proc, signal.SIGTERM, 20)
+
+
+@pytest.fixture(scope="session")
+def prefect_api(prefect_server: PrefectServer) -> Iterator[PrefectServer]:
+    """The session's real server as this process's Prefect API too, so flows called here in the test report to
+    it (one server per worker: a second backend would cost its start and its background services' CPU)."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: prefect_server.url, PREFECT_API_AUTH_STRING: prefect_server.auth}):
+        try:
+            yield prefect_server
+        finally:
+            flush_logs()  # while the server is still up
 
 
 def add_flow_files(repo: Path) -> None:

@@ -1,5 +1,5 @@
 """The flows' command lines given bad input: one ``error:`` line, exit status 2, no traceback, and the
-Prefect run still recorded as Failed (against the test harness's API)."""
+Prefect run still recorded as Failed (on the session's real Prefect server)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from flows.cli import error_line, run_flow
 from flows.stages import DeterministicFailure, TransientFailure
 from tests.conftest import REPO
-from tests.flows.conftest import client, env_with
+from tests.flows.conftest import PrefectServer, client
 
 
 def test_the_error_line_is_the_stages_own_where_there_is_one() -> None:
@@ -44,26 +44,26 @@ def last_flow_run_state(api: str):
     ],
 )
 def test_python_m_flows_pipeline_refuses_bad_input_in_one_line(
-    args: list[str], error: str, dvc_repo: Path, prefect_harness: str
+    args: list[str], error: str, dvc_repo: Path, prefect_api: PrefectServer
 ) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "flows.pipeline", "--repo-dir", str(dvc_repo), "--no-serialize", *args],
         cwd=REPO,
-        env=env_with(PREFECT_API_URL=prefect_harness),
+        env=prefect_api.env(),
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 2, done.stderr[-3000:]
     assert "Traceback" not in done.stderr and done.stderr.rstrip().splitlines()[-1].startswith(error), done.stderr
-    state = last_flow_run_state(prefect_harness)
+    state = last_flow_run_state(prefect_api.url)
     assert state.is_failed() and error.removeprefix("error: ") in state.message, state
     assert not (dvc_repo / "data").exists()  # refused before any stage ran
 
 
 @pytest.mark.server
 def test_the_commands_keep_analytics_off_unless_the_environment_says_otherwise(
-    monkeypatch: pytest.MonkeyPatch, prefect_harness: str
+    monkeypatch: pytest.MonkeyPatch, prefect_api: PrefectServer
 ) -> None:
     """As ``make`` does: a user who runs ``python -m flows.pipeline`` outside it gets no analytics either,
     from the temporary Prefect server included."""

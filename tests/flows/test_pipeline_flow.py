@@ -1,4 +1,4 @@
-"""The flow against a temporary Prefect backend (``prefect_test_harness``) on the fixture pipeline.
+"""The flow, called here, against the session's real Prefect server (``prefect_api``) on the fixture pipeline.
 
 Each test runs the real flow: real ``dvc repro`` per stage, real retries, real artifacts and logs
 read back from the Prefect API. Stage subsets (``stages=["validate"]`` and its upstream) keep the
@@ -23,10 +23,10 @@ import yaml
 
 from flows.pipeline import ARTIFACT_SUMMARY, pipeline
 from tests.cifar_archive import make_archive, make_batch
-from tests.conftest import REPO, dvc, run, set_params
-from tests.flows.conftest import ArchiveServer, artifacts, env_with, logs, stage_runs, task_runs
+from tests.conftest import REPO, dvc, init_git_dvc, run, set_params
+from tests.flows.conftest import ArchiveServer, PrefectServer, artifacts, logs, stage_runs, task_runs
 
-pytestmark = [pytest.mark.server, pytest.mark.e2e, pytest.mark.usefixtures("prefect_harness")]
+pytestmark = [pytest.mark.server, pytest.mark.e2e, pytest.mark.usefixtures("prefect_api")]
 DATA_STAGES = ["download", "preprocess", "validate"]
 
 
@@ -115,8 +115,7 @@ def test_crashed_stage_is_retried(tmp_path: Path) -> None:
     """A stage process killed by a signal (OOM killer, a dying node) counts as transient."""
     repo = tmp_path / "tiny"
     repo.mkdir()
-    run(["git", "init", "-q"], cwd=repo)
-    dvc("init", "-q", cwd=repo)
+    init_git_dvc(repo)
     (repo / "crash_once.py").write_text(
         "import os, pathlib, signal\n"
         "mark = pathlib.Path('.attempted')\n"
@@ -220,13 +219,13 @@ def test_share_cache_through_a_local_remote(dvc_repo: Path, tmp_path: Path) -> N
     assert "is cached - skipping run" in logs(run_id)
 
 
-def test_killed_run_restarts_where_it_stopped(dvc_repo: Path, prefect_harness: str) -> None:
+def test_killed_run_restarts_where_it_stopped(dvc_repo: Path, prefect_api: PrefectServer) -> None:
     """Kill the whole flow process tree mid-validate (a worker host dying), then run again:
     the finished stages are skipped and only the interrupted one runs."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "flows.pipeline", "--repo-dir", str(dvc_repo), "--stages", "validate", "--no-serialize"],
         cwd=REPO,
-        env=env_with(PREFECT_API_URL=prefect_harness, PREFECT_LOGGING_LEVEL="INFO"),
+        env=prefect_api.env(PREFECT_LOGGING_LEVEL="INFO"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

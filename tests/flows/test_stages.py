@@ -30,13 +30,12 @@ from flows.stages import (
 )
 from tasks.core import devices
 from tasks.core.errors import DeviceError
-from tests.conftest import dvc, run
+from tests.conftest import init_git_dvc, run
 
 
 def test_stage_order_and_upstream_come_from_dvc(tmp_path: Path) -> None:
     """A stage added to dvc.yaml joins the order, foreach stages included; nothing is hard-coded."""
-    run(["git", "init", "-q"], cwd=tmp_path)
-    dvc("init", "-q", cwd=tmp_path)
+    init_git_dvc(tmp_path)
     stages = {
         "join": {"cmd": "cat x.txt y.txt > j.txt", "deps": ["x.txt", "y.txt"], "outs": ["j.txt"]},
         "make": {"cmd": "echo a > a.txt", "outs": ["a.txt"]},
@@ -305,8 +304,7 @@ def test_interrupting_run_dvc_stops_the_stage_too(tmp_path: Path) -> None:
     """Ctrl-C semantics: DVC ignores SIGINT while its stage runs, so the stage must get it as well."""
     import signal
 
-    run(["git", "init", "-q"], cwd=tmp_path)
-    dvc("init", "-q", cwd=tmp_path)
+    init_git_dvc(tmp_path)
     nap = f"sleep 60.{time.time_ns() % 10**6}"  # a command line no other process has
     (tmp_path / "dvc.yaml").write_text(
         yaml.safe_dump(

@@ -27,7 +27,7 @@ import pytest
 
 from tests.conftest import REPO, TINY, TrainedPipeline, commit_all, dvc, run, tiny_training
 from tests.s3_server import S3Server, credentials_env
-from tests.flows.conftest import PREFECT, WITH_SIGINT, PrefectServer, artifacts, env_with, logs, stop
+from tests.flows.conftest import PREFECT, WITH_SIGINT, PrefectServer, artifacts, logs, stop
 
 pytestmark = [pytest.mark.server, pytest.mark.e2e]
 
@@ -246,7 +246,7 @@ def test_tiny_sweep_over_two_workers_shares_stages_and_compares(
     print(f"\ntiny sweep (4 experiments + 2 failing + shared stages) over 2 workers: {first_wall:.0f} s")
 
 
-def test_local_sweep_runs_here_skips_on_rerun_and_refuses_a_bad_key(dvc_repo: Path, prefect_harness: str) -> None:
+def test_local_sweep_runs_here_skips_on_rerun_and_refuses_a_bad_key(dvc_repo: Path, prefect_api: PrefectServer) -> None:
     """``executor="local"`` (``python -m flows.sweep --local``): the experiments run one after
     another in this process, still each in its own workspace; a rerun starts nothing; a sweep file with
     an override key DVC would refuse is refused whole, in one line, before anything runs."""
@@ -273,7 +273,7 @@ def test_local_sweep_runs_here_skips_on_rerun_and_refuses_a_bad_key(dvc_repo: Pa
         return subprocess.run(
             [sys.executable, "-m", "flows.sweep", sweep, "--local", "--repo-dir", str(dvc_repo)],
             cwd=REPO,
-            env=env_with(PREFECT_API_URL=prefect_harness),
+            env=prefect_api.env(),
             capture_output=True,
             text=True,
             timeout=300,
