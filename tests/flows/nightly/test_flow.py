@@ -246,7 +246,7 @@ def test_the_deployment_carries_its_schedule_and_its_crash_trigger(team: Team) -
     assert "cifar10-nightly zombie detection" in created.stdout
 
 
-def test_runs_are_recorded_compared_and_failures_alerted(team: Team, tmp_path: Path) -> None:
+def test_runs_are_recorded_promoted_and_an_unchanged_rerun_records_nothing(team: Team, tmp_path: Path) -> None:
     first = team.start()
     done = team.finished(first)
     assert done.state.is_completed(), team.explain(first)
@@ -285,63 +285,21 @@ def test_runs_are_recorded_compared_and_failures_alerted(team: Team, tmp_path: P
     )
     assert fetched.stat().st_size > 0
 
-    changed = team.push("alexnet: lower peak learning rate", alexnet={"learning_rate": 0.01})
-    second = team.start()
-    assert team.finished(second).state.is_completed(), team.explain(second)
-    exp2 = next(e for e in team.experiments() if e != exp1)
-    md = team.summary(second)
-    assert f"**{exp1}**" in md and changed[:7] in md and "alexnet: lower peak learning rate" in md, md
-    assert "(updated)" in md and "stashed" not in md, md  # the first run's results were recorded: nothing to keep
-    assert "| alexnet | v0.1.0 |" in md and "| vgg16 | none assigned |" in md, md  # prod as the person left it
-    params_section = md.split("## Params changed")[1].split("##")[0]
-    assert "alexnet.learning_rate" in params_section and "0.02" in params_section and "0.01" in params_section, md
-    assert "| alexnet |" in md and " pp |" in md, md
-    assert "metrics/evaluate.json" in md.split("## Metrics changed")[1], md
-    outcomes = {name: r.state.is_completed() for name, r in stage_runs(second, team.server.url).items()}
-    assert all(outcomes.values()), outcomes
-    assert "| train_alexnet | ran |" in md and "| preprocess | ran |" not in md, md
-
-    third = team.start()
-    assert team.finished(third).state.is_completed(), team.explain(third)
-    md = team.summary(third)
-    assert "**Nothing changed** since the last recorded run" in md and f"**{exp2}**" in md, md
+    again = team.start()  # the same commit, nothing to run
+    assert team.finished(again).state.is_completed(), team.explain(again)
+    md = team.summary(again)
+    assert "**Nothing changed** since the last recorded run" in md and f"**{exp1}**" in md, md
     assert "| ran |" not in md, md
-    assert team.experiments() == sorted([exp1, exp2])
-
-    # A reviewer's clone, credentials in its own .dvc/config.local: pull last night's experiments (their
-    # models come from the bucket) and compare them.
-    reviewer = tmp_path / "reviewer"
-    run(["git", "clone", "-q", str(team.bare), str(reviewer)], cwd=tmp_path)
-    dvc("remote", "modify", "--local", "storage", "access_key_id", team.s3.access_key, cwd=reviewer)
-    dvc("remote", "modify", "--local", "storage", "secret_access_key", team.s3.secret_key, cwd=reviewer)
-    dvc("exp", "pull", "origin", exp1, exp2, cwd=reviewer)
-    shown = dvc("exp", "show", "-A", "--csv", "--drop", "data.*|validate.*|vgg16.*", cwd=reviewer).stdout
-    assert exp1 in shown and exp2 in shown, shown
-    diff = dvc("metrics", "diff", exp1, exp2, "--md", cwd=reviewer).stdout
-    # The commit's change, and the evaluation of both runs (the tiny models' test accuracy may well tie).
-    lr_row = next((line for line in diff.splitlines() if "| learning_rate " in line), "")
-    assert "0.02" in lr_row and "0.01" in lr_row, diff
-    assert "metrics/evaluate.json" in diff and "alexnet." in diff, diff
-    print(f"\nreviewer's dvc exp show -A --csv (narrowed):\n{shown}\ndvc metrics diff {exp1} {exp2}:\n{diff}")
-    dvc("exp", "apply", exp2, cwd=reviewer)  # the second run's model, from the reviewer's cache alone
-    assert (reviewer / "models/alexnet.keras").stat().st_size > 0
-
-    team.push("a bad param", alexnet={"optimizer": "adamm"})
-    fourth = team.start()
-    failed = team.finished(fourth)
-    assert failed.state.is_failed(), team.explain(fourth)
-    assert stage_runs(fourth, team.server.url) == {}  # refused before any stage: DVC removed no output
-    assert (team.workspace / "models/alexnet.keras").is_file()
-    note = team.receiver.notice(failed.name)  # from the alert automation
-    assert "cifar10-nightly" in note and "Failed" in note and str(fourth) in note, note
-    assert "params failed (not retried): error: params.yaml: 'alexnet.optimizer'" in note, note
+    assert team.experiments() == [exp1]
 
 
-def test_a_killed_run_restarts_by_itself_resumes_and_stops_after_n_crashes(team: Team) -> None:
-    recorded = set(team.experiments())
-    team.push(
-        "longer training, so there is time to kill it",
-        alexnet={"epochs": 12, "warmup_epochs": 1, "optimizer": "sgd"},  # and the bad param fixed
+def test_a_killed_run_restarts_by_itself_resumes_is_compared_and_stops_after_n_crashes(
+    team: Team, tmp_path: Path
+) -> None:
+    [exp1] = team.experiments()
+    changed = team.push(
+        "alexnet: lower peak learning rate, longer training",
+        alexnet={"learning_rate": 0.01, "epochs": 12, "warmup_epochs": 1},  # 12 epochs: time to kill it
     )
     first = team.start()
     state = team.workspace / "checkpoints" / "alexnet" / "state.json"
@@ -363,12 +321,42 @@ def test_a_killed_run_restarts_by_itself_resumes_and_stops_after_n_crashes(team:
     assert done.state.is_completed(), team.explain(restart.id)
     meta = json.loads((team.workspace / "models/alexnet.meta.json").read_text())
     assert meta["resumed_from_epochs"] and meta["resumed_from_epochs"][0] >= 1, meta
-    [exp] = set(team.experiments()) - recorded
-    assert exp in team.summary(restart.id)
+    [exp2] = set(team.experiments()) - {exp1}
     note = team.receiver.notice(team.flow_run(first).name)  # the crash, from the alert automation
     assert "Crashed" in note and str(first) in note, note
     restarted = logs(restart.id, team.server.url)
     assert "crashed in stage train_alexnet" in restarted and "restart 1 of at most 1" in restarted, restarted[-3000:]
+
+    # The restart's record, against the last recorded run and against prod as the person left it.
+    md = team.summary(restart.id)
+    assert f"Recorded as DVC experiment **{exp2}**" in md and f"**{exp1}**" in md, md
+    assert changed[:7] in md and "alexnet: lower peak learning rate" in md and "stashed" not in md, md
+    assert "| alexnet | v0.1.0 |" in md and "| vgg16 | none assigned |" in md, md
+    params_section = md.split("## Params changed")[1].split("##")[0]
+    assert "alexnet.learning_rate" in params_section and "0.02" in params_section and "0.01" in params_section, md
+    assert "| alexnet |" in md and " pp |" in md, md
+    assert "metrics/evaluate.json" in md.split("## Metrics changed")[1], md
+    outcomes = {name: r.state.is_completed() for name, r in stage_runs(restart.id, team.server.url).items()}
+    assert all(outcomes.values()), outcomes
+    assert "| train_alexnet | ran |" in md and "| preprocess | ran |" not in md, md
+
+    # A reviewer's clone, credentials in its own .dvc/config.local: pull the recorded experiments (their
+    # models come from the bucket) and compare them.
+    reviewer = tmp_path / "reviewer"
+    run(["git", "clone", "-q", str(team.bare), str(reviewer)], cwd=tmp_path)
+    dvc("remote", "modify", "--local", "storage", "access_key_id", team.s3.access_key, cwd=reviewer)
+    dvc("remote", "modify", "--local", "storage", "secret_access_key", team.s3.secret_key, cwd=reviewer)
+    dvc("exp", "pull", "origin", exp1, exp2, cwd=reviewer)
+    shown = dvc("exp", "show", "-A", "--csv", "--drop", "data.*|validate.*|vgg16.*", cwd=reviewer).stdout
+    assert exp1 in shown and exp2 in shown, shown
+    diff = dvc("metrics", "diff", exp1, exp2, "--md", cwd=reviewer).stdout
+    # The commit's change, and the evaluation of both runs (the tiny models' test accuracy may well tie).
+    lr_row = next((line for line in diff.splitlines() if "| learning_rate " in line), "")
+    assert "0.02" in lr_row and "0.01" in lr_row, diff
+    assert "metrics/evaluate.json" in diff and "alexnet." in diff, diff
+    print(f"\nreviewer's dvc exp show -A --csv (narrowed):\n{shown}\ndvc metrics diff {exp1} {exp2}:\n{diff}")
+    dvc("exp", "apply", exp2, cwd=reviewer)  # the restarted run's model, from the reviewer's cache alone
+    assert (reviewer / "models/alexnet.keras").stat().st_size > 0
 
     # Crash twice in a row: one restart, then the next refuses.
     second = team.start()
@@ -383,3 +371,15 @@ def test_a_killed_run_restarts_by_itself_resumes_and_stops_after_n_crashes(team:
     # Failed is no crash: the automation (Crashed only, as the deployment test shows) starts nothing after it.
     assert not [r for r in team.runs() if str(last.id) in (r.parameters.get("restart_of") or "")]
     assert "2 crashes in a row" in team.receiver.notice(refused.name)
+
+
+def test_a_bad_param_is_refused_before_any_stage_and_the_alert_carries_its_error_line(team: Team) -> None:
+    team.push("a bad param", alexnet={"optimizer": "adamm"})
+    run_id = team.start()
+    failed = team.finished(run_id)
+    assert failed.state.is_failed(), team.explain(run_id)
+    assert stage_runs(run_id, team.server.url) == {}  # refused before any stage: DVC removed no output
+    assert (team.workspace / "models/alexnet.keras").is_file()
+    note = team.receiver.notice(failed.name)  # from the alert automation
+    assert "cifar10-nightly" in note and "Failed" in note and str(run_id) in note, note
+    assert "params failed (not retried): error: params.yaml: 'alexnet.optimizer'" in note, note
