@@ -38,7 +38,7 @@ def test_no_gpu_details_on_a_cpu_only_host(backend: str) -> None:
 def test_cpu_only_host_is_told_the_defaults_are_sized_for_a_gpu(capsys: pytest.CaptureFixture[str]) -> None:
     devices.main([])  # python -m tasks.core.devices
     out = capsys.readouterr()
-    assert out.out.startswith(f"training devices: keras backend {keras.backend.backend()}: CPU:0")
+    assert out.out.lower().startswith(f"training devices: keras backend {keras.backend.backend()}: cpu:0")
     assert "sized for a GPU" in out.err and "make pipeline FULL=1" in out.err
     with pytest.raises(SystemExit) as asked:
         devices.main(["--has-gpu"])  # what `make pipeline` asks
