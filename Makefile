@@ -44,10 +44,13 @@ $(UV):
 		|| (cat $(VENV)/pip.log; exit 1)
 
 # Exactly the versions in uv.lock for EXTRAS (packages outside it are removed); --locked refuses a lock that
-# no longer matches pyproject.toml (run `make lock` after editing its dependencies).
+# no longer matches pyproject.toml (run `make lock` after editing its dependencies). --compile-bytecode writes
+# every package's .pyc files now: uv leaves them out by default, and where PYTHONDONTWRITEBYTECODE is set (many
+# container images set it) nothing writes them later, so each stage process would compile TensorFlow's Python
+# again before it trains a step.
 ifeq ($(WHEELHOUSE),)
 $(VENV)/.setup-stamp: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --locked --quiet $(UV_EXTRAS)
+	$(UV) sync --locked --quiet --compile-bytecode $(UV_EXTRAS)
 	touch $@
 else
 # Offline, from a folder `make wheelhouse` filled: no index at all. Where the wheelhouse left packages to the
