@@ -318,6 +318,16 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         return ops.cast(y, self.compute_dtype)
 
 
+def averaged_views(model: Any, views: list[Any], weights: list[float]) -> Any:
+    """The weighted sum of ``model``'s outputs for each of ``views`` (batches of the same images), from one
+    call on all of them stacked: one copy of the network in a traced or exported graph instead of one
+    per view. Inference only, where a batch's images do not affect each other."""
+    outputs = model(ops.concatenate(views, axis=0), training=False)
+    per_view = ops.reshape(outputs, (len(views), -1, *outputs.shape[1:]))
+    weight = ops.reshape(ops.convert_to_tensor(weights, dtype=outputs.dtype), (len(views), 1, 1))
+    return ops.sum(per_view * weight, axis=0)
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class TestTimeFlip(keras.layers.Wrapper):
     """Test-time augmentation: at inference, the wrapped model's class probabilities for an image
@@ -330,8 +340,7 @@ class TestTimeFlip(keras.layers.Wrapper):
     def call(self, inputs: Any, training: bool | None = None) -> Any:
         if training:
             return self.layer(inputs, training=True)
-        mirrored = ops.flip(inputs, axis=2)  # NHWC: axis 2 is the image's width
-        return (self.layer(inputs, training=False) + self.layer(mirrored, training=False)) / 2.0
+        return averaged_views(self.layer, [inputs, ops.flip(inputs, axis=2)], [0.5, 0.5])  # NHWC: axis 2 is width
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         return self.layer.compute_output_shape(input_shape)
@@ -352,12 +361,9 @@ class TestTimeFlipTranslate(keras.layers.Wrapper):
             return self.layer(inputs, training=True)
         h, w = inputs.shape[1], inputs.shape[2]
         padded = ops.pad(inputs, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="reflect")
-
-        def both(view: Any) -> Any:  # NHWC: axis 2 is the image's width
-            return self.layer(view, training=False) + self.layer(ops.flip(view, axis=2), training=False)
-
-        shifted = both(padded[:, :h, :w]) + both(padded[:, 2 : h + 2, 2 : w + 2])
-        return both(inputs) / 4.0 + shifted / 8.0
+        views = [inputs, padded[:, :h, :w], padded[:, 2 : h + 2, 2 : w + 2]]
+        views = [v for view in views for v in (view, ops.flip(view, axis=2))]  # NHWC: axis 2 is the width
+        return averaged_views(self.layer, views, [0.25, 0.25, 0.125, 0.125, 0.125, 0.125])
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         return self.layer.compute_output_shape(input_shape)
