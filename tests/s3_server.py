@@ -88,7 +88,7 @@ class S3Server:
         return self.client().find(prefix)
 
     def stop(self) -> None:
-        """SIGKILL: the store is thrown away with its folder, and weed spends 25 s over a SIGTERM."""
+        """SIGKILL: the store is thrown away with its folder, and weed is slow to stop on a SIGTERM."""
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
