@@ -200,7 +200,7 @@ def copy_project(repo: Path) -> Path:
 @functools.cache
 def _empty_git_dvc_repo() -> Path:
     """What ``git init`` and ``dvc init`` (analytics off) make in an empty folder, made once per process:
-    each ``dvc`` command costs about a second of interpreter start, and a test run makes dozens of repos."""
+    each ``dvc`` command pays an interpreter's start, and a test run makes dozens of repos."""
     folder = Path(tempfile.mkdtemp(prefix="git-dvc-init-"))
     atexit.register(shutil.rmtree, folder, True)
     run(["git", "init", "-q"], cwd=folder)
