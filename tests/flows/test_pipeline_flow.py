@@ -8,12 +8,8 @@ tests fast whatever training stages dvc.yaml grows.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,8 +19,8 @@ import yaml
 
 from flows.pipeline import ARTIFACT_SUMMARY, pipeline
 from tests.cifar_archive import make_archive, make_batch
-from tests.conftest import REPO, dvc, init_git_dvc, run, set_params
-from tests.flows.conftest import ArchiveServer, PrefectServer, artifacts, logs, stage_runs, task_runs
+from tests.conftest import dvc, init_git_dvc, run, set_params
+from tests.flows.conftest import ArchiveServer, artifacts, logs, stage_runs, task_runs
 
 pytestmark = [pytest.mark.server, pytest.mark.e2e, pytest.mark.usefixtures("prefect_api")]
 DATA_STAGES = ["download", "preprocess", "validate"]
@@ -217,37 +213,3 @@ def test_share_cache_through_a_local_remote(dvc_repo: Path, tmp_path: Path) -> N
     ]
     assert (other / "reports/validation.json").read_text() == (dvc_repo / "reports/validation.json").read_text()
     assert "is cached - skipping run" in logs(run_id)
-
-
-def test_killed_run_restarts_where_it_stopped(dvc_repo: Path, prefect_api: PrefectServer) -> None:
-    """Kill the whole flow process tree mid-validate (a worker host dying), then run again:
-    the finished stages are skipped and only the interrupted one runs."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.pipeline", "--repo-dir", str(dvc_repo), "--stages", "validate", "--no-serialize"],
-        cwd=REPO,
-        env=prefect_api.env(PREFECT_LOGGING_LEVEL="INFO"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    seen = []
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            seen.append(line)
-            if "Running stage 'validate'" in line:
-                break
-        else:
-            pytest.fail("validate never started:\n" + "".join(seen[-40:]))
-        time.sleep(0.5)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    lock = yaml.safe_load((dvc_repo / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"download", "preprocess"}
-
-    state, _, _ = run_flow(dvc_repo, stages=["validate"], serialize=False)
-    assert state.is_completed(), state.message
-    assert outcomes(state) == {"download": "skipped", "preprocess": "skipped", "validate": "ran"}
-    assert "up to date" in dvc("status", *DATA_STAGES, cwd=dvc_repo).stdout.lower()
