@@ -20,7 +20,6 @@ from contextlib import chdir, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -34,7 +33,7 @@ from flows.stages import DeterministicFailure, outcomes, push_uncached_outputs
 from flows.stages import markdown_diff, read_lock, retry_unless_deterministic, run_dvc, stage_order
 from flows.summary import REPORT, pipeline_summary
 from tasks.core.errors import ParamsError
-from tasks.core.params import check_sections
+from tasks.core.params import check_sections, read_params
 from tasks.core.paths import EVALUATE_METRICS, MODELS, PARAMS
 from tools.overrides import applied, check_overrides, override_files
 
@@ -71,6 +70,10 @@ def report_host(require_gpu: bool) -> dict[str, Any]:
 @task(name="plan", **QUIET)
 def plan_stages(repo: str, stages: list[str] | None) -> list[str]:
     """The stages to run, upstream first, as ``dvc dag`` draws the pipeline."""
+    try:  # DVC reads it to draw the graph, and would call a broken file a failure to retry
+        read_params(Path(repo) / PARAMS)
+    except ParamsError as exc:
+        raise DeterministicFailure("params", [f"error: {exc}"]) from None
     order = stage_order(Path(repo), stages)
     get_run_logger().info("stages to run, in order: %s", " -> ".join(order))
     return order
@@ -87,7 +90,7 @@ def check_params(repo: str, order: list[str], set_params: list[str]) -> None:
     try:
         with chdir(root):  # dvc.api reads params files relative to the working directory
             sections = list(dvc.api.params_show(stages=order))
-        check_sections(applied(yaml.safe_load((root / PARAMS).read_text()) or {}, set_params), sections, PARAMS)
+        check_sections(applied(read_params(root / PARAMS) or {}, set_params), sections, PARAMS)
     except ParamsError as exc:
         raise DeterministicFailure("params", [f"error: {exc}"]) from None
     except Exception as exc:  # an unreadable file: each stage reports its own problem when it starts

@@ -279,18 +279,23 @@ def _explain(model: type[_Section], error: ErrorDetails) -> tuple[str, str]:
     return key, words.get(kind) or f"{error['msg'][0].lower()}{error['msg'][1:]}, got {got}"
 
 
-def load_section(name: str, path: str | Path = PARAMS) -> dict[str, Any]:
-    """Read one top-level section of the params file as a plain dict."""
+def read_params(path: str | Path = PARAMS) -> Any:
+    """The params file parsed; a :class:`ParamsError` saying what is wrong where it is missing, is not
+    YAML or names a key twice."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
         refuse_duplicate_keys(path, yaml.compose(text, Loader=yaml.SafeLoader))
-        doc = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found (run from the repository root)") from None
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
-    return section_of(doc, name, path)
+
+
+def load_section(name: str, path: str | Path = PARAMS) -> dict[str, Any]:
+    """Read one top-level section of the params file as a plain dict."""
+    return section_of(read_params(path), name, path)
 
 
 def section_of(doc: Any, name: str, path: str | Path = PARAMS) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from flows.pipeline import ARTIFACT_SUMMARY, pipeline
+from flows.stages import DeterministicFailure
 from tests.cifar_archive import make_archive, make_batch
 from tests.conftest import dvc, init_git_dvc, run, set_params
 from tests.flows.conftest import ArchiveServer, artifacts, logs, stage_runs, task_runs
@@ -147,6 +148,19 @@ def test_require_gpu_fails_fast_before_any_stage(dvc_repo: Path, no_gpu: None) -
     assert stage_runs(run_id) == {}
     assert not (dvc_repo / "data").exists()
     print(f"\nrequire_gpu on a CPU host failed after {seconds:.1f} s")
+
+
+def test_a_params_file_that_is_not_yaml_is_refused_before_any_stage(dvc_repo: Path) -> None:
+    """DVC cannot draw the graph from a broken params.yaml either; the plan says why, once, not to be retried."""
+    params = dvc_repo / "params.yaml"
+    params.write_text(params.read_text().replace("seed: 42", "seed: [42", 1))
+    state, run_id, _ = run_flow(dvc_repo, stages=["validate"])
+    assert state.is_failed()
+    refusal = state.result(raise_on_failure=False)
+    assert isinstance(refusal, DeterministicFailure), refusal
+    assert refusal.errors[0].startswith(f"error: {params}: not valid YAML: while parsing a flow sequence"), refusal
+    assert stage_runs(run_id) == {}
+    assert not (dvc_repo / "data").exists()
 
 
 def test_set_params_runs_a_named_experiment_and_restores_params(dvc_repo: Path) -> None:
