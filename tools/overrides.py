@@ -11,6 +11,7 @@ and a measured one cannot drift apart.
 from __future__ import annotations
 
 import copy
+import difflib
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -74,14 +75,22 @@ def override_problem(params_text: str | None, item: str) -> str | None:
     except yaml.YAMLError as exc:
         return f"{path} is not valid YAML: {exc}"
     bare = key.lstrip("+~")
-    for part in bare.split("."):
+    parts = bare.split(".")
+    missing: tuple[int, Any] | None = None  # the first part not there, and the mapping it is not in
+    for i, part in enumerate(parts):
+        if missing is None and (not isinstance(node, dict) or part not in node):
+            missing = (i, node)
         node = node.get(part, KeyError) if isinstance(node, dict) else KeyError
     if key.startswith("++"):
         return None
     if key.startswith("+") and node is not KeyError:
         return f"could not add {bare!r} to {path}: it is already there (override it with {bare}={value})"
     if not key.startswith("+") and node is KeyError:
-        return f"could not override {bare!r} in {path}: no such key (add it with +{bare}={value})"
+        i, there = missing or (0, None)
+        near = difflib.get_close_matches(parts[i], [str(k) for k in there], n=1) if isinstance(there, dict) else []
+        meant = ".".join([*parts[:i], *near[:1], *parts[i + 1 :]])
+        hint = f"did you mean '{meant}'?" if near else f"add it with +{bare}={value}"
+        return f"could not override {bare!r} in {path}: no such key ({hint})"
     return None
 
 
@@ -115,7 +124,11 @@ def applied(doc: dict[str, Any], overrides: Sequence[str], file: str = "params.y
 def main() -> None:
     if len(sys.argv) != 2:
         raise ParamsError("usage: python -m tools.overrides configs/NAME.yaml")
-    print(" ".join(shlex.quote(f) for f in flags(load_overlay(sys.argv[1]))))
+    found = flags(load_overlay(sys.argv[1]))
+    params = Path("params.yaml")
+    if params.is_file() and (problems := check_overrides(lambda _: params.read_text(), found[1::2])):
+        raise ParamsError(f"{sys.argv[1]}: {'; '.join(problems)}")
+    print(" ".join(shlex.quote(f) for f in found))
 
 
 if __name__ == "__main__":

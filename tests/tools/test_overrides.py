@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -24,10 +25,17 @@ def test_a_config_becomes_set_param_flags() -> None:
     assert "-S alexnet.width=0.25" in done.stdout and "-S vgg16.weights=none" in done.stdout
 
 
-def test_bad_input_is_one_error_line_and_exit_2() -> None:
+def test_bad_input_is_one_error_line_and_exit_2(tmp_path: Path) -> None:
+    misspelt = tmp_path / "typo.yaml"
+    misspelt.write_text("alexnet:\n  learnin_rate: 0.1\n")
     for args, said in [
         (("configs/no-such.yaml",), "error: configs/no-such.yaml: cannot read the overlay"),
         ((), "error: usage: python -m tools.overrides configs/NAME.yaml"),
+        (
+            (str(misspelt),),
+            f"error: {misspelt}: could not override 'alexnet.learnin_rate' in params.yaml: no such key "
+            "(did you mean 'alexnet.learning_rate'?)",
+        ),
     ]:
         done = overrides(*args)
         assert done.returncode == 2 and done.stderr.startswith(said), done.stderr
@@ -44,6 +52,8 @@ def test_bad_input_is_one_error_line_and_exit_2() -> None:
         ("++data.seed=2", None),
         ("~data.seed", None),
         ("nokey.deeper=1", "could not override 'nokey.deeper'"),
+        ("data.limit_trian=5", "no such key (did you mean 'data.limit_train'?)"),
+        ("dta.seed=5", "no such key (did you mean 'data.seed'?)"),
         ("data.seed", "is not KEY=VALUE"),
     ],
 )
