@@ -276,10 +276,11 @@ def read_lock(repo: Path) -> dict[str, Any]:
 def outcomes(
     before: dict[str, Any], after: dict[str, Any], stages: Iterable[str], lines: Iterable[str]
 ) -> dict[str, str]:
-    """What a ``dvc repro`` / ``dvc exp run`` did to each stage: ``skipped`` when its ``dvc.lock``
-    entry did not change, ``restored`` when DVC took it from the run-cache, else ``ran``."""
+    """What a ``dvc repro`` / ``dvc exp run`` did to each stage: ``restored`` when DVC took it from the
+    run-cache (also where that put back outputs changed by hand and left ``dvc.lock`` as it was), else
+    ``skipped`` when its ``dvc.lock`` entry did not change, else ``ran``."""
     restored = {m.group("stage") for ln in lines if (m := _RESTORED.match(ln))}
-    return {s: "skipped" if before.get(s) == after.get(s) else "restored" if s in restored else "ran" for s in stages}
+    return {s: "restored" if s in restored else "skipped" if before.get(s) == after.get(s) else "ran" for s in stages}
 
 
 def uncached_outputs(repo: Path) -> list[str]:
