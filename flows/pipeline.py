@@ -275,14 +275,21 @@ def pipeline(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run the CIFAR-10 DVC pipeline as a Prefect flow.")
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.pipeline",
+        description="Run the CIFAR-10 DVC pipeline as a Prefect flow (parameters: docs/orchestration.md).",
+    )
     parser.add_argument("--stages", nargs="*", help="stages to run with their upstream (default: all)")
     parser.add_argument("-S", "--set-param", action="append", dest="set_params", help="as in dvc exp run -S")
-    parser.add_argument("--experiment-name")
-    parser.add_argument("--require-gpu", action="store_true")
-    parser.add_argument("--share-cache", action="store_true")
-    parser.add_argument("--repo-dir")
-    parser.add_argument("--no-serialize", dest="serialize", action="store_false")
+    parser.add_argument("--experiment-name", help="the DVC experiment's name with -S (default: the flow run's)")
+    parser.add_argument("--require-gpu", action="store_true", help="fail at once unless a GPU is usable")
+    parser.add_argument(
+        "--share-cache", action="store_true", help="pull from the default DVC remote before, push after"
+    )
+    parser.add_argument("--repo-dir", help="the DVC workspace (default: the working directory)")
+    parser.add_argument(
+        "--no-serialize", dest="serialize", action="store_false", help="do not queue behind other runs of the workspace"
+    )
     args = vars(parser.parse_args(argv))
     return run_flow(pipeline, **{**args, "stages": args["stages"] or None})[1]
 

@@ -247,10 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m flows.nightly", description="Run the nightly CIFAR-10 flow once, here."
     )
-    parser.add_argument("--branch", default="main")
-    parser.add_argument("--git-url")
-    parser.add_argument("--workspace")
-    parser.add_argument("--require-gpu", action="store_true")
+    parser.add_argument("--branch", default="main", help="the branch whose head runs (default: main)")
+    parser.add_argument("--git-url", help="the git remote to fetch it from (default: this checkout's origin)")
+    parser.add_argument("--workspace", help="the clone it runs in (default: .dvc/tmp/nightly/nightly)")
+    parser.add_argument("--require-gpu", action="store_true", help="fail at once unless a GPU is usable")
     parser.add_argument("--promote-staging", action="store_true", help="stage a run that beats prod")
     return run_flow(nightly, **vars(parser.parse_args(argv)))[1]
 
