@@ -33,9 +33,12 @@ def dvc_plots_json(revisions: list[str]) -> dict[str, list[dict[str, Any]]]:
     if proc.returncode != 0:
         raise StageError(f"dvc plots diff {' '.join(revisions)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
     try:
-        return json.loads(proc.stdout)["data"]
-    except (ValueError, KeyError):
-        raise StageError(f"dvc plots diff --json gave output this command cannot read: {proc.stdout[:200]!r}") from None
+        shown = json.loads(proc.stdout)
+    except ValueError:
+        shown = None
+    if not isinstance(shown, dict):
+        raise StageError(f"dvc plots diff --json gave output this command cannot read: {proc.stdout[:200]!r}")
+    return shown.get("data") or {}  # DVC prints {} where it finds no plots at all
 
 
 def file_name(plot_id: str) -> str:
@@ -68,7 +71,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rendered = render(dvc_plots_json(args.revisions))
     if not rendered:
-        raise StageError("dvc plots diff returned no plots: has the pipeline run (dvc repro)?")
+        where = ", ".join(args.revisions) if args.revisions else "the workspace or HEAD"
+        raise StageError(
+            f"dvc plots diff found no plots in {where}: the training stages have not run there, or their "
+            "results were not committed (git add dvc.lock dvclive; git commit) or fetched (dvc pull)"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     for _, name, _, png in rendered:
         with atomic_path(args.out / name) as tmp:

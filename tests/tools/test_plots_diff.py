@@ -1,14 +1,18 @@
-"""The offline ``dvc plots diff`` page, without DVC (tests/test_pipeline_review.py runs the command)."""
+"""The offline ``dvc plots diff`` page, without DVC but for an empty repo (tests/test_pipeline_review.py runs the
+command on a trained one)."""
 
 from __future__ import annotations
 
 import base64
 import re
+from pathlib import Path
 
 import jinja2
 import pytest
 
+from tasks.core.errors import StageError
 from tasks.reporting import templating
+from tests.conftest import init_git_dvc
 from tools import plots_diff
 
 
@@ -30,3 +34,11 @@ def test_page_embeds_every_plot_and_escapes_ids_and_revisions() -> None:
 def test_a_value_the_template_needs_but_is_not_given_fails_the_render() -> None:
     with pytest.raises(jinja2.UndefinedError):
         templating.render("plots_diff.html.j2", package="tools", plots=[])
+
+
+def test_revisions_without_plots_are_one_line_that_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    init_git_dvc(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StageError, match=r"found no plots in the workspace or HEAD: the training stages have not run"):
+        plots_diff.main([])
+    assert not (tmp_path / "reports").exists()
