@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 #: HTTP statuses worth another try: the server or a proxy is having a bad moment.
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+CANNOT_CONNECT = "cannot connect"
+#: What to do where the archive cannot be reached (the README's "No internet?").
+OFFLINE_HINT = "set data.url to a local copy of the archive and data.sha256 to its SHA-256"
 
 
 class _Transient(Exception):
@@ -78,7 +81,9 @@ def fetch(
             return dest
         except _Transient as exc:
             if attempt == attempts:
-                raise DownloadError(f"{url}: giving up after {attempts} attempts: {exc}") from None
+                offline = str(exc).startswith(CANNOT_CONNECT)
+                hint = f" (no network here? {OFFLINE_HINT})" if offline else ""
+                raise DownloadError(f"{url}: giving up after {attempts} attempts: {exc}{hint}") from None
             delay = backoff * 2 ** (attempt - 1)
             log.warning("attempt %d/%d failed (%s); retrying in %.1f s", attempt, attempts, exc, delay)
             time.sleep(delay)
@@ -101,7 +106,7 @@ def _copy_with_digest(url: str, tmp: Path, timeout: float, deadline: float) -> s
         raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise _Transient(f"cannot connect: {reason}") from None
+        raise _Transient(f"{CANNOT_CONNECT}: {reason}") from None
     with response:
         length = response.headers.get("Content-Length")
         total = int(length) if length and length.isdigit() else None

@@ -101,6 +101,17 @@ def test_gives_up_after_attempts(server: Server, tmp_path: Path) -> None:
     assert leftovers(tmp_path) == []
 
 
+def test_an_unreachable_host_gives_up_with_the_offline_setting(tmp_path: Path) -> None:
+    closed = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    port = closed.server_address[1]
+    closed.server_close()  # nothing listens there now: every attempt is refused
+    with pytest.raises(DownloadError) as raised:
+        fetch(f"http://127.0.0.1:{port}/cifar.tar.gz", tmp_path / "a.tar.gz", PAYLOAD_SHA, attempts=2, backoff=0.01)
+    said = str(raised.value)
+    assert "giving up after 2 attempts: cannot connect" in said and "set data.url to a local copy" in said, said
+    assert leftovers(tmp_path) == []
+
+
 def test_404_fails_at_once(server: Server, tmp_path: Path) -> None:
     server.status = 404
     with pytest.raises(DownloadError, match="HTTP 404"):
