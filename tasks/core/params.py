@@ -273,7 +273,8 @@ def _explain(model: type[_Section], error: ErrorDetails) -> tuple[str, str]:
         "float_type": f"must be a finite number{null}, got {got}",
         "finite_number": f"must be a finite number, got {got}",
         "bool_type": f"must be true or false{null}, got {got}",
-        "string_type": f"must be a string, got {got}",
+        "string_type": f"must be a string, got {got}"
+        + (" (YAML reads it as a number: put it in quotes)" if isinstance(error["input"], (int, float)) else ""),
         "literal_error": f"must be one of {_choices(model, key)}; got {got}",
     }
     return key, words.get(kind) or f"{error['msg'][0].lower()}{error['msg'][1:]}, got {got}"

@@ -62,7 +62,11 @@ BAD = {
     "a boolean for an integer": ("data", {"seed": True}, "'data.seed' must be an integer, got true"),
     "a string for a number": ("data", {"val_fraction": "x"}, "'data.val_fraction' must be a finite number, got 'x'"),
     "not finite": ("alexnet", {"learning_rate": float("nan")}, "'alexnet.learning_rate' must be a finite number"),
-    "a number for a string": ("data", {"url": 3}, "'data.url' must be a string, got 3"),
+    "a number for a string": (
+        "data",
+        {"sha256": 0},  # sha256: 0000 in YAML
+        "'data.sha256' must be a string, got 0 (YAML reads it as a number: put it in quotes)",
+    ),
     "not a boolean or null": (
         "vgg16",
         {"require_gpu": "yes"},
