@@ -71,7 +71,8 @@ def report_host(require_gpu: bool) -> dict[str, Any]:
 def plan_stages(repo: str, stages: list[str] | None) -> list[str]:
     """The stages to run, upstream first, as ``dvc dag`` draws the pipeline."""
     try:  # DVC reads it to draw the graph, and would call a broken file a failure to retry
-        read_params(Path(repo) / PARAMS)
+        if (Path(repo) / PARAMS).is_file():
+            read_params(Path(repo) / PARAMS)
     except ParamsError as exc:
         raise DeterministicFailure("params", [f"error: {exc}"]) from None
     order = stage_order(Path(repo), stages)
