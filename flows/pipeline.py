@@ -91,7 +91,8 @@ def check_params(repo: str, order: list[str], set_params: list[str]) -> None:
     try:
         with chdir(root):  # dvc.api reads params files relative to the working directory
             sections = list(dvc.api.params_show(stages=order))
-        check_sections(applied(read_params(root / PARAMS) or {}, set_params), sections, PARAMS)
+        doc = read_params(root / PARAMS) if (root / PARAMS).is_file() else {}  # a project may have none
+        check_sections(applied(doc or {}, set_params), sections, PARAMS)
     except ParamsError as exc:
         raise DeterministicFailure("params", [f"error: {exc}"]) from None
     except Exception as exc:  # an unreadable file: each stage reports its own problem when it starts
