@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 #: HTTP statuses worth another try: the server or a proxy is having a bad moment.
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+#: How a failure to reach the host begins (the give-up message adds the offline hint to it).
 CANNOT_CONNECT = "cannot connect"
 #: What to do where the archive cannot be reached (the README's "No internet?").
 OFFLINE_HINT = "set data.url to a local copy of the archive and data.sha256 to its SHA-256"
