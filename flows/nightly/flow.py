@@ -213,6 +213,8 @@ def nightly(
         ws = Path(workspace).expanduser().resolve() if workspace else here / WORKSPACES / deployment
         synced = checkout(str(ws), url, branch, cache_dir or cache_dir_of(here), dvc_remote, prefix)
         remote = bool(dvc_remote or default_remote(ws)[0])
+        if not remote:
+            logger.warning("no DVC remote: a recorded run's git ref is pushed, its outputs stay in this host's cache")
         with workspace_lock(ws, logger):
             previous = (recorded_runs(ws, prefix) or [None])[-1]
             retry = {"stage_retries": stage_retries, "retry_delay_seconds": retry_delay_seconds}
@@ -235,6 +237,7 @@ def nightly(
                 synced=synced,
                 stages=stages,
                 pushed_to=pushed_to,
+                dvc_remote=remote,
                 promote_staging=promote_staging,
             )
             publish_nightly(str(ws), previous, experiment, nothing_changed, **context)

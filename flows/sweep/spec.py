@@ -6,6 +6,7 @@ overrides, times a number of seeds, expanded into named DVC experiments. Experim
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import re
 from collections.abc import Iterable, Mapping
@@ -133,13 +134,22 @@ def to_overrides(params: Mapping[str, Any]) -> list[str]:
     return [flags({key.rpartition(".")[0]: {key.rpartition(".")[2]: value}})[1] for key, value in params.items()]
 
 
+def _problem(error: Any) -> str:
+    """One pydantic error of a sweep file in words; an unknown key with the known one it resembles."""
+    if error["type"] != "extra_forbidden":
+        return str(error["msg"])
+    point = len(error["loc"]) > 1  # points[i].key, or a top-level key
+    near = difflib.get_close_matches(str(error["loc"][-1]), (_Point if point else SweepFile).model_fields, n=1)
+    return f"not a key of a {'point' if point else 'sweep file'}" + (f" (did you mean '{near[0]}'?)" if near else "")
+
+
 def parse(definition: Any, repo: Path, source: str = "<inline>", extra_overrides: Iterable[str] = ()) -> Sweep:
     """A sweep from its parsed YAML; ``configs`` paths are relative to ``repo``. ``extra_overrides``
     (``-S`` syntax, ``data.url=...``) join every experiment after the file's own params."""
     try:
         spec = SweepFile.model_validate(definition)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the file'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the file'}: {_problem(e)}" for e in exc.errors())
         raise SweepError(f"{source}: {problems}") from None
     name = spec.name or (Path(source).stem if source != "<inline>" else None)
     if not name:

@@ -91,6 +91,8 @@ def registers_a_nightly_schedule_and_an_on_demand_deployment(deployed: Path, pre
         "promote_staging": False,
     }
     assert on_demand.schedules == [] and on_demand.parameters == {}
+    again = prefect_server.cli("deploy", "--all", cwd=deployed)  # as docs/sweeps.md has a team do
+    assert "Warning" not in again.stdout + again.stderr, again.stdout + again.stderr
     for deployment in (nightly, on_demand):  # the pull step puts the run in this checkout
         [step] = deployment.pull_steps
         directory = step["prefect.deployments.steps.set_working_directory"]["directory"]

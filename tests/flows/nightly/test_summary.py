@@ -37,6 +37,7 @@ def page(**changes: object) -> str:
         stages=STAGES,
         experiment="nightly-20261126-020000",
         pushed_to="/srv/git/cifar10.git and the DVC remote",
+        dvc_remote=True,
         nothing_changed=False,
         accuracy=accuracy_rows(evaluate(alexnet=0.9012, vgg16=0.88), evaluate(alexnet=0.9101, vgg16=0.87)),
         params_diff="| Path | Param |\n| params.yaml | alexnet.learning_rate |",
@@ -65,6 +66,9 @@ def test_a_run_with_changes_names_the_previous_run_the_commits_and_the_diffs() -
     assert "| train_alexnet | ran | 2 | 12.5 |" in md and "alexnet.learning_rate" in md
     assert "_No metric changed._" in md
     assert "dvc metrics diff nightly-20261125-020000 nightly-20261126-020000" in md
+    assert "No DVC remote" not in md
+    local = page(pushed_to="/srv/git/cifar10.git", dvc_remote=False)
+    assert "pushed to `/srv/git/cifar10.git`. No DVC remote: only its git ref left this host" in local, local
 
 
 def test_nothing_changed_and_first_run_say_so() -> None:
