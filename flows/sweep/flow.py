@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prefect import flow, get_run_logger, tags, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
@@ -175,7 +176,8 @@ def _run_here(parameters: dict[str, Any]) -> Outcome:
 def publish_sweep(repo: str, sweep: sweep_spec.Sweep, baseline: str, outcomes: dict[str, Outcome]) -> dict[str, Any]:
     """The comparison: a markdown artifact, ``reports/sweeps/<name>.md``, ``.csv`` and ``-groups.csv``."""
     root = Path(repo)
-    table = sweep_table.build(sweep, outcomes, read_experiments(root, baseline))
+    baseline_params = sweep_table.flat(yaml.safe_load(read_at(root, baseline, "params.yaml") or "{}") or {})
+    table = sweep_table.build(sweep, outcomes, read_experiments(root, baseline), baseline_params)
     (root / RESULTS_DIR).mkdir(parents=True, exist_ok=True)
     stem = RESULTS_DIR / sweep.name
     files = {"md": Path(f"{stem}.md"), "csv": Path(f"{stem}.csv"), "groups": Path(f"{stem}-groups.csv")}

@@ -83,12 +83,24 @@ def _number(value: Any) -> float | None:
     return float(value) if ok else None
 
 
-def build(sweep: Sweep, outcomes: Mapping[str, Outcome], shown: Mapping[str, Mapping[str, Any]]) -> Table:
-    """The table of ``sweep``'s experiments, their ``outcomes`` and what ``dvc exp show`` holds of them."""
+def build(
+    sweep: Sweep,
+    outcomes: Mapping[str, Outcome],
+    shown: Mapping[str, Mapping[str, Any]],
+    baseline_params: Mapping[str, Any] | None = None,
+) -> Table:
+    """The table of ``sweep``'s experiments, their ``outcomes`` and what ``dvc exp show`` holds of them; a
+    param an experiment does not set shows the value it ran with, ``baseline_params`` (the baseline
+    commit's params.yaml, dotted keys)."""
     experiments = sweep.experiments()
     columns = [f"{model}.{metric}" for model in sweep.compare or paths.MODELS for metric in METRICS]
     every = list(dict.fromkeys(k for e in experiments for k in e.params))
-    keys = [k for k in every if len({value_text(e.params.get(k, "<unset>")) for e in experiments}) > 1]
+    base = baseline_params or {}
+
+    def value(e: Experiment, key: str) -> Any:
+        return e.params[key] if key in e.params else base.get(key.removeprefix("params.yaml:"))
+
+    keys = [k for k in every if len({value_text(value(e, k)) for e in experiments}) > 1]
     point_keys = [k for k in keys if k not in sweep.seed_params]
     rows = []
     for e in experiments:
@@ -96,14 +108,14 @@ def build(sweep: Sweep, outcomes: Mapping[str, Outcome], shown: Mapping[str, Map
         evaluate = (shown.get(e.name) or {}).get("evaluate", {}) if outcome.status in SUCCESS else {}
         metrics = {c: _number((evaluate.get(c.split(".")[0]) or {}).get(c.split(".", 1)[1])) for c in columns}
         row = {"experiment": e.name, "point": e.point, "seed": e.seed, "status": outcome.status}
-        row |= {k: e.params.get(k) for k in keys} | metrics
+        row |= {k: value(e, k) for k in keys} | metrics
         rows.append({**row, "wall_seconds": outcome.wall_seconds, "message": outcome.message})
     groups = []
     for point in sweep.points:
         members = [r for r in rows if r["point"] == point]
         done = [r for r in members if r["status"] in SUCCESS]
         first = next(e for e in experiments if e.point == point)
-        group = {"point": point, **{k: first.params.get(k) for k in point_keys}, "n": len(members), "n_done": len(done)}
+        group = {"point": point, **{k: value(first, k) for k in point_keys}, "n": len(members), "n_done": len(done)}
         for column in [*columns, "wall_seconds"]:
             values = [r[column] for r in done if r[column] is not None]
             group[f"{column}_mean"] = statistics.fmean(values) if values else None

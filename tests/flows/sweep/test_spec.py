@@ -187,6 +187,23 @@ compare: [alexnet]
     assert grouped[1]["alexnet.test_accuracy_std"] == ""
 
 
+def test_a_param_a_point_leaves_unset_shows_the_baseline_value() -> None:
+    sweep = parse("""
+name: mixed
+points:
+  - {name: lr06, params: {alexnet.learning_rate: 0.06}}
+  - {name: paper, params: {alexnet.variant: paper}}
+""")
+    baseline = {"alexnet.learning_rate": 0.02, "alexnet.variant": "seed"}
+    table = sweep_table.build(sweep, {}, {}, baseline)
+    assert table.keys == ["alexnet.learning_rate", "alexnet.variant"]
+    ran = [(0.06, "seed"), (0.02, "paper")]
+    assert [(r["alexnet.learning_rate"], r["alexnet.variant"]) for r in table.rows] == ran
+    assert [(g["alexnet.learning_rate"], g["alexnet.variant"]) for g in table.groups] == ran
+    unknown = sweep_table.build(sweep, {}, {})  # without the baseline's params: a dash, as before
+    assert [r["alexnet.variant"] for r in unknown.rows] == [None, "paper"]
+
+
 def test_recorded_params_must_match_the_sweep() -> None:
     exp = parse("name: m\ngrid: {alexnet.learning_rate: [0.0001]}\n").experiments()[0]
     assert sweep_table.mismatched_params(exp, {"alexnet.learning_rate": 1e-4}) == []
