@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -92,8 +94,16 @@ def test_ctrl_c_stops_the_command_in_one_line_and_the_next_run_goes_on_from_ther
     """Ctrl-C at a terminal mid-validate, under the temporary Prefect server a command starts without
     ``PREFECT_API_URL``: SIGINT reaches the whole foreground process group -- the flow, DVC, the stage and
     that server. The command ends at once with one line; the next run skips what finished and runs the rest."""
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    # A copy of the session server's database: already migrated, the temporary server starts in half the time.
+    with (
+        closing(sqlite3.connect(prefect_api.home / "prefect.db")) as db,
+        closing(sqlite3.connect(home / "prefect.db")) as copy,
+    ):
+        db.backup(copy)
     env = {k: v for k, v in prefect_api.env().items() if k not in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING")}
-    env |= {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+    env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "flows.pipeline", "--repo-dir", str(dvc_repo), "--stages", "validate", "--no-serialize"],
         cwd=REPO,
