@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from flows.stages import StageFailure, child_env, dvc_out
 from flows.summary import test_accuracies
 from flows.sweep.table import experiments_from_show, flat
-from flows.workspace import WorkspaceError, git, read_at
+from flows.workspace import WorkspaceError, git, params_at, read_at
 from tasks.core.paths import EVALUATE_METRICS
 
 #: The stage a person gives the version in use, and the one the nightly may give a run that beats it.
@@ -109,7 +108,7 @@ def standings(
             prod = test_accuracies(read_at(repo, commit, EVALUATE_METRICS)).get(model)
             if commit not in around:
                 around[commit] = experiments_around(repo, commit)
-            params = flat(yaml.safe_load(read_at(repo, commit, "params.yaml") or "{}") or {})
+            params = flat(params_at(repo, commit))
             spread = seed_spread(around[commit], params, model) if around[commit] is not None else None
         rows.append(Standing(model, ours.get(model), version, prod, spread))
     return rows

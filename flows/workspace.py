@@ -12,6 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 import subprocess
+from typing import Any
+
+import yaml
 
 from flows.stages import child_env, dvc_config, dvc_out
 
@@ -205,3 +208,8 @@ def read_at(ws: Path, rev: str, path: str | Path) -> str | None:
     """A file's text at ``rev``; None where it does not exist."""
     proc = git(["show", f"{rev}:{Path(path).as_posix()}"], ws, check=False)
     return proc.stdout if proc.returncode == 0 else None
+
+
+def params_at(ws: Path, rev: str) -> dict[str, Any]:
+    """``params.yaml`` at ``rev`` as parsed YAML; empty where the commit has none."""
+    return yaml.safe_load(read_at(ws, rev, "params.yaml") or "{}") or {}

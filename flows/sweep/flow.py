@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, get_run_logger, tags, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
@@ -32,7 +31,7 @@ from flows.sweep import spec as sweep_spec
 from flows.sweep import table as sweep_table
 from flows.sweep.table import DONE, DONE_EARLIER, FAILED, Outcome
 from tools.overrides import check_overrides
-from flows.workspace import cache_dir_of, default_remote, git, has_experiment, prepare, read_at
+from flows.workspace import cache_dir_of, default_remote, git, has_experiment, params_at, prepare, read_at
 
 POINT_DEPLOYMENT = "cifar10-sweep-point/point"
 POINT_FLOW = "cifar10-sweep-point"
@@ -176,7 +175,7 @@ def _run_here(parameters: dict[str, Any]) -> Outcome:
 def publish_sweep(repo: str, sweep: sweep_spec.Sweep, baseline: str, outcomes: dict[str, Outcome]) -> dict[str, Any]:
     """The comparison: a markdown artifact, ``reports/sweeps/<name>.md``, ``.csv`` and ``-groups.csv``."""
     root = Path(repo)
-    baseline_params = sweep_table.flat(yaml.safe_load(read_at(root, baseline, "params.yaml") or "{}") or {})
+    baseline_params = sweep_table.flat(params_at(root, baseline))
     table = sweep_table.build(sweep, outcomes, read_experiments(root, baseline), baseline_params)
     (root / RESULTS_DIR).mkdir(parents=True, exist_ok=True)
     stem = RESULTS_DIR / sweep.name
