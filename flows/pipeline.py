@@ -30,7 +30,7 @@ from prefect.tasks import exponential_backoff
 from flows import access, host, registry
 from flows.cli import run_flow
 from flows.stages import DeterministicFailure, outcomes, push_uncached_outputs
-from flows.stages import markdown_diff, read_lock, retry_unless_deterministic, run_dvc, stage_order
+from flows.stages import markdown_diff, read_lock, retry_unless_deterministic, run_dvc, stage_order, up_to_date
 from flows.summary import REPORT, pipeline_summary
 from tasks.core.errors import ParamsError
 from tasks.core.params import check_sections, read_params
@@ -100,17 +100,20 @@ def check_params(repo: str, order: list[str], set_params: list[str]) -> None:
 
 
 @task(name="stage", task_run_name="{stage}", **DVC_TASK)
-def run_stage(stage: str, repo: str, pull: bool = False) -> dict[str, Any]:
+def run_stage(stage: str, repo: str, pull: bool = False, unchanged: bool = False) -> dict[str, Any]:
     """``dvc repro --single-item <stage>``: DVC skips it when nothing changed, or restores it from the
-    run-cache; its output goes to the run log line by line."""
+    run-cache; its output goes to the run log line by line. ``unchanged``: ``dvc status`` found it and
+    everything upstream up to date (:func:`flows.stages.up_to_date`), so it is skipped without DVC."""
     logger = get_run_logger()
-    started, before = time.monotonic(), read_lock(Path(repo))
-    result = run_dvc(
-        ["repro", "--single-item", stage, *(["--pull"] if pull else [])], Path(repo), logger, what=f"stage '{stage}'"
-    )
-    outcome = outcomes(before, read_lock(Path(repo)), [stage], result.lines)[stage]
+    started = time.monotonic()
+    if unchanged:
+        outcome, how = "skipped", " (dvc status: it and its upstream unchanged)"
+    else:
+        before, pulling = read_lock(Path(repo)), ["--pull"] if pull else []
+        result = run_dvc(["repro", "--single-item", stage, *pulling], Path(repo), logger, what=f"stage '{stage}'")
+        outcome, how = outcomes(before, read_lock(Path(repo)), [stage], result.lines)[stage], ""
     seconds = time.monotonic() - started
-    logger.info("stage '%s' %s in %.1f s", stage, outcome, seconds)
+    logger.info("stage '%s' %s in %.1f s%s", stage, outcome, seconds, how)
     return {"stage": stage, "outcome": outcome, "seconds": seconds, "attempt": current_task_run.get_run_count()}
 
 
@@ -258,8 +261,10 @@ def pipeline(
                 done = exp_run.with_options(**retry)(experiment, set_params, order, str(repo), share_cache)
                 results = [{"stage": s, "outcome": o, "seconds": None} for s, o in done.items()]
             else:
+                unchanged = up_to_date(repo, order)
                 for stage in order:  # appended one by one: what finished is shared even after a failure
-                    results.append(run_stage.with_options(**retry)(stage, str(repo), pull=share_cache))
+                    stage_run = run_stage.with_options(**retry)
+                    results.append(stage_run(stage, str(repo), pull=share_cache, unchanged=stage in unchanged))
             publish(str(repo), results, experiment, where)
         finally:
             for path, text in originals.items():  # dvc exp run leaves its params in the workspace

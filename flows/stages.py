@@ -6,6 +6,8 @@ reruns, ``dvc.lock`` records what ran."""
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
 import os
 import re
 import shutil
@@ -220,6 +222,17 @@ def dag(repo: Path) -> tuple[list[str], list[tuple[str, str]]]:
     stages = [m.group("a") for ln in lines if (m := _DOT_NODE.match(ln)) and not m.group("a").endswith(".dvc")]
     edges = [(m.group("a"), m.group("b")) for ln in lines if (m := _DOT_EDGE.match(ln))]
     return stages, [(a, b) for a, b in edges if a in stages and b in stages]
+
+
+def up_to_date(repo: Path, order: Sequence[str]) -> set[str]:
+    """The leading stages of ``order`` that ``dvc status`` finds unchanged. ``dvc repro`` would skip each
+    (no stage upstream of them runs), so they need no DVC process of their own; one status query stands in
+    for a process per stage. Empty when the status cannot be read: then each stage asks DVC itself."""
+    try:
+        changed = json.loads(dvc_out(["status", "--json", *order], repo) or "{}")
+    except (TransientFailure, ValueError):
+        return set()
+    return set(itertools.takewhile(lambda stage: stage not in changed, order))
 
 
 def stage_order(repo: Path, targets: Sequence[str] | None = None) -> list[str]:

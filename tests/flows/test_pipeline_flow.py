@@ -60,6 +60,9 @@ def test_stages_run_in_order_with_logs_and_artifacts_then_skip(dvc_repo: Path) -
     state, run_id, second = run_flow(dvc_repo, stages=["validate"])
     assert state.is_completed(), state.message
     assert outcomes(state) == dict.fromkeys(DATA_STAGES, "skipped")
+    text = logs(run_id)
+    assert "stage 'validate' skipped in" in text and "(dvc status: it and its upstream unchanged)" in text, text
+    assert "didn't change, skipping" not in text  # one status query instead of a dvc repro per stage
     assert "up to date" in dvc("status", *DATA_STAGES, cwd=dvc_repo).stdout.lower()
     print(f"\nflow, fixture data stages: first run {first:.1f} s, nothing changed {second:.1f} s")
 

@@ -27,6 +27,7 @@ from flows.stages import (
     run_dvc,
     stage_order,
     uncached_outputs,
+    up_to_date,
 )
 from tasks.core import devices
 from tasks.core.errors import DeviceError
@@ -51,6 +52,29 @@ def test_stage_order_and_upstream_come_from_dvc(tmp_path: Path) -> None:
     assert set(stage_order(tmp_path)) == {"make", "fan@x", "fan@y", "join", "alone"}
     with pytest.raises(DeterministicFailure, match="unknown stage.*'jion'.*the pipeline has: .*make"):
         stage_order(tmp_path, ["jion"])
+
+
+def test_up_to_date_is_the_unchanged_head_of_the_order_as_dvc_status_sees_it(tmp_path: Path) -> None:
+    """Only stages before the first one DVC would run: a stage after it may be unchanged now and still
+    change once the stages before it have run."""
+    init_git_dvc(tmp_path)
+    stages = {
+        "make": {"cmd": "echo a > a.txt", "outs": ["a.txt"]},
+        "copy": {"cmd": "cp a.txt c.txt", "deps": ["a.txt"], "outs": ["c.txt"]},
+        "join": {"cmd": "cat c.txt > j.txt", "deps": ["c.txt"], "outs": ["j.txt"]},
+    }
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    for name in ("a", "c", "j"):
+        (tmp_path / f"{name}.txt").write_text("a\n")
+    run([sys.executable, "-m", "dvc", "commit", "--force", "--quiet"], cwd=tmp_path)  # as if each had run
+    order = ["make", "copy", "join"]
+    assert up_to_date(tmp_path, order) == set(order)
+    (tmp_path / "c.txt").write_text("changed by hand\n")  # copy reruns; join, unchanged until then, runs after it
+    assert up_to_date(tmp_path, order) == {"make"}
+    (tmp_path / "a.txt").unlink()
+    assert up_to_date(tmp_path, order) == set()
+    (tmp_path / "dvc.yaml").write_text("stages: [")
+    assert up_to_date(tmp_path, order) == set()  # no status to read: every stage asks DVC itself
 
 
 def test_project_pipeline_starts_with_the_data_stages() -> None:
