@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from flows.stages import StageFailure, child_env, dvc_out
 from flows.summary import test_accuracies
 from flows.sweep.table import experiments_from_show, flat

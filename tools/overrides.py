@@ -11,7 +11,6 @@ and a measured one cannot drift apart.
 from __future__ import annotations
 
 import copy
-import difflib
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -20,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from tasks.core.errors import ParamsError
+from tasks.core.errors import ParamsError, closest
 
 
 def load_overlay(path: str | Path) -> dict[str, dict[str, Any]]:
@@ -87,8 +86,8 @@ def override_problem(params_text: str | None, item: str) -> str | None:
         return f"could not add {bare!r} to {path}: it is already there (override it with {bare}={value})"
     if not key.startswith("+") and node is KeyError:
         i, there = missing or (0, None)
-        near = difflib.get_close_matches(parts[i], [str(k) for k in there], n=1) if isinstance(there, dict) else []
-        meant = ".".join([*parts[:i], *near[:1], *parts[i + 1 :]])
+        near = closest(parts[i], there) if isinstance(there, dict) else None
+        meant = ".".join([*parts[:i], str(near), *parts[i + 1 :]])
         hint = f"did you mean '{meant}'?" if near else f"add it with +{bare}={value}"
         return f"could not override {bare!r} in {path}: no such key ({hint})"
     return None

@@ -6,7 +6,6 @@ overrides, times a number of seeds, expanded into named DVC experiments. Experim
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import re
 from collections.abc import Iterable, Mapping
@@ -17,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from tasks.core.errors import ParamsError
+from tasks.core.errors import ParamsError, closest
 from tools.overrides import flags, load_overlay
 
 DEFAULT_SEED_PARAMS = ("alexnet.seed", "vgg16.seed")
@@ -139,8 +138,8 @@ def _problem(error: Any) -> str:
     if error["type"] != "extra_forbidden":
         return str(error["msg"])
     point = len(error["loc"]) > 1  # points[i].key, or a top-level key
-    near = difflib.get_close_matches(str(error["loc"][-1]), (_Point if point else SweepFile).model_fields, n=1)
-    return f"not a key of a {'point' if point else 'sweep file'}" + (f" (did you mean '{near[0]}'?)" if near else "")
+    near = closest(str(error["loc"][-1]), (_Point if point else SweepFile).model_fields)
+    return f"not a key of a {'point' if point else 'sweep file'}" + (f" (did you mean '{near}'?)" if near else "")
 
 
 def parse(definition: Any, repo: Path, source: str = "<inline>", extra_overrides: Iterable[str] = ()) -> Sweep:

@@ -12,12 +12,13 @@ keeps its traceback.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import errno
 import os
 import pickle
 import re
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 #: The word :func:`environment_error` gives a full disk: a :class:`TransientStageError`, since space may be
 #: freed before the flow's next attempt.
@@ -169,3 +170,10 @@ def _first_line(exc: BaseException) -> str:
     """A library's message cut to one line (Keras appends whole configs to its)."""
     text = (str(exc).strip().splitlines() or [""])[0]
     return text if len(text) <= _CAUSE_CHARS else text[:_CAUSE_CHARS] + " ..."
+
+
+def closest(word: str, choices: Iterable[object]) -> str | None:
+    """The one of ``choices`` that ``word`` looks like a misspelling of, for a "did you mean" hint; None
+    where none is near."""
+    near = difflib.get_close_matches(word, [str(c) for c in choices], n=1)
+    return near[0] if near else None

@@ -11,7 +11,6 @@ run of a million hours.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
@@ -20,7 +19,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from tasks.core.errors import ParamsError
+from tasks.core.errors import ParamsError, closest
 from tasks.core.paths import PARAMS
 
 _CLASSES = 10  # CIFAR-10's (tasks.data.splits imports this module, not the other way round)
@@ -259,8 +258,8 @@ def _explain(model: type[_Section], error: ErrorDetails) -> tuple[str, str]:
     if kind == "params":
         return key, str(ctx["why"])
     if kind == "extra_forbidden":
-        near = difflib.get_close_matches(key, model.model_fields, n=1)
-        return key, "is not a known key" + (f" (did you mean '{near[0]}'?)" if near else "")
+        near = closest(key, model.model_fields)
+        return key, "is not a known key" + (f" (did you mean '{near}'?)" if near else "")
     bounds = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
     if kind in bounds:
         limit = next(iter(ctx.values()))
@@ -306,8 +305,8 @@ def section_of(doc: Any, name: str, path: str | Path = PARAMS) -> dict[str, Any]
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
     section = doc.get(name)
     if not isinstance(section, dict):
-        near = difflib.get_close_matches(name, [str(k) for k in doc if k not in SECTIONS], n=1)
-        hint = f" (is '{near[0]}' a misspelling?)" if near else ""
+        near = closest(name, (k for k in doc if k not in SECTIONS))
+        hint = f" (is '{near}' a misspelling?)" if near else ""
         raise ParamsError(f"{path}: section '{name}' is missing or not a mapping{hint}")
     return section
 
